@@ -1,0 +1,291 @@
+"""The feature database, as SQLAlchemy 2.x typed models.
+
+The schema itself is owned by the Alembic revisions in `migrations/`; these
+classes describe it for the ORM. Anything a user can see in `sqlite3 gloss.db`
+is named here with the same words the CLI and web app use.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+# Explanation statuses. At most one explanation per feature is "current":
+# status proposed or accepted (a partial unique index enforces it).
+PROPOSED, ACCEPTED, REJECTED, SUPERSEDED, CANDIDATE = (
+    "proposed",
+    "accepted",
+    "rejected",
+    "superseded",
+    "candidate",
+)
+CURRENT_STATUSES = (PROPOSED, ACCEPTED)
+EXPLANATION_STATUSES = (PROPOSED, ACCEPTED, REJECTED, SUPERSEDED, CANDIDATE)
+AUTHOR_KINDS = ("model", "human", "baseline")
+SOURCE_KINDS = ("neurons", "sae", "dictionary")
+SPLITS = ("explain", "holdout")
+# Feature statuses: "new" until mined; "mined" or "dead" (never active) after.
+FEATURE_STATUSES = ("new", "mined", "dead")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class Subject(Base):
+    """A model whose features are labeled, identified by name plus revision/file hash."""
+
+    __tablename__ = "subjects"
+    __table_args__ = (UniqueConstraint("name", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(String(200))
+    architecture: Mapped[str] = mapped_column(String(100))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    sources: Mapped[list[FeatureSource]] = relationship(back_populates="subject")
+
+
+class FeatureSource(Base):
+    """Where features come from: a hook point of a subject, read directly or through an encoder."""
+
+    __tablename__ = "feature_sources"
+    __table_args__ = (UniqueConstraint("subject_id", "hook", "kind", "params_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    hook: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    width: Mapped[int] = mapped_column(Integer)
+    params_hash: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str | None] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    subject: Mapped[Subject] = relationship(back_populates="sources")
+
+
+class Feature(Base):
+    """One learned feature with its activation statistics over the mined corpus."""
+
+    __tablename__ = "features"
+    __table_args__ = (
+        UniqueConstraint("source_id", "index"),
+        Index("ix_features_status", "source_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("feature_sources.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="new")
+    max_act: Mapped[float | None] = mapped_column(Float)
+    mean_act: Mapped[float | None] = mapped_column(Float)
+    density: Mapped[float | None] = mapped_column(Float)
+    n_tokens: Mapped[int | None] = mapped_column(Integer)
+    # {"edges": [...], "counts": [...]} over nonzero activations.
+    histogram: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    mine_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    # Explain/score failures, so later runs retry only up to a limit.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    source: Mapped[FeatureSource] = relationship()
+
+
+class Window(Base):
+    """A run of ctx_len tokens from one corpus document, stored once and shared by features."""
+
+    __tablename__ = "windows"
+    __table_args__ = (UniqueConstraint("subject_id", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    doc_id: Mapped[str] = mapped_column(Text)
+    offset: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    token_ids: Mapped[list[Any]] = mapped_column()
+    tokens: Mapped[list[Any]] = mapped_column()
+
+
+class Example(Base):
+    """A window shown for a feature, with the feature's per-token activations.
+
+    `acts` holds float16 little-endian bytes, one per token of the window.
+    A window is used at most once per feature, so explain and holdout never overlap.
+    """
+
+    __tablename__ = "examples"
+    __table_args__ = (UniqueConstraint("feature_id", "window_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    window_id: Mapped[int] = mapped_column(ForeignKey("windows.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str] = mapped_column(String(10))
+    kind: Mapped[str] = mapped_column(String(20))
+    rank: Mapped[int] = mapped_column(Integer)
+    max_act: Mapped[float] = mapped_column(Float)
+    acts: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Run(Base):
+    """One invocation of a stage or of the nightly job, with what it did and spent."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    failures: Mapped[list[Any]] = mapped_column(default=list)
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    code_version: Mapped[str] = mapped_column(String(100), default="")
+    message: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Explanation(Base):
+    """A label for a feature, with everything needed to know who or what wrote it and how."""
+
+    __tablename__ = "explanations"
+    __table_args__ = (
+        Index("ix_explanations_feature", "feature_id", "status"),
+        Index("ix_explanations_status_score", "status", "score"),
+        Index(
+            "uq_explanations_current",
+            "feature_id",
+            unique=True,
+            sqlite_where=text("status IN ('proposed', 'accepted')"),
+            postgresql_where=text("status IN ('proposed', 'accepted')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    author_kind: Mapped[str] = mapped_column(String(20))
+    author_name: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(300))
+    prompt_name: Mapped[str | None] = mapped_column(String(100))
+    prompt_version: Mapped[str | None] = mapped_column(String(50))
+    prompt_hash: Mapped[str | None] = mapped_column(String(64))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("explanations.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(20), default=PROPOSED)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Best simulation score so far, kept by the store so lists sort without a join.
+    score: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Bumped on every status change: reviewers send the version they saw.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+    scores: Mapped[list[Score]] = relationship(back_populates="explanation")
+
+
+class Score(Base):
+    """How well an explanation predicts its feature. `value` is NULL when undefined (reason in details)."""
+
+    __tablename__ = "scores"
+    __table_args__ = (Index("ix_scores_method_value", "method", "value"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    explanation_id: Mapped[int] = mapped_column(
+        ForeignKey("explanations.id", ondelete="CASCADE"), index=True
+    )
+    method: Mapped[str] = mapped_column(String(30))
+    value: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    simulator_model: Mapped[str | None] = mapped_column(String(300))
+    prompt_name: Mapped[str | None] = mapped_column(String(100))
+    prompt_version: Mapped[str | None] = mapped_column(String(50))
+    prompt_hash: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    explanation: Mapped[Explanation] = relationship(back_populates="scores")
+
+
+class Review(Base):
+    """The audit trail: every human action on a feature's labels."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_id: Mapped[int] = mapped_column(
+        ForeignKey("features.id", ondelete="CASCADE"), index=True
+    )
+    explanation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("explanations.id", ondelete="SET NULL")
+    )
+    reviewer: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(20))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LLMCall(Base):
+    """Every LLM request: the response cache (by request hash) and the cost ledger."""
+
+    __tablename__ = "llm_calls"
+    __table_args__ = (Index("ix_llm_calls_hash", "request_hash", "outcome"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(20))
+    model: Mapped[str] = mapped_column(String(300))
+    endpoint: Mapped[str] = mapped_column(String(500), default="")
+    cacheable: Mapped[bool] = mapped_column(Boolean, default=True)
+    outcome: Mapped[str] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Lock(Base):
+    """Named locks held in the database (one nightly run at a time)."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
