@@ -199,7 +199,9 @@ class Explanation(Base):
     prompt_name: Mapped[str | None] = mapped_column(String(100))
     prompt_version: Mapped[str | None] = mapped_column(String(50))
     prompt_hash: Mapped[str | None] = mapped_column(String(64))
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("explanations.id", ondelete="SET NULL"))
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("explanations.id", ondelete="SET NULL")
+    )
     status: Mapped[str] = mapped_column(String(20), default=PROPOSED)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)

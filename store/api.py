@@ -1,0 +1,1211 @@
+"""The typed store API: the only way the rest of gloss touches the database.
+
+Open one with `open_store(url)`. Methods take and return plain dataclasses
+and ids, never live ORM objects, so callers cannot hold a session by accident.
+Every write method commits before it returns: a crash loses only what was in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Float, Integer, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from store import db
+from store.errors import ConflictError, InputError, LockedError, NotFoundError
+from store.models import (
+    ACCEPTED,
+    CANDIDATE,
+    CURRENT_STATUSES,
+    EXPLANATION_STATUSES,
+    PROPOSED,
+    REJECTED,
+    SUPERSEDED,
+    Example,
+    Explanation,
+    Feature,
+    FeatureSource,
+    LLMCall,
+    Lock,
+    Review,
+    Run,
+    Score,
+    Subject,
+    Window,
+    utcnow,
+)
+
+# ---------------------------------------------------------------- value types
+
+
+def encode_acts(values: Sequence[float]) -> bytes:
+    """Per-token activations as little-endian float16 bytes (how `examples.acts` stores them)."""
+    return struct.pack(f"<{len(values)}e", *values)
+
+
+def decode_acts(data: bytes) -> list[float]:
+    return list(struct.unpack(f"<{len(data) // 2}e", data))
+
+
+@dataclass(frozen=True)
+class PromptRef:
+    name: str
+    version: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class WindowIn:
+    doc_id: str
+    offset: int
+    token_ids: list[int]
+    tokens: list[str]
+
+
+@dataclass(frozen=True)
+class ExampleIn:
+    window_id: int
+    split: str  # "explain" | "holdout"
+    kind: str  # "top" | "quantile:Q" | "random"
+    rank: int
+    max_act: float
+    acts: bytes  # encode_acts(...) or numpy .astype("<f2").tobytes()
+
+
+@dataclass
+class MinedFeature:
+    index: int
+    max_act: float
+    mean_act: float
+    density: float
+    n_tokens: int
+    histogram: dict[str, Any] | None
+    examples: list[ExampleIn] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    id: int
+    name: str
+    subject_id: int
+    subject_name: str
+    subject_path: str
+    hook: str
+    kind: str
+    width: int
+    params_hash: str
+    path: str | None
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    id: int
+    source_id: int
+    source: str
+    index: int
+    status: str
+    max_act: float | None
+    mean_act: float | None
+    density: float | None
+    n_tokens: int | None
+    histogram: dict[str, Any] | None
+    failures: int
+    last_error: str | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.source}:{self.index}"
+
+
+@dataclass(frozen=True)
+class ExampleOut:
+    window_id: int
+    split: str
+    kind: str
+    rank: int
+    max_act: float
+    doc_id: str
+    offset: int
+    tokens: list[str]
+    token_ids: list[int]
+    acts: list[float]
+
+
+@dataclass(frozen=True)
+class ScoreInfo:
+    id: int
+    method: str
+    value: float | None
+    details: dict[str, Any]
+    simulator_model: str | None
+    prompt_name: str | None
+    prompt_version: str | None
+    run_id: int | None
+    created_at: Any
+
+
+@dataclass(frozen=True)
+class ExplanationInfo:
+    id: int
+    feature_id: int
+    text: str
+    author_kind: str
+    author_name: str
+    model: str | None
+    prompt_name: str | None
+    prompt_version: str | None
+    prompt_hash: str | None
+    parent_id: int | None
+    status: str
+    run_id: int | None
+    score: float | None
+    version: int
+    details: dict[str, Any]
+    created_at: Any
+    scores: list[ScoreInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FeatureRow:
+    """One line of a feature list or search result: the feature with its current label."""
+
+    feature_id: int
+    source: str
+    index: int
+    status: str
+    max_act: float | None
+    density: float | None
+    explanation_id: int | None
+    label: str | None
+    label_status: str | None
+    author_kind: str | None
+    score: float | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.source}:{self.index}"
+
+
+@dataclass(frozen=True)
+class ReviewInfo:
+    id: int
+    feature_id: int
+    explanation_id: int | None
+    reviewer: str
+    action: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    note: str | None
+    created_at: Any
+
+
+@dataclass(frozen=True)
+class FeatureCard:
+    feature: FeatureInfo
+    source: SourceInfo
+    current: ExplanationInfo | None
+    history: list[ExplanationInfo]
+    examples: list[ExampleOut]
+    reviews: list[ReviewInfo]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    kind: str
+    status: str
+    config: dict[str, Any]
+    counts: dict[str, Any]
+    failures: list[Any]
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    code_version: str
+    message: str | None
+    started_at: Any
+    finished_at: Any
+
+
+REVIEW_ACTIONS = ("accept", "reject", "edit", "note")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+# ---------------------------------------------------------------- the store
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open the database at `url` (default $GLOSS_DATABASE_URL or sqlite:///gloss.db)."""
+    return Store(db.connect(url), db.resolve_url(url))
+
+
+class Store:
+    def __init__(self, engine: Engine, url: str):
+        self.engine = engine
+        self.url = url
+        self.dialect = engine.dialect.name
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits when the block succeeds and rolls back otherwise."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def _insert(self, table):
+        """INSERT ... ON CONFLICT DO NOTHING for this dialect."""
+        return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
+
+    # ------------------------------------------------------------ registry
+
+    def get_or_create_subject(
+        self,
+        name: str,
+        path: str,
+        revision: str,
+        architecture: str,
+        config: dict[str, Any] | None = None,
+    ) -> int:
+        stmt = self._insert(Subject).values(
+            name=name,
+            path=path,
+            revision=revision,
+            architecture=architecture,
+            config=config or {},
+            created_at=utcnow(),
+        )
+        with self.session() as s:
+            s.execute(stmt.on_conflict_do_nothing(index_elements=["name", "revision"]))
+            return s.scalar(select(Subject.id).filter_by(name=name, revision=revision))
+
+    def get_or_create_source(
+        self,
+        subject_id: int,
+        hook: str,
+        kind: str,
+        width: int,
+        params_hash: str,
+        *,
+        path: str | None = None,
+        config: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> int:
+        """Register a feature source; the same subject, hook, kind and params reuse one row."""
+        with self.session() as s:
+            existing = s.scalar(
+                select(FeatureSource).filter_by(
+                    subject_id=subject_id, hook=hook, kind=kind, params_hash=params_hash
+                )
+            )
+            if existing is not None:
+                if existing.width != width:
+                    raise InputError(
+                        f"source {existing.name} has width {existing.width}, not {width}"
+                    )
+                return existing.id
+            subject = s.get(Subject, subject_id)
+            if subject is None:
+                raise NotFoundError(f"no subject with id {subject_id}")
+            if name is None:
+                name = f"{subject.name}/{hook}/{kind}"
+                if kind != "neurons":
+                    name += f"-{params_hash[:8]}"
+            source = FeatureSource(
+                name=name,
+                subject_id=subject_id,
+                hook=hook,
+                kind=kind,
+                width=width,
+                params_hash=params_hash,
+                path=path,
+                config=config or {},
+            )
+            s.add(source)
+            s.flush()
+            return source.id
+
+    def sources(self) -> list[SourceInfo]:
+        with self.session() as s:
+            rows = s.execute(
+                select(FeatureSource, Subject).join(Subject).order_by(FeatureSource.id)
+            ).all()
+            return [_source_info(src, subj) for src, subj in rows]
+
+    def source(self, ref: int | str) -> SourceInfo:
+        """A source by id or name."""
+        with self.session() as s:
+            query = select(FeatureSource, Subject).join(Subject)
+            if isinstance(ref, int) or str(ref).isdigit():
+                query = query.where(FeatureSource.id == int(ref))
+            else:
+                query = query.where(FeatureSource.name == ref)
+            row = s.execute(query).first()
+            if row is None:
+                names = ", ".join(src.name for src in self.sources()) or "none yet: run gloss mine"
+                raise NotFoundError(f"no feature source {ref!r}; known sources: {names}")
+            return _source_info(*row)
+
+    def subject_of(self, source_id: int) -> dict[str, Any]:
+        with self.session() as s:
+            subject = s.scalar(
+                select(Subject).join(FeatureSource).where(FeatureSource.id == source_id)
+            )
+            return {
+                "id": subject.id,
+                "name": subject.name,
+                "path": subject.path,
+                "revision": subject.revision,
+                "architecture": subject.architecture,
+                "config": subject.config,
+            }
+
+    # ------------------------------------------------------------ mining writes
+
+    def add_windows(self, subject_id: int, windows: Sequence[WindowIn]) -> list[int]:
+        """Store windows once per subject (deduplicated by token content); ids in input order."""
+        if not windows:
+            return []
+        hashes = [_window_hash(w.token_ids) for w in windows]
+        rows = [
+            {
+                "subject_id": subject_id,
+                "doc_id": w.doc_id,
+                "offset": w.offset,
+                "content_hash": h,
+                "token_ids": list(w.token_ids),
+                "tokens": list(w.tokens),
+            }
+            for w, h in zip(windows, hashes, strict=True)
+        ]
+        ids: dict[str, int] = {}
+        with self.session() as s:
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                s.execute(
+                    self._insert(Window).on_conflict_do_nothing(
+                        index_elements=["subject_id", "content_hash"]
+                    ),
+                    chunk,
+                )
+                chunk_hashes = [r["content_hash"] for r in chunk]
+                ids.update(
+                    s.execute(
+                        select(Window.content_hash, Window.id).where(
+                            Window.subject_id == subject_id,
+                            Window.content_hash.in_(chunk_hashes),
+                        )
+                    ).all()
+                )
+        return [ids[h] for h in hashes]
+
+    def write_mined_features(
+        self, source_id: int, features: Sequence[MinedFeature], run_id: int | None = None
+    ) -> None:
+        """Write statistics and examples for mined features in one transaction.
+
+        Idempotent: a feature mined again has its old examples replaced, never doubled.
+        A feature with max_act <= 0 is recorded as dead.
+        """
+        if not features:
+            return
+        indices = [f.index for f in features]
+        with self.session() as s:
+            s.execute(
+                self._insert(Feature).on_conflict_do_nothing(index_elements=["source_id", "index"]),
+                [
+                    {"source_id": source_id, "index": i, "status": "new", "failures": 0}
+                    for i in indices
+                ],
+            )
+            id_of = dict(
+                s.execute(
+                    select(Feature.index, Feature.id).where(
+                        Feature.source_id == source_id, Feature.index.in_(indices)
+                    )
+                ).all()
+            )
+            feature_ids = list(id_of.values())
+            s.execute(delete(Example).where(Example.feature_id.in_(feature_ids)))
+            s.execute(
+                update(Feature),
+                [
+                    {
+                        "id": id_of[f.index],
+                        "status": "mined" if f.max_act > 0 else "dead",
+                        "max_act": f.max_act,
+                        "mean_act": f.mean_act,
+                        "density": f.density,
+                        "n_tokens": f.n_tokens,
+                        "histogram": f.histogram,
+                        "mine_run_id": run_id,
+                    }
+                    for f in features
+                ],
+            )
+            rows = [
+                {
+                    "feature_id": id_of[f.index],
+                    "window_id": e.window_id,
+                    "split": e.split,
+                    "kind": e.kind,
+                    "rank": e.rank,
+                    "max_act": e.max_act,
+                    "acts": e.acts,
+                }
+                for f in features
+                for e in f.examples
+            ]
+            if rows:
+                s.execute(insert(Example), rows)
+
+    # ------------------------------------------------------------ features
+
+    def feature_statuses(self, source_id: int) -> dict[int, str]:
+        with self.session() as s:
+            return dict(
+                s.execute(
+                    select(Feature.index, Feature.status).where(Feature.source_id == source_id)
+                ).all()
+            )
+
+    def resolve_feature(self, ref: int | str) -> int:
+        """A feature id from an id (`42`) or `source-name:index` (`minilm/layer.3.mlp/neurons:7`)."""
+        with self.session() as s:
+            if isinstance(ref, int) or str(ref).isdigit():
+                feature_id = s.scalar(select(Feature.id).where(Feature.id == int(ref)))
+            else:
+                name, _, index = str(ref).rpartition(":")
+                if not name or not index.isdigit():
+                    raise InputError(
+                        f"bad feature reference {ref!r}: use a feature id (42) or "
+                        "SOURCE:INDEX (minilm/layer.3.mlp/neurons:7)"
+                    )
+                feature_id = s.scalar(
+                    select(Feature.id)
+                    .join(FeatureSource)
+                    .where(FeatureSource.name == name, Feature.index == int(index))
+                )
+            if feature_id is None:
+                raise NotFoundError(f"no feature {ref!r}: see gloss search or gloss export")
+            return feature_id
+
+    def feature(self, feature_id: int) -> FeatureInfo:
+        with self.session() as s:
+            row = s.execute(
+                select(Feature, FeatureSource.name)
+                .join(FeatureSource)
+                .where(Feature.id == feature_id)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no feature with id {feature_id}")
+            return _feature_info(*row)
+
+    def features(
+        self,
+        source_id: int | None = None,
+        *,
+        status: str | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> list[FeatureInfo]:
+        query = select(Feature, FeatureSource.name).join(FeatureSource).order_by(Feature.id)
+        if source_id is not None:
+            query = query.where(Feature.source_id == source_id)
+        if status is not None:
+            query = query.where(Feature.status == status)
+        if indices is not None:
+            query = query.where(Feature.index.in_(list(indices)))
+        with self.session() as s:
+            return [_feature_info(f, name) for f, name in s.execute(query).all()]
+
+    def examples(self, feature_id: int, split: str | None = None) -> list[ExampleOut]:
+        query = (
+            select(Example, Window)
+            .join(Window, Window.id == Example.window_id)
+            .where(Example.feature_id == feature_id)
+            .order_by(Example.split, Example.kind, Example.rank)
+        )
+        if split is not None:
+            query = query.where(Example.split == split)
+        with self.session() as s:
+            return [
+                ExampleOut(
+                    window_id=w.id,
+                    split=e.split,
+                    kind=e.kind,
+                    rank=e.rank,
+                    max_act=e.max_act,
+                    doc_id=w.doc_id,
+                    offset=w.offset,
+                    tokens=list(w.tokens),
+                    token_ids=list(w.token_ids),
+                    acts=decode_acts(e.acts),
+                )
+                for e, w in s.execute(query).all()
+            ]
+
+    def record_failure(self, feature_id: int, error: str) -> None:
+        """Count a failed explain/score attempt so later runs retry only up to a limit."""
+        with self.session() as s:
+            s.execute(
+                update(Feature)
+                .where(Feature.id == feature_id)
+                .values(failures=Feature.failures + 1, last_error=error[:2000])
+            )
+
+    def clear_failures(self, feature_id: int) -> None:
+        with self.session() as s:
+            s.execute(
+                update(Feature).where(Feature.id == feature_id).values(failures=0, last_error=None)
+            )
+
+    # ------------------------------------------------------------ explanations and scores
+
+    def add_explanation(
+        self,
+        feature_id: int,
+        text: str,
+        *,
+        author_kind: str,
+        author_name: str,
+        model: str | None = None,
+        prompt: PromptRef | None = None,
+        parent_id: int | None = None,
+        run_id: int | None = None,
+        details: dict[str, Any] | None = None,
+        status: str = PROPOSED,
+    ) -> int:
+        """Add a label. Status proposed/accepted makes it current, superseding the old current one."""
+        text = text.strip()
+        if not text:
+            raise InputError("an explanation needs non-empty text")
+        if status not in EXPLANATION_STATUSES:
+            raise InputError(f"unknown explanation status {status!r}")
+        with self.session() as s:
+            if status in CURRENT_STATUSES:
+                _supersede_current(s, feature_id)
+            explanation = Explanation(
+                feature_id=feature_id,
+                text=text,
+                author_kind=author_kind,
+                author_name=author_name,
+                model=model,
+                prompt_name=prompt.name if prompt else None,
+                prompt_version=prompt.version if prompt else None,
+                prompt_hash=prompt.hash if prompt else None,
+                parent_id=parent_id,
+                status=status,
+                run_id=run_id,
+                details=details or {},
+            )
+            s.add(explanation)
+            s.flush()
+            return explanation.id
+
+    def make_current(self, explanation_id: int) -> None:
+        """Promote a candidate (e.g. the best of n) to be the feature's current label."""
+        with self.session() as s:
+            explanation = s.get(Explanation, explanation_id)
+            if explanation is None:
+                raise NotFoundError(f"no explanation with id {explanation_id}")
+            if explanation.status in CURRENT_STATUSES:
+                return
+            _supersede_current(s, explanation.feature_id)
+            explanation.status = PROPOSED
+            explanation.version += 1
+
+    def add_score(
+        self,
+        explanation_id: int,
+        method: str,
+        value: float | None,
+        *,
+        details: dict[str, Any] | None = None,
+        simulator_model: str | None = None,
+        prompt: PromptRef | None = None,
+        run_id: int | None = None,
+    ) -> int:
+        """Record a score; NaN is refused (store None and say why in details)."""
+        if value is not None and value != value:
+            raise InputError("a score value may not be NaN: store None with a reason in details")
+        with self.session() as s:
+            score = Score(
+                explanation_id=explanation_id,
+                method=method,
+                value=value,
+                details=details or {},
+                simulator_model=simulator_model,
+                prompt_name=prompt.name if prompt else None,
+                prompt_version=prompt.version if prompt else None,
+                prompt_hash=prompt.hash if prompt else None,
+                run_id=run_id,
+            )
+            s.add(score)
+            if method == "simulation" and value is not None:
+                s.execute(
+                    update(Explanation)
+                    .where(Explanation.id == explanation_id)
+                    .where(or_(Explanation.score.is_(None), Explanation.score < value))
+                    .values(score=value)
+                )
+            s.flush()
+            return score.id
+
+    def explanation(self, explanation_id: int) -> ExplanationInfo:
+        with self.session() as s:
+            explanation = s.get(Explanation, explanation_id)
+            if explanation is None:
+                raise NotFoundError(f"no explanation with id {explanation_id}")
+            return _explanation_info(explanation, with_scores=True)
+
+    def current_explanation(self, feature_id: int) -> ExplanationInfo | None:
+        with self.session() as s:
+            explanation = s.scalar(
+                select(Explanation).where(
+                    Explanation.feature_id == feature_id,
+                    Explanation.status.in_(CURRENT_STATUSES),
+                )
+            )
+            return _explanation_info(explanation, with_scores=True) if explanation else None
+
+    def explanations(self, feature_id: int) -> list[ExplanationInfo]:
+        """Every label a feature ever had, newest first, with scores."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(Explanation)
+                .where(Explanation.feature_id == feature_id)
+                .order_by(Explanation.created_at.desc(), Explanation.id.desc())
+            ).all()
+            return [_explanation_info(e, with_scores=True) for e in rows]
+
+    # ------------------------------------------------------------ reviews
+
+    def review(
+        self,
+        feature_id: int,
+        action: str,
+        reviewer: str,
+        *,
+        expected_explanation_id: int | None = None,
+        expected_version: int | None = None,
+        text: str | None = None,
+        note: str | None = None,
+    ) -> int | None:
+        """Accept, reject or edit the current label, or leave a note; every action is audited.
+
+        Pass the current label's id and version as the reviewer saw them: if
+        somebody changed it since, ConflictError is raised and nothing is written.
+        Returns the id of the explanation the action produced or touched.
+        """
+        if action not in REVIEW_ACTIONS:
+            raise InputError(
+                f"unknown review action {action!r}: use one of {', '.join(REVIEW_ACTIONS)}"
+            )
+        if not reviewer or not reviewer.strip():
+            raise InputError("a review needs the reviewer's name")
+        with self.session() as s:
+            current = s.scalar(
+                select(Explanation)
+                .where(
+                    Explanation.feature_id == feature_id,
+                    Explanation.status.in_(CURRENT_STATUSES),
+                )
+                .with_for_update()
+            )
+            if s.get(Feature, feature_id) is None:
+                raise NotFoundError(f"no feature with id {feature_id}")
+            seen_id = current.id if current else None
+            if expected_explanation_id is not None or expected_version is not None:
+                if seen_id != expected_explanation_id or (
+                    current is not None
+                    and expected_version is not None
+                    and current.version != expected_version
+                ):
+                    raise ConflictError(
+                        "this feature's label changed since you loaded it "
+                        f"(now: {current.text if current else 'no label'!r}); reload and try again"
+                    )
+            before = _snapshot(current)
+            target_id = seen_id
+            if action in ("accept", "reject"):
+                if current is None:
+                    raise InputError("this feature has no current label to " + action)
+                current.status = ACCEPTED if action == "accept" else REJECTED
+                current.version += 1
+                after = _snapshot(current)
+            elif action == "edit":
+                if not text or not text.strip():
+                    raise InputError("an edit needs the new label text")
+                if current is not None:
+                    current.status = SUPERSEDED
+                    current.version += 1
+                    s.flush()
+                edited = Explanation(
+                    feature_id=feature_id,
+                    text=text.strip(),
+                    author_kind="human",
+                    author_name=reviewer.strip(),
+                    parent_id=seen_id,
+                    status=ACCEPTED,
+                    details={"note": note} if note else {},
+                )
+                s.add(edited)
+                s.flush()
+                target_id = edited.id
+                after = _snapshot(edited)
+            else:
+                after = before
+            s.add(
+                Review(
+                    feature_id=feature_id,
+                    explanation_id=target_id,
+                    reviewer=reviewer.strip(),
+                    action=action,
+                    before=before,
+                    after=after,
+                    note=note,
+                )
+            )
+            return target_id
+
+    def reviews(self, feature_id: int | None = None, limit: int = 100) -> list[ReviewInfo]:
+        query = select(Review).order_by(Review.id.desc()).limit(limit)
+        if feature_id is not None:
+            query = query.where(Review.feature_id == feature_id)
+        with self.session() as s:
+            return [_review_info(r) for r in s.scalars(query).all()]
+
+    # ------------------------------------------------------------ queries
+
+    def search(
+        self,
+        query: str = "",
+        *,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        source: str | None = None,
+        status: str | None = None,
+        reviewed: bool | None = None,
+        order: str = "rank",
+        limit: int = 20,
+        offset: int = 0,
+    ) -> list[FeatureRow]:
+        """Features with their current labels, full-text ranked when `query` is given.
+
+        `status` filters the label status (proposed, accepted, …) or `unlabeled`;
+        `order` is rank (text relevance, else score), score, -score or id.
+        Any query string is safe: it is reduced to words before it reaches FTS.
+        """
+        stmt, rank = self._feature_rows(query)
+        stmt = _filter_rows(stmt, min_score, max_score, source, status, reviewed)
+        if rank is not None and order == "rank":
+            stmt = stmt.order_by(rank, Feature.id)
+        elif order in ("score", "rank"):
+            stmt = stmt.order_by(Explanation.score.desc().nulls_last(), Feature.id)
+        elif order == "-score":
+            stmt = stmt.order_by(Explanation.score.asc().nulls_last(), Feature.id)
+        elif order == "id":
+            stmt = stmt.order_by(Feature.id)
+        else:
+            raise InputError(f"unknown order {order!r}: use rank, score, -score or id")
+        stmt = stmt.limit(limit).offset(offset)
+        with self.session() as s:
+            return [_feature_row(row) for row in s.execute(stmt).all()]
+
+    def count(
+        self,
+        query: str = "",
+        *,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        source: str | None = None,
+        status: str | None = None,
+        reviewed: bool | None = None,
+    ) -> int:
+        stmt, _ = self._feature_rows(query)
+        stmt = _filter_rows(stmt, min_score, max_score, source, status, reviewed)
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+
+    def _feature_rows(self, query: str):
+        stmt = (
+            select(
+                Feature.id,
+                FeatureSource.name,
+                Feature.index,
+                Feature.status,
+                Feature.max_act,
+                Feature.density,
+                Explanation.id,
+                Explanation.text,
+                Explanation.status,
+                Explanation.author_kind,
+                Explanation.score,
+            )
+            .select_from(Feature)
+            .join(FeatureSource, FeatureSource.id == Feature.source_id)
+            .outerjoin(
+                Explanation,
+                (Explanation.feature_id == Feature.id) & Explanation.status.in_(CURRENT_STATUSES),
+            )
+        )
+        words = _WORD.findall(query or "")
+        if not words:
+            return stmt, None
+        if self.dialect == "sqlite":
+            match = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
+            fts = (
+                text(
+                    "SELECT rowid AS id, bm25(explanations_fts) AS rank FROM explanations_fts "
+                    "WHERE explanations_fts MATCH :match"
+                )
+                .bindparams(match=match)
+                .columns(id=Integer, rank=Float)
+                .subquery("fts")
+            )
+            stmt = stmt.join(fts, fts.c.id == Explanation.id)
+            return stmt, fts.c.rank
+        tsquery = func.websearch_to_tsquery("english", " OR ".join(words))
+        vector = func.to_tsvector("english", Explanation.text)
+        stmt = stmt.where(vector.op("@@")(tsquery))
+        return stmt, func.ts_rank(vector, tsquery).desc()
+
+    def feature_card(self, feature: int | str) -> FeatureCard:
+        """Everything about one feature: statistics, labels with scores, examples, reviews."""
+        feature_id = self.resolve_feature(feature)
+        info = self.feature(feature_id)
+        history = self.explanations(feature_id)
+        current = next((e for e in history if e.status in CURRENT_STATUSES), None)
+        return FeatureCard(
+            feature=info,
+            source=self.source(info.source_id),
+            current=current,
+            history=history,
+            examples=self.examples(feature_id),
+            reviews=self.reviews(feature_id),
+        )
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, kind: str, config: dict[str, Any], code_version: str = "") -> int:
+        with self.session() as s:
+            run = Run(kind=kind, config=config, code_version=code_version, counts={}, failures=[])
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        """Set run columns (counts, failures, tokens_in, tokens_out, cost, status, message)."""
+        with self.session() as s:
+            s.execute(update(Run).where(Run.id == run_id).values(**values))
+
+    def finish_run(
+        self, run_id: int, status: str, message: str | None = None, **values: Any
+    ) -> None:
+        self.update_run(run_id, status=status, message=message, finished_at=utcnow(), **values)
+
+    def run(self, run_id: int) -> RunInfo:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise NotFoundError(f"no run with id {run_id}")
+            return _run_info(run)
+
+    def runs(self, limit: int = 20) -> list[RunInfo]:
+        with self.session() as s:
+            return [
+                _run_info(r) for r in s.scalars(select(Run).order_by(Run.id.desc()).limit(limit))
+            ]
+
+    # ------------------------------------------------------------ locks
+
+    def acquire_lock(
+        self, name: str, holder: str, *, run_id: int | None = None, stale_after_s: float = 600
+    ) -> None:
+        """Take a named lock, or raise LockedError naming who holds it.
+
+        A lock whose heartbeat is older than `stale_after_s` is taken over.
+        """
+        now = utcnow()
+        with self.session() as s:
+            s.execute(
+                delete(Lock).where(
+                    Lock.name == name, Lock.heartbeat_at < now - timedelta(seconds=stale_after_s)
+                )
+            )
+        try:
+            with self.session() as s:
+                s.add(
+                    Lock(name=name, holder=holder, run_id=run_id, acquired_at=now, heartbeat_at=now)
+                )
+        except IntegrityError:
+            with self.session() as s:
+                lock = s.get(Lock, name)
+            if lock is None:
+                return self.acquire_lock(name, holder, run_id=run_id, stale_after_s=stale_after_s)
+            raise LockedError(
+                f"another gloss run holds the {name!r} lock ({lock.holder}, run {lock.run_id}, "
+                f"since {lock.acquired_at:%Y-%m-%d %H:%M:%S} UTC); wait for it, or if it died, "
+                f"the lock expires {stale_after_s:.0f}s after its last heartbeat"
+            ) from None
+
+    def heartbeat_lock(self, name: str, holder: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(Lock)
+                .where(Lock.name == name, Lock.holder == holder)
+                .values(heartbeat_at=utcnow())
+            )
+
+    def release_lock(self, name: str, holder: str) -> None:
+        with self.session() as s:
+            s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))
+
+    # ------------------------------------------------------------ LLM calls
+
+    def cached_llm_response(self, request_hash: str) -> dict[str, Any] | None:
+        """The response of an earlier successful, cacheable call with this request hash."""
+        with self.session() as s:
+            return s.scalar(
+                select(LLMCall.response)
+                .where(
+                    LLMCall.request_hash == request_hash,
+                    LLMCall.outcome == "ok",
+                    LLMCall.cacheable.is_(True),
+                )
+                .order_by(LLMCall.id.desc())
+                .limit(1)
+            )
+
+    def record_llm_call(
+        self,
+        *,
+        request_hash: str,
+        role: str,
+        model: str,
+        outcome: str,
+        endpoint: str = "",
+        cacheable: bool = True,
+        error: str | None = None,
+        request: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost: float = 0.0,
+        latency_s: float = 0.0,
+        run_id: int | None = None,
+    ) -> int:
+        with self.session() as s:
+            call = LLMCall(
+                request_hash=request_hash,
+                role=role,
+                model=model,
+                endpoint=endpoint,
+                cacheable=cacheable,
+                outcome=outcome,
+                error=error,
+                request=request,
+                response=response,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cost=cost,
+                latency_s=latency_s,
+                run_id=run_id,
+            )
+            s.add(call)
+            s.flush()
+            return call.id
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _window_hash(token_ids: Sequence[int]) -> str:
+    return hashlib.sha256(struct.pack(f"<{len(token_ids)}q", *token_ids)).hexdigest()
+
+
+def _supersede_current(s: Session, feature_id: int) -> None:
+    s.execute(
+        update(Explanation)
+        .where(Explanation.feature_id == feature_id, Explanation.status.in_(CURRENT_STATUSES))
+        .values(status=SUPERSEDED, version=Explanation.version + 1)
+    )
+    s.flush()
+
+
+def _filter_rows(stmt, min_score, max_score, source, status, reviewed):
+    if min_score is not None:
+        stmt = stmt.where(Explanation.score >= min_score)
+    if max_score is not None:
+        stmt = stmt.where(Explanation.score <= max_score)
+    if source is not None:
+        stmt = stmt.where(FeatureSource.name == source)
+    if status == "unlabeled":
+        stmt = stmt.where(Explanation.id.is_(None))
+    elif status in ("new", "mined", "dead"):
+        stmt = stmt.where(Feature.status == status)
+    elif status is not None:
+        stmt = stmt.where(Explanation.status == status)
+    if reviewed is not None:
+        has_review = select(Review.id).where(Review.feature_id == Feature.id).exists()
+        stmt = stmt.where(has_review if reviewed else ~has_review)
+    return stmt
+
+
+def _snapshot(explanation: Explanation | None) -> dict[str, Any] | None:
+    if explanation is None:
+        return None
+    return {
+        "explanation_id": explanation.id,
+        "text": explanation.text,
+        "status": explanation.status,
+        "author_kind": explanation.author_kind,
+        "author_name": explanation.author_name,
+    }
+
+
+def _source_info(src: FeatureSource, subj: Subject) -> SourceInfo:
+    return SourceInfo(
+        id=src.id,
+        name=src.name,
+        subject_id=subj.id,
+        subject_name=subj.name,
+        subject_path=subj.path,
+        hook=src.hook,
+        kind=src.kind,
+        width=src.width,
+        params_hash=src.params_hash,
+        path=src.path,
+        config=dict(src.config or {}),
+    )
+
+
+def _feature_info(f: Feature, source_name: str) -> FeatureInfo:
+    return FeatureInfo(
+        id=f.id,
+        source_id=f.source_id,
+        source=source_name,
+        index=f.index,
+        status=f.status,
+        max_act=f.max_act,
+        mean_act=f.mean_act,
+        density=f.density,
+        n_tokens=f.n_tokens,
+        histogram=f.histogram,
+        failures=f.failures,
+        last_error=f.last_error,
+    )
+
+
+def _feature_row(row) -> FeatureRow:
+    return FeatureRow(*row)
+
+
+def _score_info(sc: Score) -> ScoreInfo:
+    return ScoreInfo(
+        id=sc.id,
+        method=sc.method,
+        value=sc.value,
+        details=dict(sc.details or {}),
+        simulator_model=sc.simulator_model,
+        prompt_name=sc.prompt_name,
+        prompt_version=sc.prompt_version,
+        run_id=sc.run_id,
+        created_at=sc.created_at,
+    )
+
+
+def _explanation_info(e: Explanation, with_scores: bool = False) -> ExplanationInfo:
+    return ExplanationInfo(
+        id=e.id,
+        feature_id=e.feature_id,
+        text=e.text,
+        author_kind=e.author_kind,
+        author_name=e.author_name,
+        model=e.model,
+        prompt_name=e.prompt_name,
+        prompt_version=e.prompt_version,
+        prompt_hash=e.prompt_hash,
+        parent_id=e.parent_id,
+        status=e.status,
+        run_id=e.run_id,
+        score=e.score,
+        version=e.version,
+        details=dict(e.details or {}),
+        created_at=e.created_at,
+        scores=[_score_info(sc) for sc in sorted(e.scores, key=lambda x: x.id)]
+        if with_scores
+        else [],
+    )
+
+
+def _review_info(r: Review) -> ReviewInfo:
+    return ReviewInfo(
+        id=r.id,
+        feature_id=r.feature_id,
+        explanation_id=r.explanation_id,
+        reviewer=r.reviewer,
+        action=r.action,
+        before=r.before,
+        after=r.after,
+        note=r.note,
+        created_at=r.created_at,
+    )
+
+
+def _run_info(r: Run) -> RunInfo:
+    return RunInfo(
+        id=r.id,
+        kind=r.kind,
+        status=r.status,
+        config=dict(r.config or {}),
+        counts=dict(r.counts or {}),
+        failures=list(r.failures or []),
+        tokens_in=r.tokens_in,
+        tokens_out=r.tokens_out,
+        cost=r.cost,
+        code_version=r.code_version,
+        message=r.message,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+    )
+
+
+__all__ = [
+    "CANDIDATE",
+    "ExampleIn",
+    "ExampleOut",
+    "ExplanationInfo",
+    "FeatureCard",
+    "FeatureInfo",
+    "FeatureRow",
+    "MinedFeature",
+    "PromptRef",
+    "ReviewInfo",
+    "RunInfo",
+    "ScoreInfo",
+    "SourceInfo",
+    "Store",
+    "WindowIn",
+    "decode_acts",
+    "encode_acts",
+    "open_store",
+]

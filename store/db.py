@@ -1,0 +1,183 @@
+"""Engines, schema revisions and the friendly errors around them.
+
+`connect(url)` is the one way gloss gets an engine: it resolves the URL, turns
+every connection problem into a one-line `DatabaseError`, creates an empty
+database at the newest revision, and refuses a database at another revision.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+from store.errors import DatabaseError, SchemaAheadError, SchemaBehindError
+
+DEFAULT_URL = "sqlite:///gloss.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def resolve_url(url: str | None = None) -> str:
+    return url or os.environ.get("GLOSS_DATABASE_URL") or DEFAULT_URL
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def create(url: str | None = None) -> Engine:
+    """An engine for `url` with gloss's SQLite settings; no connection is made yet."""
+    url = resolve_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(
+            f"malformed database URL {url!r}: expected e.g. sqlite:///gloss.db "
+            "or postgresql+psycopg://user@host/dbname"
+        ) from None
+    if parsed.drivername == "postgresql" or parsed.drivername == "postgres":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                parent = Path(database).expanduser().resolve().parent
+                if not parent.is_dir():
+                    raise DatabaseError(
+                        f"cannot open {describe(url)}: folder {parent} does not exist"
+                    )
+            engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+            event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return create_engine(parsed, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise DatabaseError(
+            f"unsupported database URL {describe(url)}: gloss speaks sqlite:// and "
+            "postgresql:// (install gloss[postgres] for PostgreSQL)"
+        ) from None
+    except ModuleNotFoundError as error:
+        raise DatabaseError(
+            f"the driver for {describe(url)} is not installed ({error.name}): "
+            "pip install 'gloss[postgres]'"
+        ) from None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head() or ""
+
+
+def _known_revisions() -> set[str]:
+    return {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+
+
+def _wrap_connection_error(url: str, error: DBAPIError) -> DatabaseError:
+    message = str(getattr(error, "orig", error)).strip().splitlines()[0]
+    lowered = message.lower()
+    if "file is not a database" in lowered or "malformed" in lowered:
+        return DatabaseError(
+            f"{describe(url)} is not a usable SQLite database (corrupt?): {message}"
+        )
+    if make_url(url).get_backend_name() == "sqlite":
+        return DatabaseError(f"cannot open {describe(url)}: {message}")
+    return DatabaseError(f"cannot reach the database server at {describe(url)}: {message}")
+
+
+def current_revision(url: str | None = None, engine: Engine | None = None) -> str | None:
+    url = resolve_url(url)
+    engine = engine or create(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except DBAPIError as error:
+        raise _wrap_connection_error(url, error) from None
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> tuple[str | None, str]:
+    """Migrate to `revision`; returns (before, after)."""
+    url = resolve_url(url)
+    engine = create(url)
+    before = current_revision(url, engine)
+    if before is not None and before not in _known_revisions():
+        raise SchemaAheadError(_ahead_message(url, before))
+    _migrate(engine, url, "upgrade", revision)
+    return before, current_revision(url, engine) or ""
+
+
+def downgrade(url: str | None = None, revision: str = "base") -> None:
+    url = resolve_url(url)
+    _migrate(create(url), url, "downgrade", revision)
+
+
+def _migrate(engine: Engine, url: str, direction: str, revision: str) -> None:
+    config = _alembic_config()
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            getattr(command, direction)(config, revision)
+    except DBAPIError as error:
+        raise _wrap_connection_error(url, error) from None
+    finally:
+        engine.dispose()
+
+
+def _ahead_message(url: str, revision: str) -> str:
+    return (
+        f"{describe(url)} is at schema revision {revision}, which this gloss does not know "
+        f"(its newest is {head_revision()}): the database was written by a newer gloss; upgrade gloss"
+    )
+
+
+def connect(url: str | None = None) -> Engine:
+    """An engine on a database at the newest revision, creating the schema in an empty one."""
+    url = resolve_url(url)
+    engine = create(url)
+    current = current_revision(url, engine)
+    head = head_revision()
+    if current == head:
+        return engine
+    if current is None:
+        try:
+            with engine.connect() as conn:
+                tables = set(inspect(conn).get_table_names())
+        except DBAPIError as error:
+            raise _wrap_connection_error(url, error) from None
+        if tables - {"alembic_version"}:
+            raise DatabaseError(
+                f"{describe(url)} has tables but no gloss schema revision: "
+                "point gloss at an empty database or at one gloss created"
+            )
+        _migrate(engine, url, "upgrade", "head")
+        return create(url)
+    if current not in _known_revisions():
+        raise SchemaAheadError(_ahead_message(url, current))
+    raise SchemaBehindError(
+        f"{describe(url)} is at schema revision {current}, older than this gloss ({head}): "
+        "run gloss db upgrade"
+    )
