@@ -26,7 +26,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.llm import CallStats, LLMClient, LLMConfig, UnusableAnswer, answer_text, make_clients
+from pipeline.llm import (
+    CallStats,
+    LLMClient,
+    LLMConfig,
+    StoreWorker,
+    UnusableAnswer,
+    answer_text,
+    make_clients,
+)
 from pipeline.prompts import Prompt, load_prompt, neutralize
 from pipeline.scoring import simulation_score
 from pipeline.simulator import SimulatorConfig, simulate
@@ -226,11 +234,10 @@ class _Context:
     simulator: SimulatorConfig
     run_id: int | None
     summary: Summary
+    db: StoreWorker
     explain_template: Prompt | None = None
     simulate_template: Prompt | None = None
-
-    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    force: bool = False
 
     async def fail(self, feature_id: int, stage: str, error: Exception) -> None:
         self.summary.failed += 1
@@ -304,6 +311,13 @@ async def _score_one(
 
 
 async def _explain_one(ctx: _Context, feature_id: int) -> None:
+    info = await ctx.db(ctx.store.feature, feature_id)
+    if info.status != "mined" or info.failures >= ctx.explainer.max_failures:
+        ctx.summary.skipped += 1
+        return
+    if not ctx.force and await ctx.db(ctx.store.current_explanation, feature_id) is not None:
+        ctx.summary.skipped += 1
+        return
     examples = await ctx.db(ctx.store.examples, feature_id)
     explain_split = [e for e in examples if e.split == "explain"]
     holdout = [e for e in examples if e.split == "holdout"]
@@ -350,7 +364,8 @@ async def _explain_one(ctx: _Context, feature_id: int) -> None:
         )
         ids.append((explanation_id, label))
     ctx.summary.explained += 1
-    await ctx.db(ctx.store.clear_failures, feature_id)
+    if info.failures:
+        await ctx.db(ctx.store.clear_failures, feature_id)
     if not ctx.explainer.score and n == 1:
         return
     scores = await asyncio.gather(*(_score_one(ctx, feature_id, i, t, holdout) for i, t in ids))
@@ -427,20 +442,11 @@ async def aexplain_features(
     simulator = simulator or SimulatorConfig()
     started = time.perf_counter()
     summary = Summary(features=len(feature_ids))
-    todo = []
-    for feature_id in feature_ids:
-        info = await asyncio.to_thread(store.feature, feature_id)
-        current = await asyncio.to_thread(store.current_explanation, feature_id)
-        if info.status != "mined" or info.failures >= explainer.max_failures:
-            summary.skipped += 1
-        elif current is not None and not force:
-            summary.skipped += 1
-        else:
-            todo.append(feature_id)
     run_id, own = _open_run(
         store, run_id, "explain", _config_dict(llm=llm, explainer=explainer, simulator=simulator)
     )
-    explainer_client, simulator_client = make_clients(llm, store, run_id)
+    db = StoreWorker(store)
+    explainer_client, simulator_client = make_clients(llm, store, run_id, db)
     ctx = _Context(
         store,
         explainer_client,
@@ -449,17 +455,20 @@ async def aexplain_features(
         simulator,
         run_id,
         summary,
+        db,
         explainer.template(),
         simulator.template(),
+        force,
     )
     try:
-        await _run_features(ctx, todo, _explain_one, "explain")
+        await _run_features(ctx, list(feature_ids), _explain_one, "explain")
     finally:
         summary.explainer, summary.simulator = explainer_client.stats, simulator_client.stats
         summary.wall_s = time.perf_counter() - started
         await explainer_client.close()
         await simulator_client.close()
-        await asyncio.to_thread(_close_run, store, run_id, own, summary, "explain")
+        db.close()
+        _close_run(store, run_id, own, summary, "explain")
     return summary
 
 
@@ -482,7 +491,7 @@ async def ascore_features(
     summary = Summary(features=len(feature_ids))
     jobs: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for feature_id in feature_ids:
-        history = await asyncio.to_thread(store.explanations, feature_id)
+        history = store.explanations(feature_id)
         wanted = [e for e in history if e.status in ("proposed", "accepted")]
         if baseline:
             wanted += [e for e in history if e.author_kind == "baseline"][:1]
@@ -499,8 +508,9 @@ async def ascore_features(
         if not jobs.get(feature_id):
             summary.skipped += 1
     run_id, own = _open_run(store, run_id, "score", _config_dict(llm=llm, simulator=simulator))
-    _, simulator_client = make_clients(llm, store, run_id)
-    ctx = _Context(store, None, simulator_client, ExplainerConfig(), simulator, run_id, summary)
+    db = StoreWorker(store)
+    _, simulator_client = make_clients(llm, store, run_id, db)
+    ctx = _Context(store, None, simulator_client, ExplainerConfig(), simulator, run_id, summary, db)
     ctx.simulate_template = template
 
     async def work(ctx: _Context, feature_id: int) -> None:
@@ -515,7 +525,8 @@ async def ascore_features(
         summary.simulator = simulator_client.stats
         summary.wall_s = time.perf_counter() - started
         await simulator_client.close()
-        await asyncio.to_thread(_close_run, store, run_id, own, summary, "score")
+        db.close()
+        _close_run(store, run_id, own, summary, "score")
     return summary
 
 

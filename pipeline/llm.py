@@ -22,7 +22,9 @@ import os
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import openai
@@ -138,6 +140,25 @@ def is_deterministic(request: dict[str, Any]) -> bool:
     return request.get("temperature", 1.0) == 0 or request.get("seed") is not None
 
 
+class StoreWorker:
+    """Runs store calls off the event loop, one at a time.
+
+    SQLite has a single writer; queueing writes here is far cheaper than letting
+    threads collide in SQLite's busy handler, which sleeps in steps of milliseconds.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-store")
+
+    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
 class LLMClient:
     """Calls one endpoint for one role, with caching, retries, a concurrency limit and a ledger."""
 
@@ -149,10 +170,12 @@ class LLMClient:
         store: Store | None = None,
         run_id: int | None = None,
         semaphore: asyncio.Semaphore | None = None,
+        db: StoreWorker | None = None,
     ):
         self.endpoint = endpoint
         self.role = role
         self.store = store
+        self.db = db or (StoreWorker(store) if store is not None else None)
         self.run_id = run_id
         self.base_url = endpoint.resolved_url()
         if self.base_url == LOCAL:
@@ -191,13 +214,24 @@ class LLMClient:
             }
         return {"model": self.endpoint.model, "prompt": prompt, **params}
 
-    async def complete(self, prompt: str, parse: Callable[[dict[str, Any]], T], **params: Any):
-        """Send `prompt`, return `Answer(value=parse(response))`; raise LLMError when that fails."""
+    async def complete(
+        self,
+        prompt: str,
+        parse: Callable[[dict[str, Any]], T],
+        *,
+        compact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> Answer:
+        """Send `prompt`, return `Answer(value=parse(response))`; raise LLMError when that fails.
+
+        `compact` may shrink a parsed response before it is stored (it must still parse
+        to the same value): echoed prompts with logprobs are large.
+        """
         request = self.build_request(prompt, **params)
         key = request_hash(self.endpoint.api, request)
         cacheable = is_deterministic(request)
-        if cacheable and self.store is not None:
-            cached = await asyncio.to_thread(self.store.cached_llm_response, key)
+        if cacheable and self.store is not None and self.db is not None:
+            cached = await self.db(self.store.cached_llm_response, key)
             if cached is not None:
                 try:
                     value = parse(cached)
@@ -218,7 +252,8 @@ class LLMClient:
             await self._record(key, request, response, cacheable, outcome, started, str(error))
             raise
         tokens_in, tokens_out = _usage(response)
-        call_id = await self._record(key, request, response, cacheable, "ok", started, None)
+        stored = compact(response) if compact else response
+        call_id = await self._record(key, request, stored, cacheable, "ok", started, None)
         return Answer(value, response, tokens_in, tokens_out, False, call_id)
 
     async def _send(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -307,9 +342,9 @@ class LLMClient:
         self.stats.tokens_in += tokens_in
         self.stats.tokens_out += tokens_out
         self.stats.cost += cost
-        if self.store is None:
+        if self.store is None or self.db is None:
             return None
-        return await asyncio.to_thread(
+        return await self.db(
             self.store.record_llm_call,
             request_hash=key,
             role=self.role,
@@ -360,7 +395,10 @@ _STANDARD_PARAMS = {
 
 
 def make_clients(
-    config: LLMConfig, store: Store | None = None, run_id: int | None = None
+    config: LLMConfig,
+    store: Store | None = None,
+    run_id: int | None = None,
+    db: StoreWorker | None = None,
 ) -> tuple[LLMClient, LLMClient]:
     """Explainer and simulator clients; roles on the same endpoint share one concurrency limit."""
     explainer, simulator = config.explainer, config.simulator
@@ -369,8 +407,8 @@ def make_clients(
     first = asyncio.Semaphore(limit or explainer.concurrency)
     second = first if shared else asyncio.Semaphore(simulator.concurrency)
     return (
-        LLMClient(explainer, role="explainer", store=store, run_id=run_id, semaphore=first),
-        LLMClient(simulator, role="simulator", store=store, run_id=run_id, semaphore=second),
+        LLMClient(explainer, role="explainer", store=store, run_id=run_id, semaphore=first, db=db),
+        LLMClient(simulator, role="simulator", store=store, run_id=run_id, semaphore=second, db=db),
     )
 
 

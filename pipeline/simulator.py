@@ -71,6 +71,30 @@ def render_integer_windows(windows: Sequence[Sequence[str]]) -> str:
     return "\n\n".join(blocks)
 
 
+def _placeholder_indices(tokens: Sequence[str]) -> list[int]:
+    """The index of the echoed token where each `unknown` placeholder's value starts."""
+    starts, text = [], ""
+    for token in tokens:
+        starts.append(len(text))
+        text += token
+    positions = [m.start() + 1 for m in re.finditer("\t" + PLACEHOLDER, text)]
+    return [bisect.bisect_right(starts, p) - 1 for p in positions]
+
+
+def compact_echo(response: dict[str, Any]) -> dict[str, Any]:
+    """The echo response with logprobs kept only where predictions are read (for the cache)."""
+    choice = dict(response["choices"][0])
+    logprobs = dict(choice["logprobs"])
+    keep = set(_placeholder_indices(logprobs["tokens"]))
+    logprobs["top_logprobs"] = [
+        top if i in keep else None for i, top in enumerate(logprobs["top_logprobs"])
+    ]
+    logprobs.pop("token_logprobs", None)
+    logprobs.pop("text_offset", None)
+    choice["logprobs"] = logprobs
+    return {**response, "choices": [choice]}
+
+
 def expected_values_from_echo(
     response: dict[str, Any], lengths: Sequence[int]
 ) -> list[list[float]]:
@@ -82,21 +106,15 @@ def expected_values_from_echo(
             "the endpoint returned no logprobs for the echoed prompt; use a completions "
             "endpoint with echo + logprobs (llama.cpp, vLLM) or simulator method 'integers'"
         )
-    tokens: list[str] = logprobs["tokens"]
     tops: list[dict[str, float] | None] = logprobs["top_logprobs"]
-    starts, text = [], ""
-    for token in tokens:
-        starts.append(len(text))
-        text += token
-    positions = [m.start() + 1 for m in re.finditer("\t" + PLACEHOLDER, text)]
+    indices = _placeholder_indices(logprobs["tokens"])
     expected = sum(lengths)
-    if len(positions) != expected:
+    if len(indices) != expected:
         raise UnusableAnswer(
-            f"the echoed prompt has {len(positions)} placeholders where {expected} were sent"
+            f"the echoed prompt has {len(indices)} placeholders where {expected} were sent"
         )
     values: list[float] = []
-    for n, position in enumerate(positions):
-        index = bisect.bisect_right(starts, position) - 1
+    for n, index in enumerate(indices):
         top = tops[index] if 0 <= index < len(tops) else None
         mass = [0.0] * 11
         for candidate, logprob in (top or {}).items():
@@ -165,6 +183,7 @@ async def simulate(
         answer = await client.complete(
             prompt,
             lambda response: expected_values_from_echo(response, lengths),
+            compact=compact_echo,
             max_tokens=1,
             temperature=0,
             echo=True,

@@ -449,3 +449,21 @@ def test_chat_endpoint_refuses_echo(server):
 
     with pytest.raises(ConfigError, match="completions API"):
         asyncio.run(go())
+
+
+def test_cli_explain_and_score(sqlite_url, server, capsys):
+    from pipeline.cli import main
+    from store import open_store
+
+    with open_store(sqlite_url) as store:
+        source, ids = token_features(store, WORDS)
+    common = ["--base-url", server.base_url, "--model", "scripted", "--source", "toy/mlp.0/neurons"]
+    assert main(["--db", sqlite_url, "explain", *common, "--features", "0:2", "--no-score"]) == 0
+    out = capsys.readouterr().out
+    assert "features 2: explained 2" in out and "LLM calls 2" in out
+    assert main(["--db", sqlite_url, "score", *common, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["scored"] == 2 and summary["skipped"] == 1 and summary["calls"] == 2
+    assert main(["--db", sqlite_url, "explain", *common, "--baseline", "--limit", "1"]) == 0
+    assert main(["--db", sqlite_url, "explain", "--source", "nope"]) == 4
+    assert "no feature source 'nope'" in capsys.readouterr().err
