@@ -175,9 +175,10 @@ def _add_llm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simulator-api", choices=["completions", "chat"])
     p.add_argument(
         "--method",
-        choices=["logprobs", "integers"],
-        default="logprobs",
-        help="simulation: expected values from logprobs (completions + echo) or JSON integers",
+        choices=["auto", "logprobs", "integers"],
+        default="auto",
+        help="simulation: expected values from logprobs (completions + echo) or JSON "
+        "integers; auto picks logprobs, or grammar-constrained integers on the local model",
     )
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight per endpoint")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")

@@ -439,7 +439,7 @@ async def aexplain_features(
 ) -> Summary:
     """Label (and score) every feature in `feature_ids` that is mined and has no current label."""
     explainer = explainer or ExplainerConfig()
-    simulator = simulator or SimulatorConfig()
+    simulator = (simulator or SimulatorConfig()).for_endpoint(llm.simulator)
     started = time.perf_counter()
     summary = Summary(features=len(feature_ids))
     run_id, own = _open_run(
@@ -484,7 +484,7 @@ async def ascore_features(
 ) -> Summary:
     """Score current labels (and with `baseline`, baseline labels) that lack a score from
     this simulator model and prompt version."""
-    simulator = simulator or SimulatorConfig()
+    simulator = (simulator or SimulatorConfig()).for_endpoint(llm.simulator)
     template = simulator.template()
     model = llm.simulator.model
     started = time.perf_counter()

@@ -66,6 +66,7 @@ class EndpointConfig:
     max_backoff_s: float = 60.0
     price_in: float = 0.0
     price_out: float = 0.0
+    grammar: bool = False  # the endpoint takes llama.cpp GBNF grammars (the local one does)
 
     def __post_init__(self) -> None:
         if self.api not in APIS:

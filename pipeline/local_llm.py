@@ -44,6 +44,11 @@ class LocalServerConfig:
     alias: str = LOCAL_MODEL
     n_ctx: int = 2048
     n_threads: int | None = None
+    # Prompt logprobs (the simulator's logprobs method) need logits for every position:
+    # n_ctx x vocabulary floats (2 GB for Gemma 3 at n_ctx 2048), and llama-cpp-python
+    # then spends about a second per prompt token. Off by default: the local simulator
+    # uses grammar-constrained integers instead.
+    logits_all: bool = False
     startup_timeout_s: float = 180.0
 
     @property
@@ -89,7 +94,7 @@ def server_command(config: LocalServerConfig) -> list[str]:
         "--n_ctx",
         str(config.n_ctx),
         "--logits_all",
-        "true",
+        "true" if config.logits_all else "false",
     ]
     if config.n_threads:
         command += ["--n_threads", str(config.n_threads)]
@@ -150,7 +155,9 @@ def local_server(config: LocalServerConfig | None = None) -> Iterator[str]:
 
 
 def _resolve(endpoint: EndpointConfig, url: str) -> EndpointConfig:
-    return dataclasses.replace(endpoint, base_url=url, api_key=endpoint.api_key or "local")
+    return dataclasses.replace(
+        endpoint, base_url=url, api_key=endpoint.api_key or "local", grammar=True
+    )
 
 
 @contextmanager

@@ -19,6 +19,7 @@ the prediction is the expected value over "0".."9".
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import math
 import re
@@ -26,18 +27,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.llm import Answer, LLMClient, UnusableAnswer, answer_text
+from pipeline.llm import Answer, EndpointConfig, LLMClient, UnusableAnswer, answer_text
 from pipeline.prompts import Prompt, load_prompt, neutralize
 from store import ConfigError
 
-METHODS = ("logprobs", "integers")
+METHODS = ("auto", "logprobs", "integers")
 PLACEHOLDER = "unknown"
 _DIGITS = {str(i): i for i in range(11)}
 
 
 @dataclass
 class SimulatorConfig:
-    method: str = "logprobs"
+    """`method` auto: logprobs, except integers on endpoints that take grammars (local)."""
+
+    method: str = "auto"
     prompt: str | None = None  # template name; default follows the method
     top_logprobs: int = 20
     max_answer_tokens: int = 2048  # integers method only
@@ -50,8 +53,15 @@ class SimulatorConfig:
             )
         self.kinds = tuple(self.kinds)
 
+    def for_endpoint(self, endpoint: EndpointConfig) -> SimulatorConfig:
+        """This config with `auto` resolved for `endpoint`."""
+        if self.method != "auto":
+            return self
+        method = "integers" if endpoint.grammar else "logprobs"
+        return dataclasses.replace(self, method=method)
+
     def template(self) -> Prompt:
-        default = "simulate_all_at_once" if self.method == "logprobs" else "simulate_integers"
+        default = "simulate_integers" if self.method == "integers" else "simulate_all_at_once"
         return load_prompt(self.prompt or default)
 
 
@@ -135,6 +145,18 @@ def expected_values_from_echo(
     return out
 
 
+def integers_grammar(lengths: Sequence[int]) -> str:
+    """A llama.cpp GBNF grammar that admits only the JSON answer with these window lengths."""
+    rules = [
+        'root ::= "{" ' + ' ", " '.join(f"doc{n}" for n in range(1, len(lengths) + 1)) + ' "}"',
+        'v ::= "10" | [0-9]',
+    ]
+    for n, length in enumerate(lengths, 1):
+        values = ' ", " '.join(["v"] * length)
+        rules.append(f'doc{n} ::= "\\"{n}\\": [" {values} "]"')
+    return "\n".join(rules) + "\n"
+
+
 def integers_from_answer(text: str, lengths: Sequence[int]) -> list[list[float]]:
     """Parse the JSON answer of the integers method, checking every window's length."""
     start, end = text.find("{"), text.rfind("}")
@@ -175,6 +197,7 @@ async def simulate(
     template: Prompt | None = None,
 ) -> tuple[list[list[float]], Answer]:
     """Predicted activations (0..10) for every token of every window, in one call."""
+    config = config.for_endpoint(client.endpoint)
     template = template or config.template()
     lengths = [len(w) for w in windows]
     label = neutralize(explanation.strip().rstrip("."))
@@ -191,10 +214,12 @@ async def simulate(
         )
     else:
         prompt = template.render(explanation=label, windows=render_integer_windows(windows))
+        extra = {"grammar": integers_grammar(lengths)} if client.endpoint.grammar else {}
         answer = await client.complete(
             prompt,
             lambda response: integers_from_answer(answer_text(response), lengths),
             max_tokens=config.max_answer_tokens,
             temperature=0,
+            **extra,
         )
     return answer.value, answer
