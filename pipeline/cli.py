@@ -194,7 +194,13 @@ def add_llm_commands(sub) -> None:
         "explain", help="label mined features with the explainer LLM (and score them)"
     )
     _add_llm_arguments(p)
-    p.add_argument("--style", choices=["openai", "delphi"], default="openai")
+    p.add_argument(
+        "--style",
+        choices=["auto", "openai", "delphi"],
+        default="auto",
+        help="explainer prompt: token<TAB>value listing (openai) or <<marked>> text (delphi); "
+        "auto: delphi on the local model, openai elsewhere",
+    )
     p.add_argument("--prompt", help="explainer template name or path (default per style)")
     p.add_argument("--candidates", type=int, default=1, help="best-of-n labels by simulation score")
     p.add_argument("--max-examples", type=int, default=10, help="explain windows shown")

@@ -15,6 +15,7 @@ the explainer come from the `explain` split only; the simulator sees only `holdo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from pipeline.llm import (
     CallStats,
+    EndpointConfig,
     LLMClient,
     LLMConfig,
     StoreWorker,
@@ -42,12 +44,16 @@ from store import CANDIDATE, ConfigError, ExampleOut, LLMError, Store
 
 log = logging.getLogger(__name__)
 
-STYLES = ("openai", "delphi")
+STYLES = ("auto", "openai", "delphi")
 
 
 @dataclass
 class ExplainerConfig:
-    style: str = "openai"  # token<TAB>value listing, or delphi's <<marked>> text
+    """`style` openai: token<TAB>value listing; delphi: text with <<marked>> tokens;
+    auto: openai, except delphi on grammar-capable (local llama.cpp) endpoints, where
+    the tiny bundled model does better with it."""
+
+    style: str = "auto"
     prompt: str | None = None  # template name; default follows the style
     max_examples: int = 10
     max_tokens_per_example: int = 64  # longer windows are cut around their peak
@@ -59,12 +65,20 @@ class ExplainerConfig:
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
-            raise ConfigError(f"explainer style {self.style!r} is unknown: use openai or delphi")
+            raise ConfigError(
+                f"explainer style {self.style!r} is unknown: use auto, openai or delphi"
+            )
         if self.candidates < 1 or self.max_examples < 1:
             raise ConfigError("explainer candidates and max_examples must be at least 1")
 
+    def for_endpoint(self, endpoint: EndpointConfig) -> ExplainerConfig:
+        if self.style != "auto":
+            return self
+        return dataclasses.replace(self, style="delphi" if endpoint.grammar else "openai")
+
     def template(self) -> Prompt:
-        return load_prompt(self.prompt or f"explain_{self.style}")
+        style = "openai" if self.style == "auto" else self.style
+        return load_prompt(self.prompt or f"explain_{style}")
 
 
 @dataclass
@@ -186,7 +200,7 @@ def explain_prompt(
     shown = shown_examples(examples, config)
     if not shown:
         raise UnusableAnswer("no active explain-split examples to show the explainer")
-    render = render_openai if config.style == "openai" else render_delphi
+    render = render_delphi if config.style == "delphi" else render_openai
     return template.render(examples=render(shown))
 
 
@@ -201,7 +215,13 @@ _PREFIXES = re.compile(
 _ECHOES = ("<start>", "<end>", "Activations:", "Neuron 2", "Feature 2", "\t")
 
 
-def parse_label(text: str) -> str:
+def example_labels(template: Prompt) -> set[str]:
+    """The labels of a template's worked examples: an answer repeating one is a copy."""
+    found = re.findall(r"does is find (.+)$", template.text, re.MULTILINE)
+    return {label.rstrip(" .").lower() for label in found if label.strip()}
+
+
+def parse_label(text: str, copies: set[str] = frozenset()) -> str:
     """The label in an explainer answer, or UnusableAnswer: never store junk as a label."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not lines:
@@ -219,6 +239,8 @@ def parse_label(text: str) -> str:
         raise UnusableAnswer(f"the explainer answer has no label: {text[:300]!r}")
     if len(label) > 300:
         raise UnusableAnswer(f"the explainer answer is too long for a label: {text[:300]!r}")
+    if label.lower() in copies:
+        raise UnusableAnswer(f"the explainer copied the prompt's worked example: {label!r}")
     return label
 
 
@@ -252,9 +274,10 @@ async def _explain_text(ctx: _Context, prompt: str, sample: int | None) -> tuple
         params["temperature"] = 0
     else:
         params.update(temperature=ctx.explainer.candidate_temperature, seed=sample)
-    assert ctx.explainer_client is not None
+    assert ctx.explainer_client is not None and ctx.explain_template is not None
+    copies = example_labels(ctx.explain_template)
     answer = await ctx.explainer_client.complete(
-        prompt, lambda response: parse_label(answer_text(response)), **params
+        prompt, lambda response: parse_label(answer_text(response), copies), **params
     )
     return answer.value, answer
 
@@ -438,7 +461,7 @@ async def aexplain_features(
     force: bool = False,
 ) -> Summary:
     """Label (and score) every feature in `feature_ids` that is mined and has no current label."""
-    explainer = explainer or ExplainerConfig()
+    explainer = (explainer or ExplainerConfig()).for_endpoint(llm.explainer)
     simulator = (simulator or SimulatorConfig()).for_endpoint(llm.simulator)
     started = time.perf_counter()
     summary = Summary(features=len(feature_ids))

@@ -467,3 +467,12 @@ def test_cli_explain_and_score(sqlite_url, server, capsys):
     assert main(["--db", sqlite_url, "explain", *common, "--baseline", "--limit", "1"]) == 0
     assert main(["--db", sqlite_url, "explain", "--source", "nope"]) == 4
     assert "no feature source 'nope'" in capsys.readouterr().err
+
+
+def test_copied_worked_example_is_a_failure_not_a_label(sqlite_store, server):
+    store = sqlite_store
+    _, ids = token_features(store, ["cat"])
+    server.label_override = "small animals and pets."
+    summary = explain_features(store, ids, config(server))
+    assert summary.failed == 1 and store.current_explanation(ids[0]) is None
+    assert "copied the prompt's worked example" in store.feature(ids[0]).last_error

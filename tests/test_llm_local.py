@@ -69,7 +69,7 @@ def test_explain_and_score_real_features(sqlite_store, server_config):
             continue
         labeled += 1
         assert current.model == LOCAL_MODEL and current.author_kind == "model"
-        assert current.prompt_name == "explain-openai" and len(current.prompt_hash) == 64
+        assert current.prompt_name == "explain-delphi" and len(current.prompt_hash) == 64
         for score in current.scores:
             assert score.simulator_model == LOCAL_MODEL
             assert score.prompt_name == "simulate-integers"
