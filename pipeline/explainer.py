@@ -334,14 +334,14 @@ async def _score_one(
 
 
 async def _explain_one(ctx: _Context, feature_id: int) -> None:
-    info = await ctx.db(ctx.store.feature, feature_id)
+    info = await ctx.db.read(ctx.store.feature, feature_id)
     if info.status != "mined" or info.failures >= ctx.explainer.max_failures:
         ctx.summary.skipped += 1
         return
-    if not ctx.force and await ctx.db(ctx.store.current_explanation, feature_id) is not None:
+    if not ctx.force and await ctx.db.read(ctx.store.current_explanation, feature_id) is not None:
         ctx.summary.skipped += 1
         return
-    examples = await ctx.db(ctx.store.examples, feature_id)
+    examples = await ctx.db.read(ctx.store.examples, feature_id)
     explain_split = [e for e in examples if e.split == "explain"]
     holdout = [e for e in examples if e.split == "holdout"]
     assert ctx.explain_template is not None
@@ -537,7 +537,7 @@ async def ascore_features(
     ctx.simulate_template = template
 
     async def work(ctx: _Context, feature_id: int) -> None:
-        holdout = await ctx.db(store.examples, feature_id, "holdout")
+        holdout = await ctx.db.read(store.examples, feature_id, "holdout")
         await asyncio.gather(
             *(_score_one(ctx, feature_id, i, text, holdout) for i, text in jobs[feature_id])
         )

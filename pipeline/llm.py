@@ -142,22 +142,30 @@ def is_deterministic(request: dict[str, Any]) -> bool:
 
 
 class StoreWorker:
-    """Runs store calls off the event loop, one at a time.
+    """Runs store calls off the event loop: writes one at a time, reads beside them.
 
     SQLite has a single writer; queueing writes here is far cheaper than letting
     threads collide in SQLite's busy handler, which sleeps in steps of milliseconds.
+    Reads go to their own small pool so they never wait behind a queue of writes.
     """
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, readers: int = 2):
         self.store = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-store")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-store-w")
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="gloss-store-r")
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A write (or anything that must not race a write)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._writer, partial(fn, *args, **kwargs))
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, partial(fn, *args, **kwargs))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
 
 
 class LLMClient:
@@ -232,7 +240,7 @@ class LLMClient:
         key = request_hash(self.endpoint.api, request)
         cacheable = is_deterministic(request)
         if cacheable and self.store is not None and self.db is not None:
-            cached = await self.db(self.store.cached_llm_response, key)
+            cached = await self.db.read(self.store.cached_llm_response, key)
             if cached is not None:
                 try:
                     value = parse(cached)
