@@ -600,6 +600,8 @@ class Store:
         if status not in EXPLANATION_STATUSES:
             raise InputError(f"unknown explanation status {status!r}")
         with self.session() as s:
+            if s.get(Feature, feature_id) is None:
+                raise NotFoundError(f"no feature with id {feature_id}")
             if status in CURRENT_STATUSES:
                 _supersede_current(s, feature_id)
             explanation = Explanation(

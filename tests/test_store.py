@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from store import (
     ConflictError,
@@ -390,8 +391,10 @@ def test_runs_are_recorded(store):
 
 
 def test_foreign_keys_are_enforced(store):
-    with pytest.raises(Exception):
+    with pytest.raises(NotFoundError):
         store.add_explanation(12345, "orphan", author_kind="model", author_name="x")
+    with pytest.raises(IntegrityError), store.session() as s:
+        s.execute(text("INSERT INTO scores (explanation_id, method, details, created_at) VALUES (999, 'x', '{}', '2026-01-01')"))
 
 
 def test_sqlite_settings(sqlite_store):
