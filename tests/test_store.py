@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
@@ -233,7 +235,8 @@ def test_nasty_search_strings_never_raise(store):
     for query in NASTY:
         hits = store.search(query)
         assert isinstance(hits, list), query
-        if "apple" in query:
+        words = {w.lower() for w in re.findall(r"\w+", query)}
+        if words and words <= {"apple", "fruit", "near", "the", "tree"}:
             assert hits and hits[0].feature_id == ids[1], query
         assert store.count(query) == len(hits)
 
@@ -394,7 +397,11 @@ def test_foreign_keys_are_enforced(store):
     with pytest.raises(NotFoundError):
         store.add_explanation(12345, "orphan", author_kind="model", author_name="x")
     with pytest.raises(IntegrityError), store.session() as s:
-        s.execute(text("INSERT INTO scores (explanation_id, method, details, created_at) VALUES (999, 'x', '{}', '2026-01-01')"))
+        s.execute(
+            text(
+                "INSERT INTO scores (explanation_id, method, details, created_at) VALUES (999, 'x', '{}', '2026-01-01')"
+            )
+        )
 
 
 def test_sqlite_settings(sqlite_store):
