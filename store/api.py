@@ -594,6 +594,86 @@ class Store:
                 update(Feature).where(Feature.id == feature_id).values(failures=0, last_error=None)
             )
 
+    # ------------------------------------------------------------ incremental work
+
+    def features_to_explain(
+        self,
+        source_id: int,
+        *,
+        model: str,
+        prompt: PromptRef,
+        max_failures: int | None = None,
+        relabel_human: bool = False,
+        indices: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Mined features with no current label from this model and prompt version.
+
+        A label a human wrote or accepted is kept unless `relabel_human`; features that
+        failed `max_failures` times are left flagged.
+        """
+        current = (
+            select(Explanation.id)
+            .where(
+                Explanation.feature_id == Feature.id,
+                Explanation.status.in_(CURRENT_STATUSES),
+                or_(
+                    (Explanation.model == model)
+                    & (Explanation.prompt_name == prompt.name)
+                    & (Explanation.prompt_version == prompt.version),
+                    (Explanation.author_kind == "human") | (Explanation.status == ACCEPTED)
+                    if not relabel_human
+                    else False,
+                ),
+            )
+            .exists()
+        )
+        query = self._pending(source_id, max_failures, indices).where(~current)
+        return self._ids(query, limit)
+
+    def features_to_score(
+        self,
+        source_id: int,
+        *,
+        simulator_model: str,
+        prompt: PromptRef,
+        max_failures: int | None = None,
+        indices: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Features whose current label has no simulation score from this model and prompt version."""
+        scored = (
+            select(Score.id)
+            .where(
+                Score.explanation_id == Explanation.id,
+                Score.method == "simulation",
+                Score.simulator_model == simulator_model,
+                Score.prompt_name == prompt.name,
+                Score.prompt_version == prompt.version,
+            )
+            .exists()
+        )
+        query = (
+            self._pending(source_id, max_failures, indices)
+            .join(Explanation, Explanation.feature_id == Feature.id)
+            .where(Explanation.status.in_(CURRENT_STATUSES), ~scored)
+        )
+        return self._ids(query, limit)
+
+    def _pending(self, source_id: int, max_failures: int | None, indices: Sequence[int] | None):
+        query = select(Feature.id).where(Feature.source_id == source_id, Feature.status == "mined")
+        if max_failures is not None:
+            query = query.where(Feature.failures < max_failures)
+        if indices is not None:
+            query = query.where(Feature.index.in_(list(indices)))
+        return query.order_by(Feature.index)
+
+    def _ids(self, query, limit: int | None) -> list[int]:
+        if limit is not None:
+            query = query.limit(limit)
+        with self.session() as s:
+            return list(s.scalars(query).all())
+
     # ------------------------------------------------------------ explanations and scores
 
     def add_explanation(

@@ -459,3 +459,45 @@ def test_plain_sql_tools_can_open_the_file(sqlite_store, sqlite_url):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM features")).scalar() == 3
     engine.dispose()
+
+
+def test_incremental_work_queries(store):
+    source, subject = make_source(store)
+    ids = mine(store, source, subject, n_features=5)
+    prompt = PromptRef("explain-openai", "1", "abc")
+    todo = store.features_to_explain(source, model="test-llm", prompt=prompt)
+    assert todo == [ids[1], ids[2], ids[3], ids[4]]  # feature 0 is dead
+    label(store, ids[1], "same model and prompt")
+    store.add_explanation(
+        ids[2],
+        "older prompt",
+        author_kind="model",
+        author_name="x",
+        model="test-llm",
+        prompt=PromptRef("explain-openai", "0", "old"),
+    )
+    store.add_explanation(ids[3], "a human wrote this", author_kind="human", author_name="ann")
+    store.record_failure(ids[4], "timeout")
+    store.record_failure(ids[4], "timeout")
+    assert store.features_to_explain(source, model="test-llm", prompt=prompt) == [ids[2], ids[4]]
+    assert store.features_to_explain(source, model="test-llm", prompt=prompt, max_failures=2) == [
+        ids[2]
+    ]
+    assert store.features_to_explain(
+        source, model="test-llm", prompt=prompt, relabel_human=True
+    ) == [ids[2], ids[3], ids[4]]
+    assert store.features_to_explain(
+        source, model="test-llm", prompt=prompt, limit=1, indices=[4]
+    ) == [ids[4]]
+    sim = PromptRef("simulate", "1", "h")
+    assert store.features_to_score(source, simulator_model="sim", prompt=sim) == [
+        ids[1],
+        ids[2],
+        ids[3],
+    ]
+    current = store.current_explanation(ids[1]).id
+    store.add_score(current, "simulation", 0.5, simulator_model="sim", prompt=sim)
+    store.add_score(
+        store.current_explanation(ids[2]).id, "simulation", 0.5, simulator_model="other", prompt=sim
+    )
+    assert store.features_to_score(source, simulator_model="sim", prompt=sim) == [ids[2], ids[3]]
