@@ -248,6 +248,15 @@ class RunInfo:
     finished_at: Any
 
 
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    holder: str
+    run_id: int | None
+    acquired_at: Any
+    heartbeat_at: Any
+
+
 REVIEW_ACTIONS = ("accept", "reject", "edit", "note")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -1067,6 +1076,19 @@ class Store:
                 f"the lock expires {stale_after_s:.0f}s after its last heartbeat"
             ) from None
 
+    def lock(self, name: str) -> LockInfo | None:
+        with self.session() as s:
+            lock = s.get(Lock, name)
+            if lock is None:
+                return None
+            return LockInfo(lock.name, lock.holder, lock.run_id, lock.acquired_at, lock.heartbeat_at)
+
+    def set_lock_run(self, name: str, holder: str, run_id: int) -> None:
+        with self.session() as s:
+            s.execute(
+                update(Lock).where(Lock.name == name, Lock.holder == holder).values(run_id=run_id)
+            )
+
     def heartbeat_lock(self, name: str, holder: str) -> None:
         with self.session() as s:
             s.execute(
@@ -1297,6 +1319,7 @@ __all__ = [
     "FeatureCard",
     "FeatureInfo",
     "FeatureRow",
+    "LockInfo",
     "MinedFeature",
     "PromptRef",
     "ReviewInfo",
