@@ -72,6 +72,7 @@ class Subject:
     mlp_size: int
     prefix_ids: list[int] = field(default_factory=list)
     suffix_ids: list[int] = field(default_factory=list)
+    pad_id: int = 0
 
     @property
     def n_layers(self) -> int:
@@ -170,20 +171,23 @@ class Subject:
     def _with_specials(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = input_ids.shape[0]
+        """Wrap each row as prefix + its tokens + suffix, then padding (masked out)."""
+        batch, width = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.to(input_ids.device)
-        parts, masks = [], []
-        if self.prefix_ids:
-            parts.append(torch.tensor(self.prefix_ids, device=input_ids.device).expand(batch, -1))
-            masks.append(torch.ones(batch, len(self.prefix_ids), dtype=attention_mask.dtype))
-        parts.append(input_ids)
-        masks.append(attention_mask.cpu())
-        if self.suffix_ids:
-            parts.append(torch.tensor(self.suffix_ids, device=input_ids.device).expand(batch, -1))
-            masks.append(torch.ones(batch, len(self.suffix_ids), dtype=attention_mask.dtype))
-        return torch.cat(parts, 1), torch.cat(masks, 1).to(input_ids.device)
+        attention_mask = attention_mask.to(input_ids.device).long()
+        start, suffix = len(self.prefix_ids), len(self.suffix_ids)
+        ids = torch.full((batch, start + width + suffix), self.pad_id, device=input_ids.device)
+        mask = torch.zeros_like(ids)
+        ids[:, :start] = torch.tensor(self.prefix_ids, dtype=torch.long)
+        mask[:, :start] = 1
+        ids[:, start : start + width] = input_ids
+        mask[:, start : start + width] = attention_mask
+        if suffix:
+            for row, length in enumerate(attention_mask.sum(dim=1).tolist()):
+                ids[row, start + length : start + length + suffix] = torch.tensor(self.suffix_ids)
+                mask[row, start + length : start + length + suffix] = 1
+        return ids, mask
 
     # ------------------------------------------------------------ text
 
@@ -193,7 +197,7 @@ class Subject:
 
     def token_strings(self, token_ids: Sequence[int]) -> list[str]:
         """How each token reads on its own, for showing windows to people and LLMs."""
-        return [self.tokenizer.decode([t]) for t in token_ids]
+        return self.tokenizer.batch_decode([[int(t)] for t in token_ids])
 
     def run_text(self, text: str, hook: str, max_tokens: int = 512) -> TextRun:
         """Tokenize `text` (truncated to `max_tokens`) and return its activations at `hook`."""
@@ -245,6 +249,7 @@ def load_subject(
             "only local folders, .gguf files and the built-ins work"
         ) from error
     model.eval().to(device)
+    tokenizer.model_max_length = 1 << 60  # corpus documents are tokenized whole, then windowed
     blocks = _find_blocks(model, config)
     mlp_out = [_find_mlp_out(block, i) for i, block in enumerate(blocks)]
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
@@ -265,6 +270,7 @@ def load_subject(
         mlp_size=mlp_size,
         prefix_ids=prefix,
         suffix_ids=suffix,
+        pad_id=getattr(tokenizer, "pad_token_id", None) or 0,
     )
 
 
