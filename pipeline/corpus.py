@@ -45,7 +45,7 @@ class CorpusConfig:
     paths: tuple[str, ...] = (DEFAULT_CORPUS,)
     field: str = "text"
     ctx_len: int = 64
-    min_len: int = 16
+    min_len: int = 16  # shortest document tail kept as a window (capped at ctx_len)
     max_tokens: int | None = None
     seed: int = 0
     max_line_chars: int = 100_000
@@ -230,11 +230,11 @@ def _parquet_documents(path: Path, field: str) -> Iterator[tuple[str, Iterator[s
 
 def iter_windows(config: CorpusConfig, encode: Callable[[str], list[int]]) -> Iterator[Window]:
     """Every distinct window of the corpus, in corpus order."""
-    if config.ctx_len < 2 or not 1 <= config.min_len <= config.ctx_len:
+    if config.ctx_len < 2 or config.min_len < 1:
         raise ConfigError(
-            f"ctx_len={config.ctx_len}, min_len={config.min_len}: need ctx_len >= 2 "
-            "and 1 <= min_len <= ctx_len"
+            f"ctx_len={config.ctx_len}, min_len={config.min_len}: need ctx_len >= 2 and min_len >= 1"
         )
+    min_len = min(config.min_len, config.ctx_len)
     seen: set[bytes] = set()
     for doc_id, pieces in iter_documents(config):
         buffer: list[int] = []
@@ -247,7 +247,7 @@ def iter_windows(config: CorpusConfig, encode: Callable[[str], list[int]]) -> It
                 offset += config.ctx_len
                 if _first_time(window, seen):
                     yield window
-        if len(buffer) >= config.min_len:
+        if len(buffer) >= min_len:
             window = Window(doc_id, offset, tuple(buffer))
             if _first_time(window, seen):
                 yield window
