@@ -135,7 +135,11 @@ def _pack(batch: list[Window], pad: int) -> tuple[torch.Tensor, torch.Tensor, li
 
 
 class Reservoir:
-    """Per feature, the `size` windows with the largest keys seen so far, with their activations."""
+    """Per feature, the `size` windows with the largest keys seen so far, with their activations.
+
+    Slots are unordered: a batch's winners overwrite exactly the slots they evict, so
+    the work per batch is proportional to how many windows enter, not to the reservoir.
+    """
 
     def __init__(self, n_features: int, size: int, ctx_len: int, device: torch.device):
         self.size = size
@@ -147,29 +151,29 @@ class Reservoir:
     def update(
         self, keys: torch.Tensor, maxes: torch.Tensor, acts: torch.Tensor, window_ids: torch.Tensor
     ) -> None:
-        """Merge a batch: keys and maxes [F, B], acts [F, B, T], window_ids [B]."""
+        """Merge a batch: keys and maxes [F, B], acts [B, T, F], window_ids [B]."""
         if self.size == 0:
             return
-        merged = torch.cat([self.keys, keys], dim=1).topk(self.size, dim=1)
-        taken_new = merged.indices >= self.size
-        rows = taken_new.any(dim=1).nonzero().squeeze(1)
+        floor = self.keys.amin(dim=1, keepdim=True)
+        if not (keys > floor).any():
+            return
+        winners = torch.cat([self.keys, keys], dim=1).topk(self.size, dim=1).indices
+        n_features = keys.shape[0]
+        chosen = torch.zeros(n_features, self.size + keys.shape[1], dtype=torch.bool,
+                             device=keys.device)  # fmt: skip
+        chosen.scatter_(1, winners, True)
+        # Row-major nonzero pairs each row's evicted slots with its entering windows.
+        rows, slots = (~chosen[:, : self.size]).nonzero(as_tuple=True)
+        new_rows, columns = chosen[:, self.size :].nonzero(as_tuple=True)
         if len(rows) == 0:
             return
-        index = merged.indices[rows]
-        new = (index - self.size).clamp(min=0)
-        old = index.clamp(max=self.size - 1)
-        is_new = taken_new[rows]
-        self.keys[rows] = merged.values[rows]
-        self.maxes[rows] = torch.where(
-            is_new, maxes[rows].gather(1, new), self.maxes[rows].gather(1, old)
-        )
-        self.windows[rows] = torch.where(is_new, window_ids[new], self.windows[rows].gather(1, old))
-        width = acts.shape[2]
-        gathered_new = acts[rows].gather(1, new[..., None].expand(-1, -1, width))
-        gathered_old = self.acts[rows, :, :width].gather(1, old[..., None].expand(-1, -1, width))
-        block = torch.where(is_new[..., None], gathered_new.half(), gathered_old)
-        self.acts[rows] = 0
-        self.acts[rows, :, :width] = block
+        self.keys[rows, slots] = keys[new_rows, columns]
+        self.maxes[rows, slots] = maxes[new_rows, columns]
+        self.windows[rows, slots] = window_ids[columns]
+        width = acts.shape[1]
+        if width < self.acts.shape[2]:
+            self.acts[rows, slots] = 0
+        self.acts[rows, slots, :width] = acts[columns, :, rows].half()
 
 
 class FeatureMiner:
@@ -187,7 +191,6 @@ class FeatureMiner:
         self.random = Reservoir(n_features, 2 * n_random + 5 if n_random else 0, ctx_len, device)
         self.max = torch.full((n_features,), -math.inf, device=device)
         self.sum = torch.zeros(n_features, dtype=torch.float64, device=device)
-        self.positive = torch.zeros(n_features, dtype=torch.long, device=device)
         self.bins = config.histogram_bins
         self.hist = torch.zeros((n_features, self.bins), dtype=torch.long, device=device)
         self.hist_top = torch.zeros(n_features, device=device)  # upper edge; doubles as needed
@@ -196,25 +199,27 @@ class FeatureMiner:
     def update(self, acts: torch.Tensor, valid: torch.Tensor, window_ids: torch.Tensor) -> None:
         """acts [B, T, F] feature activations, valid [B, T], window_ids [B] (global indices)."""
         n_features = acts.shape[2]
-        masked = acts.masked_fill(~valid[..., None], -math.inf)
+        padded = not bool(valid.all())
+        masked = acts.masked_fill(~valid[..., None], -math.inf) if padded else acts
         window_max = masked.amax(dim=1).T.contiguous()  # [F, B]
-        by_feature = acts.permute(2, 0, 1)  # [F, B, T], a view
-        self.top.update(window_max, window_max, by_feature, window_ids)
+        self.top.update(window_max, window_max, acts, window_ids)
         if self.pool.size:
             keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
             keys = keys.masked_fill(window_max <= 0, -math.inf)
-            self.pool.update(keys, window_max, by_feature, window_ids)
+            self.pool.update(keys, window_max, acts, window_ids)
         if self.random.size:
             keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
-            self.random.update(keys, window_max, by_feature, window_ids)
+            self.random.update(keys, window_max, acts, window_ids)
         self.max = torch.maximum(self.max, window_max.amax(dim=1))
         flat = masked.reshape(-1, n_features)
-        self.sum += acts.masked_fill(~valid[..., None], 0).sum(dim=(0, 1), dtype=torch.float64)
-        self.positive += (flat > 0).sum(dim=0)
+        summed = acts.masked_fill(~valid[..., None], 0) if padded else acts
+        ones = torch.ones(1, flat.shape[0], device=acts.device, dtype=acts.dtype)
+        self.sum += (ones @ summed.reshape(-1, n_features))[0].double()  # a GEMV: fastest sum
+        positive = flat > 0
         self.tokens += int(valid.sum())
-        self._histogram(flat)
+        self._histogram(flat, positive)
 
-    def _histogram(self, flat: torch.Tensor) -> None:
+    def _histogram(self, flat: torch.Tensor, positive: torch.Tensor) -> None:
         """Count positive activations into bins of [0, hist_top], doubling hist_top as needed."""
         batch_max = flat.amax(dim=0)
         fresh = (self.hist_top == 0) & (batch_max > 0)
@@ -226,14 +231,14 @@ class FeatureMiner:
             halves = self.hist[grow].view(-1, self.bins // 2, 2).sum(dim=2)
             self.hist[grow] = torch.cat([halves, torch.zeros_like(halves)], dim=1)
             self.hist_top[grow] *= 2
+        n_features = flat.shape[1]
         scale = self.bins / self.hist_top.clamp(min=1e-30)
-        index = (flat * scale).long().clamp(max=self.bins - 1)
-        index = torch.where(flat > 0, index, self.bins)  # non-positive go to a dropped bin
-        offsets = torch.arange(flat.shape[1], device=flat.device) * (self.bins + 1)
-        counts = torch.bincount(
-            (index + offsets).reshape(-1), minlength=flat.shape[1] * (self.bins + 1)
-        )
-        self.hist += counts.view(-1, self.bins + 1)[:, : self.bins]
+        # Bin index plus the feature's offset, in float then truncated once: fewer passes.
+        index = (flat * scale).clamp_(max=self.bins - 0.5)
+        index += torch.arange(n_features, device=flat.device) * float(self.bins)
+        index.masked_fill_(~positive, n_features * self.bins)  # non-positive: a dropped bin
+        counts = torch.bincount(index.view(-1).int(), minlength=n_features * self.bins + 1)
+        self.hist += counts[:-1].view(n_features, self.bins)
 
     def histogram(self, f: int) -> dict[str, Any] | None:
         counts = self.hist[f].tolist()
@@ -452,7 +457,7 @@ def _mine_chunk(
         window_row = dict(zip(needed, stored, strict=True))
         mined = []
         for f in group:
-            positive = int(miner.positive[f])
+            positive = int(miner.hist[f].sum())  # every positive activation is in a bin
             mined.append(
                 MinedFeature(
                     index=chunk[f],
