@@ -102,3 +102,14 @@ def sqlite_store(sqlite_url) -> Iterator[Store]:
     s = open_store(sqlite_url)
     yield s
     s.close()
+
+
+# ---------------------------------------------------------------- real models (mining)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The bundled all-MiniLM-L6-v2 encoder, loaded once per test session."""
+    from pipeline.subjects import load_subject
+
+    return load_subject("minilm")
