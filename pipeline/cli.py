@@ -125,6 +125,196 @@ def add_mine_parser(sub) -> None:
     p.set_defaults(func=cmd_mine)
 
 
+# ---------------------------------------------------------------- explain / score / llm (issue 4)
+
+
+def parse_indices(spec: str) -> list[int]:
+    """Feature indices from `0:100` (half-open), `7`, or a comma list of both."""
+    from store import InputError
+
+    indices: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                start, _, stop = part.partition(":")
+                indices.extend(range(int(start or 0), int(stop)))
+            elif part:
+                indices.append(int(part))
+        except ValueError:
+            raise InputError(f"bad feature selector {part!r}: use 0:100, 7 or 1,2,5:9") from None
+    return indices
+
+
+def select_features(store, args: argparse.Namespace) -> list[int]:
+    """Mined feature ids matching --source, --features and --limit, in id order."""
+    source_id = store.source(args.source).id if args.source else None
+    indices = parse_indices(args.features) if args.features else None
+    ids = [f.id for f in store.features(source_id, status="mined", indices=indices)]
+    return ids[: args.limit] if args.limit else ids
+
+
+def _llm_config(args: argparse.Namespace):
+    from pipeline.llm import EndpointConfig, LLMConfig
+
+    def endpoint(model: str | None, url: str | None, api: str | None) -> EndpointConfig:
+        base = EndpointConfig()
+        return EndpointConfig(
+            model=model or args.model or base.model,
+            base_url=url or args.base_url,
+            api=api or args.api or base.api,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+            price_in=args.price_in,
+            price_out=args.price_out,
+        )
+
+    return LLMConfig(
+        explainer=endpoint(None, None, None),
+        simulator=endpoint(args.simulator_model, args.simulator_base_url, args.simulator_api),
+    )
+
+
+def _print_summary(summary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.as_dict(), default=str))
+    else:
+        print("\n".join(summary.lines()))
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pipeline.explainer import ExplainerConfig, baseline_explain, explain_features
+    from pipeline.simulator import SimulatorConfig
+    from store import open_store
+
+    with open_store(args.database) as store:
+        ids = select_features(store, args)
+        if not ids:
+            print("no mined features match: run gloss mine first, or check --source/--features")
+            return 0
+        if args.baseline:
+            summary = baseline_explain(store, ids)
+        else:
+            summary = explain_features(
+                store,
+                ids,
+                _llm_config(args),
+                explainer=ExplainerConfig(
+                    style=args.style,
+                    prompt=args.prompt,
+                    candidates=args.candidates,
+                    max_examples=args.max_examples,
+                    score=not args.no_score,
+                ),
+                simulator=SimulatorConfig(method=args.method),
+                force=args.force,
+            )
+    _print_summary(summary, args.json)
+    return 1 if summary.failed and not (summary.explained or summary.scored) else 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from pipeline.explainer import score_features
+    from pipeline.simulator import SimulatorConfig
+    from store import open_store
+
+    with open_store(args.database) as store:
+        ids = select_features(store, args)
+        if not ids:
+            print("no mined features match: run gloss mine first, or check --source/--features")
+            return 0
+        summary = score_features(
+            store,
+            ids,
+            _llm_config(args),
+            simulator=SimulatorConfig(method=args.method, prompt=args.simulator_prompt),
+            force=args.force,
+            baseline=args.baseline,
+        )
+    _print_summary(summary, args.json)
+    return 1 if summary.failed and not summary.scored else 0
+
+
+def cmd_llm_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.local_llm import LocalServerConfig, local_server
+
+    config = LocalServerConfig(model_path=args.model, n_ctx=args.n_ctx)
+    if args.port:
+        config.port = args.port
+    with local_server(config) as url:
+        print(f"serving {args.model or 'the bundled Gemma 3 270M'} at {url} (Ctrl-C stops)")
+        print(f"use it with: OPENAI_BASE_URL={url} gloss explain ...")
+        while True:
+            time.sleep(3600)
+
+
+def _add_llm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", help="feature source name (see gloss sources); default all")
+    p.add_argument("--features", help="feature indices: 0:100, 7 or 1,2,5:9")
+    p.add_argument("--limit", type=int, help="at most this many features")
+    p.add_argument(
+        "--base-url",
+        help="OpenAI-compatible endpoint; default $OPENAI_BASE_URL, else the bundled local "
+        "model ('local', started for the run)",
+    )
+    p.add_argument("--model", help="model name at the endpoint (default gemma-3-270m)")
+    p.add_argument("--api", choices=["completions", "chat"], help="default completions")
+    p.add_argument("--simulator-base-url", help="simulator endpoint if not the explainer's")
+    p.add_argument("--simulator-model", help="simulator model if not the explainer's")
+    p.add_argument("--simulator-api", choices=["completions", "chat"])
+    p.add_argument(
+        "--method",
+        choices=["auto", "logprobs", "integers"],
+        default="auto",
+        help="simulation: expected values from logprobs (completions + echo) or JSON "
+        "integers; auto picks logprobs, or grammar-constrained integers on the local model",
+    )
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight per endpoint")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--price-in", type=float, default=0.0, help="$ per million prompt tokens")
+    p.add_argument("--price-out", type=float, default=0.0, help="$ per million answer tokens")
+    p.add_argument("--force", action="store_true", help="redo features that already have it")
+    p.add_argument("--baseline", action="store_true", help="the no-LLM baseline labels")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def add_llm_commands(sub) -> None:
+    p = sub.add_parser(
+        "explain", help="label mined features with the explainer LLM (and score them)"
+    )
+    _add_llm_arguments(p)
+    p.add_argument(
+        "--style",
+        choices=["auto", "openai", "delphi"],
+        default="auto",
+        help="explainer prompt: token<TAB>value listing (openai) or <<marked>> text (delphi); "
+        "auto: delphi on the local model, openai elsewhere",
+    )
+    p.add_argument("--prompt", help="explainer template name or path (default per style)")
+    p.add_argument("--candidates", type=int, default=1, help="best-of-n labels by simulation score")
+    p.add_argument("--max-examples", type=int, default=10, help="explain windows shown")
+    p.add_argument("--no-score", action="store_true", help="label only; score later")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("score", help="score current labels with the simulator LLM")
+    _add_llm_arguments(p)
+    p.add_argument("--simulator-prompt", help="simulator template name or path")
+    p.set_defaults(func=cmd_score)
+
+    llm = sub.add_parser("llm", help="the bundled local LLM").add_subparsers(
+        dest="llm_command", required=True
+    )
+    p = llm.add_parser("serve", help="run the local OpenAI-compatible server until Ctrl-C")
+    p.add_argument("--model", help="GGUF file (default: the bundled Gemma 3 270M)")
+    p.add_argument("--port", type=int, default=None, help="default $GLOSS_LOCAL_LLM_PORT or 8765")
+    p.add_argument("--n-ctx", type=int, default=2048, help="context length")
+    p.set_defaults(func=cmd_llm_serve)
+
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gloss", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -146,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db_current)
 
     add_mine_parser(sub)
+    add_llm_commands(sub)
     return parser
 
 
