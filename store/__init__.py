@@ -7,6 +7,7 @@ store.search("unit conversion", min_score=0.3)
 
 from store.api import (
     CANDIDATE,
+    EXPORT_FIELDS,
     ExampleIn,
     ExampleOut,
     ExplanationInfo,
@@ -41,6 +42,7 @@ from store.errors import (
 
 __all__ = [
     "CANDIDATE",
+    "EXPORT_FIELDS",
     "ConfigError",
     "ConflictError",
     "DatabaseError",

@@ -196,6 +196,11 @@ class FeatureRow:
     def ref(self) -> str:
         return f"{self.source}:{self.index}"
 
+    @property
+    def cursor(self) -> str:
+        """Pass as `Store.search(after=...)` to get the page after this row."""
+        return f"{'' if self.score is None else repr(self.score)}:{self.feature_id}"
+
 
 @dataclass(frozen=True)
 class ReviewInfo:
@@ -238,6 +243,7 @@ class RunInfo:
 
 
 REVIEW_ACTIONS = ("accept", "reject", "edit", "note")
+SEARCH_ORDERS = ("rank", "score", "-score", "id")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -807,28 +813,52 @@ class Store:
         order: str = "rank",
         limit: int = 20,
         offset: int = 0,
+        after: str | None = None,
     ) -> list[FeatureRow]:
         """Features with their current labels, full-text ranked when `query` is given.
 
-        `status` filters the label status (proposed, accepted, …) or `unlabeled`;
-        `order` is rank (text relevance, else score), score, -score or id.
-        Any query string is safe: it is reduced to words before it reaches FTS.
+        `status` filters the label status (proposed, accepted, …), the feature
+        status (new, mined, dead) or `unlabeled`; `reviewed` keeps features with
+        (True) or without (False) a review. `order` is rank (text relevance, else
+        score), score (best first), -score (worst first) or id.
+
+        Page with `after=row.cursor` of the last row seen (keyset paging: every
+        page costs the same at 100,000 features) or with `offset` (fine for text
+        matches, slow deep into big score-ordered lists). Any query string is
+        safe: it is reduced to words before it reaches FTS.
         """
+        if order not in SEARCH_ORDERS:
+            raise InputError(f"unknown order {order!r}: use rank, score, -score or id")
         stmt, rank = self._feature_rows(query)
         stmt = _filter_rows(stmt, min_score, max_score, source, status, reviewed)
         if rank is not None and order == "rank":
+            if after is not None:
+                raise InputError("text-ranked results page by offset, not by cursor")
             stmt = stmt.order_by(rank, Feature.id)
         elif order in ("score", "rank"):
+            stmt = _after(stmt, after, descending=True)
             stmt = stmt.order_by(Explanation.score.desc().nulls_last(), Feature.id)
         elif order == "-score":
+            stmt = _after(stmt, after, descending=False)
             stmt = stmt.order_by(Explanation.score.asc().nulls_last(), Feature.id)
-        elif order == "id":
-            stmt = stmt.order_by(Feature.id)
         else:
-            raise InputError(f"unknown order {order!r}: use rank, score, -score or id")
+            if after is not None:
+                stmt = stmt.where(Feature.id > _parse_cursor(after)[1])
+            stmt = stmt.order_by(Feature.id)
         stmt = stmt.limit(limit).offset(offset)
         with self.session() as s:
             return [_feature_row(row) for row in s.execute(stmt).all()]
+
+    def next_to_review(self, *, source: str | None = None, skip: int = 0) -> FeatureRow | None:
+        """The review queue's head: a labeled, never-reviewed feature, lowest score first.
+
+        Unscored labels come after scored ones; `skip` steps past features the
+        reviewer passed over.
+        """
+        rows = self.search(
+            source=source, status="proposed", reviewed=False, order="-score", limit=1, offset=skip
+        )
+        return rows[0] if rows else None
 
     def count(
         self,
@@ -887,6 +917,55 @@ class Store:
         vector = func.to_tsvector("english", Explanation.text)
         stmt = stmt.where(vector.op("@@")(tsquery))
         return stmt, func.ts_rank(vector, tsquery).desc()
+
+    def export(
+        self, *, source: str | None = None, batch_size: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Every feature with its current label, scores and provenance, as flat dicts.
+
+        Streams in batches of `batch_size` features by id (one short transaction
+        per batch), so a million features never sit in memory at once. Keys are
+        EXPORT_FIELDS; `scores` maps each method to its latest value for the label.
+        """
+        last_id = 0
+        while True:
+            stmt = (
+                select(Feature, FeatureSource, Subject, Explanation)
+                .join(FeatureSource, FeatureSource.id == Feature.source_id)
+                .join(Subject, Subject.id == FeatureSource.subject_id)
+                .outerjoin(
+                    Explanation,
+                    (Explanation.feature_id == Feature.id)
+                    & Explanation.status.in_(CURRENT_STATUSES),
+                )
+                .where(Feature.id > last_id)
+                .order_by(Feature.id)
+                .limit(batch_size)
+            )
+            if source is not None:
+                stmt = stmt.where(FeatureSource.name == source)
+            with self.session() as s:
+                rows = s.execute(stmt).all()
+                if not rows:
+                    return
+                explanation_ids = [e.id for *_, e in rows if e is not None]
+                scores: dict[int, dict[str, float | None]] = {}
+                for sc in s.scalars(
+                    select(Score)
+                    .where(Score.explanation_id.in_(explanation_ids))
+                    .order_by(Score.id)
+                ):
+                    scores.setdefault(sc.explanation_id, {})[sc.method] = sc.value
+                reviewed = set(
+                    s.scalars(
+                        select(Review.feature_id)
+                        .where(Review.feature_id.in_([f.id for f, *_ in rows]))
+                        .distinct()
+                    )
+                )
+                batch = [_export_row(*row, scores, reviewed) for row in rows]
+            yield from batch
+            last_id = rows[-1][0].id
 
     def feature_card(self, feature: int | str) -> FeatureCard:
         """Everything about one feature: statistics, labels with scores, examples, reviews."""
@@ -1070,6 +1149,101 @@ def _filter_rows(stmt, min_score, max_score, source, status, reviewed):
     return stmt
 
 
+EXPORT_FIELDS = (
+    "feature_id",
+    "source",
+    "index",
+    "subject",
+    "subject_revision",
+    "hook",
+    "source_kind",
+    "feature_status",
+    "max_act",
+    "mean_act",
+    "density",
+    "n_tokens",
+    "explanation_id",
+    "label",
+    "label_status",
+    "author_kind",
+    "author_name",
+    "model",
+    "prompt_name",
+    "prompt_version",
+    "prompt_hash",
+    "parent_id",
+    "run_id",
+    "labeled_at",
+    "score",
+    "scores",
+    "reviewed",
+)
+
+
+def _export_row(
+    f: Feature,
+    src: FeatureSource,
+    subj: Subject,
+    e: Explanation | None,
+    scores: dict[int, dict[str, float | None]],
+    reviewed: set[int],
+) -> dict[str, Any]:
+    return {
+        "feature_id": f.id,
+        "source": src.name,
+        "index": f.index,
+        "subject": subj.name,
+        "subject_revision": subj.revision,
+        "hook": src.hook,
+        "source_kind": src.kind,
+        "feature_status": f.status,
+        "max_act": f.max_act,
+        "mean_act": f.mean_act,
+        "density": f.density,
+        "n_tokens": f.n_tokens,
+        "explanation_id": e.id if e else None,
+        "label": e.text if e else None,
+        "label_status": e.status if e else None,
+        "author_kind": e.author_kind if e else None,
+        "author_name": e.author_name if e else None,
+        "model": e.model if e else None,
+        "prompt_name": e.prompt_name if e else None,
+        "prompt_version": e.prompt_version if e else None,
+        "prompt_hash": e.prompt_hash if e else None,
+        "parent_id": e.parent_id if e else None,
+        "run_id": e.run_id if e else None,
+        "labeled_at": e.created_at.isoformat() if e else None,
+        "score": e.score if e else None,
+        "scores": scores.get(e.id, {}) if e else {},
+        "reviewed": f.id in reviewed,
+    }
+
+
+def _parse_cursor(cursor: str) -> tuple[float | None, int]:
+    score, _, feature_id = cursor.rpartition(":")
+    try:
+        return (float(score) if score else None), int(feature_id)
+    except ValueError:
+        raise InputError(f"bad page cursor {cursor!r}: use FeatureRow.cursor") from None
+
+
+def _after(stmt, cursor: str | None, *, descending: bool):
+    """Keyset predicate for (score nulls last, feature id) order."""
+    if cursor is None:
+        return stmt
+    score, feature_id = _parse_cursor(cursor)
+    if score is None:
+        return stmt.where(Explanation.score.is_(None), Feature.id > feature_id)
+    beyond = Explanation.score < score if descending else Explanation.score > score
+    return stmt.where(
+        or_(
+            beyond,
+            (Explanation.score == score) & (Feature.id > feature_id),
+            Explanation.score.is_(None),
+        )
+    )
+
+
 def _snapshot(explanation: Explanation | None) -> dict[str, Any] | None:
     if explanation is None:
         return None
@@ -1191,6 +1365,7 @@ def _run_info(r: Run) -> RunInfo:
 
 __all__ = [
     "CANDIDATE",
+    "EXPORT_FIELDS",
     "ExampleIn",
     "ExampleOut",
     "ExplanationInfo",
