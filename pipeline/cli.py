@@ -145,6 +145,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reviewer = args.reviewer or os.environ.get("USER")
     if tokens is None and not reviewer:
         raise ConfigError("who is reviewing? pass --reviewer NAME (or --tokens-file for a team)")
+    if tokens is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"gloss: warning: serving on {args.host} without --tokens-file: anyone who can "
+            f"reach it acts as {reviewer!r}",
+            file=sys.stderr,
+        )
     app = create_app(_open(args), reviewer=reviewer, tokens=tokens)
     mode = f"team mode, {len(tokens)} reviewers" if tokens else f"reviewer {reviewer}"
     print(f"gloss review app on http://{args.host}:{args.port} ({mode})", file=sys.stderr)
