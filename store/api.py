@@ -927,10 +927,37 @@ class Store:
         per batch), so a million features never sit in memory at once. Keys are
         EXPORT_FIELDS; `scores` maps each method to its latest value for the label.
         """
+        columns = (
+            Feature.id.label("feature_id"),
+            FeatureSource.name.label("source"),
+            Feature.index,
+            Subject.name.label("subject"),
+            Subject.revision.label("subject_revision"),
+            FeatureSource.hook,
+            FeatureSource.kind.label("source_kind"),
+            Feature.status.label("feature_status"),
+            Feature.max_act,
+            Feature.mean_act,
+            Feature.density,
+            Feature.n_tokens,
+            Explanation.id.label("explanation_id"),
+            Explanation.text.label("label"),
+            Explanation.status.label("label_status"),
+            Explanation.author_kind,
+            Explanation.author_name,
+            Explanation.model,
+            Explanation.prompt_name,
+            Explanation.prompt_version,
+            Explanation.prompt_hash,
+            Explanation.parent_id,
+            Explanation.run_id,
+            Explanation.created_at.label("labeled_at"),
+            Explanation.score,
+        )
         last_id = 0
         while True:
             stmt = (
-                select(Feature, FeatureSource, Subject, Explanation)
+                select(*columns)
                 .join(FeatureSource, FeatureSource.id == Feature.source_id)
                 .join(Subject, Subject.id == FeatureSource.subject_id)
                 .outerjoin(
@@ -945,27 +972,30 @@ class Store:
             if source is not None:
                 stmt = stmt.where(FeatureSource.name == source)
             with self.session() as s:
-                rows = s.execute(stmt).all()
+                rows = [dict(row._mapping) for row in s.execute(stmt)]
                 if not rows:
                     return
-                explanation_ids = [e.id for *_, e in rows if e is not None]
                 scores: dict[int, dict[str, float | None]] = {}
-                for sc in s.scalars(
-                    select(Score)
-                    .where(Score.explanation_id.in_(explanation_ids))
+                for explanation_id, method, value in s.execute(
+                    select(Score.explanation_id, Score.method, Score.value)
+                    .where(Score.explanation_id.in_([r["explanation_id"] for r in rows]))
                     .order_by(Score.id)
                 ):
-                    scores.setdefault(sc.explanation_id, {})[sc.method] = sc.value
+                    scores.setdefault(explanation_id, {})[method] = value
                 reviewed = set(
                     s.scalars(
                         select(Review.feature_id)
-                        .where(Review.feature_id.in_([f.id for f, *_ in rows]))
+                        .where(Review.feature_id.in_([r["feature_id"] for r in rows]))
                         .distinct()
                     )
                 )
-                batch = [_export_row(*row, scores, reviewed) for row in rows]
-            yield from batch
-            last_id = rows[-1][0].id
+            for row in rows:
+                if row["labeled_at"] is not None:
+                    row["labeled_at"] = row["labeled_at"].isoformat()
+                row["scores"] = scores.get(row["explanation_id"], {})
+                row["reviewed"] = row["feature_id"] in reviewed
+                yield row
+            last_id = rows[-1]["feature_id"]
 
     def feature_card(self, feature: int | str) -> FeatureCard:
         """Everything about one feature: statistics, labels with scores, examples, reviews."""
@@ -1178,45 +1208,6 @@ EXPORT_FIELDS = (
     "scores",
     "reviewed",
 )
-
-
-def _export_row(
-    f: Feature,
-    src: FeatureSource,
-    subj: Subject,
-    e: Explanation | None,
-    scores: dict[int, dict[str, float | None]],
-    reviewed: set[int],
-) -> dict[str, Any]:
-    return {
-        "feature_id": f.id,
-        "source": src.name,
-        "index": f.index,
-        "subject": subj.name,
-        "subject_revision": subj.revision,
-        "hook": src.hook,
-        "source_kind": src.kind,
-        "feature_status": f.status,
-        "max_act": f.max_act,
-        "mean_act": f.mean_act,
-        "density": f.density,
-        "n_tokens": f.n_tokens,
-        "explanation_id": e.id if e else None,
-        "label": e.text if e else None,
-        "label_status": e.status if e else None,
-        "author_kind": e.author_kind if e else None,
-        "author_name": e.author_name if e else None,
-        "model": e.model if e else None,
-        "prompt_name": e.prompt_name if e else None,
-        "prompt_version": e.prompt_version if e else None,
-        "prompt_hash": e.prompt_hash if e else None,
-        "parent_id": e.parent_id if e else None,
-        "run_id": e.run_id if e else None,
-        "labeled_at": e.created_at.isoformat() if e else None,
-        "score": e.score if e else None,
-        "scores": scores.get(e.id, {}) if e else {},
-        "reviewed": f.id in reviewed,
-    }
 
 
 def _parse_cursor(cursor: str) -> tuple[float | None, int]:
