@@ -29,39 +29,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A seeded SQLite file and `gloss serve` on a free loopback port, for the whole module."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'gloss.db'}"
-    with open_store(url) as store:
-        seeded = seed_features(store)
+def serve(url: str, *options: str):
+    """Start `gloss serve` on a free loopback port; returns (process, base URL) once it answers."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "--database",
-            url,
-            "serve",
-            "--port",
-            str(port),
-            "--reviewer",
-            "ana",
-        ],
+        [sys.executable, "-m", "pipeline.cli", "--database", url, "serve", "--port", str(port)]
+        + list(options),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    for _ in range(300):
         if proc.poll() is not None:
             pytest.fail(f"gloss serve exited: {proc.stderr.read().decode()}")
         try:
             urllib.request.urlopen(base + "/static/app.css", timeout=1)
-            break
+            return proc, base
         except OSError:
             time.sleep(0.1)
+    proc.terminate()
+    pytest.fail("gloss serve did not answer within 30 s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A seeded SQLite file and `gloss serve` in local mode, for the whole module."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'gloss.db'}"
+    with open_store(url) as store:
+        seeded = seed_features(store)
+    proc, base = serve(url, "--reviewer", "ana")
     yield base, url, seeded
     proc.terminate()
     proc.wait(timeout=10)
@@ -201,3 +198,33 @@ def test_screenshot_of_the_feature_page(server, page):
     assert out.stat().st_size > 10_000
     assert page.inner_text("#current-label") == "miles <-> km conversions"
     assert SOURCE in page.inner_text("h1")
+
+
+def test_team_mode_login_and_named_review(tmp_path, page):
+    url = f"sqlite:///{tmp_path / 'team.db'}"
+    with open_store(url) as store:
+        seeded = seed_features(store)
+    token = "t" * 24
+    (tmp_path / "tokens").write_text(f"{token} Ana Lee\n")
+    proc, base = serve(url, "--tokens-file", str(tmp_path / "tokens"))
+    try:
+        response = page.goto(f"{base}/features/{seeded.feature_ids[0]}")
+        assert response.status == 401
+        page.fill("input[name=token]", "wrong-token-0000000")
+        page.click("#login")
+        assert "unknown token" in page.inner_text("main")
+        page.fill("input[name=token]", token)
+        page.click("#login")
+        page.wait_for_url(base + "/")
+        assert "Ana Lee" in page.inner_text("header")
+        page.goto(f"{base}/features/{seeded.feature_ids[0]}")
+        page.click("#accept")
+        page.wait_for_url("**done=accept**")
+        with open_store(url) as store:
+            assert [(r.reviewer, r.action) for r in store.reviews()] == [("Ana Lee", "accept")]
+        page.click("#logout")
+        page.wait_for_url("**/login")
+        assert page.locator("input[name=token]").count() == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
