@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Float, Integer, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Engine,
+    Float,
+    Integer,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -452,10 +463,10 @@ class Store:
             feature_ids = list(id_of.values())
             s.execute(delete(Example).where(Example.feature_id.in_(feature_ids)))
             s.execute(
-                update(Feature),
+                update(Feature.__table__).where(Feature.id == bindparam("feature_id")),
                 [
                     {
-                        "id": id_of[f.index],
+                        "feature_id": id_of[f.index],
                         "status": "mined" if f.max_act > 0 else "dead",
                         "max_act": f.max_act,
                         "mean_act": f.mean_act,
@@ -468,20 +479,26 @@ class Store:
                 ],
             )
             rows = [
-                {
-                    "feature_id": id_of[f.index],
-                    "window_id": e.window_id,
-                    "split": e.split,
-                    "kind": e.kind,
-                    "rank": e.rank,
-                    "max_act": e.max_act,
-                    "acts": e.acts,
-                }
+                (id_of[f.index], e.window_id, e.split, e.kind, e.rank, e.max_act, e.acts)
                 for f in features
                 for e in f.examples
             ]
             if rows:
-                s.execute(insert(Example), rows)
+                self._bulk_insert_examples(s, rows)
+
+    def _bulk_insert_examples(self, s: Session, rows: list[tuple]) -> None:
+        """The hot path of mining: straight to the driver (COPY on PostgreSQL)."""
+        columns = "feature_id, window_id, split, kind, rank, max_act, acts"
+        cursor = s.connection().connection.driver_connection.cursor()
+        if self.dialect == "postgresql":
+            with cursor.copy(f"COPY examples ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            cursor.executemany(
+                f"INSERT INTO examples ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        cursor.close()
 
     # ------------------------------------------------------------ features
 
@@ -606,6 +623,8 @@ class Store:
         if status not in EXPLANATION_STATUSES:
             raise InputError(f"unknown explanation status {status!r}")
         with self.session() as s:
+            if s.get(Feature, feature_id) is None:
+                raise NotFoundError(f"no feature with id {feature_id}")
             if status in CURRENT_STATUSES:
                 _supersede_current(s, feature_id)
             explanation = Explanation(
@@ -820,12 +839,13 @@ class Store:
         `status` filters the label status (proposed, accepted, …), the feature
         status (new, mined, dead) or `unlabeled`; `reviewed` keeps features with
         (True) or without (False) a review. `order` is rank (text relevance, else
-        score), score (best first), -score (worst first) or id.
+        score), score (best first), -score (worst first) or id. Every word must
+        match (stemmed); any query string is safe: it is reduced to words before
+        it reaches FTS5 or tsquery.
 
         Page with `after=row.cursor` of the last row seen (keyset paging: every
         page costs the same at 100,000 features) or with `offset` (fine for text
-        matches, slow deep into big score-ordered lists). Any query string is
-        safe: it is reduced to words before it reaches FTS.
+        matches, slow deep into big score-ordered lists).
         """
         if order not in SEARCH_ORDERS:
             raise InputError(f"unknown order {order!r}: use rank, score, -score or id")
@@ -901,7 +921,7 @@ class Store:
         if not words:
             return stmt, None
         if self.dialect == "sqlite":
-            match = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
+            match = " ".join(f'"{w}"' for w in words)
             fts = (
                 text(
                     "SELECT rowid AS id, bm25(explanations_fts) AS rank FROM explanations_fts "
@@ -913,7 +933,7 @@ class Store:
             )
             stmt = stmt.join(fts, fts.c.id == Explanation.id)
             return stmt, fts.c.rank
-        tsquery = func.websearch_to_tsquery("english", " OR ".join(words))
+        tsquery = func.websearch_to_tsquery("english", " ".join(words))
         vector = func.to_tsvector("english", Explanation.text)
         stmt = stmt.where(vector.op("@@")(tsquery))
         return stmt, func.ts_rank(vector, tsquery).desc()
