@@ -126,10 +126,12 @@ def cmd_fires(args: argparse.Namespace) -> int:
         print(to_json(tokens))
         return 0
     for t in tokens:
-        labels = "; ".join(
-            f"{f.activation:.2f} {f.ref} {f.label or '(unlabeled)'}" for f in t.features
-        )
-        print(f"{t.position:>4} {t.token!r:<16} {labels}")
+        print(f"{t.position:>4} {t.token!r}")
+        for f in t.features:
+            score = "" if f.score is None else f"  (score {f.score:.2f})"
+            print(
+                f"       {f.relative:5.0%} of max  {f.activation:8.3f}  {f.ref}  {f.label}{score}"
+            )
     return 0
 
 

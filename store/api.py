@@ -938,6 +938,13 @@ class Store:
         stmt = stmt.where(vector.op("@@")(tsquery))
         return stmt, func.ts_rank(vector, tsquery).desc()
 
+    def current_labels(self, source_id: int) -> dict[int, FeatureRow]:
+        """Every feature of a source that has a current label, by feature index."""
+        stmt, _ = self._feature_rows("")
+        stmt = stmt.where(Feature.source_id == source_id, Explanation.id.is_not(None))
+        with self.session() as s:
+            return {row.index: row for row in map(_feature_row, s.execute(stmt).all())}
+
     def export(
         self, *, source: str | None = None, batch_size: int = 1000
     ) -> Iterator[dict[str, Any]]:

@@ -123,3 +123,12 @@ def test_feature_card_and_edit_conflict(store):
     assert [r.reviewer for r in card.reviews] == ["ana"]
     with pytest.raises(NotFoundError):
         store.feature_card("toy/layer.0.mlp/neurons:99")
+
+
+def test_current_labels_by_index(store):
+    seeded = seed_features(store)
+    labels = store.current_labels(seeded.source_id)
+    assert sorted(labels) == [0, 1, 2, 3, 5]
+    assert labels[1].label == LABELS[1][0] and labels[1].max_act == 4.0
+    store.review(seeded.feature_ids[1], "reject", "ana")
+    assert 1 not in store.current_labels(seeded.source_id)
