@@ -52,6 +52,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             max_score=args.max_score,
             source=args.source,
             status=args.status,
+            reviewed=args.reviewed,
         )
         rows = store.search(args.text, order=args.order, limit=args.limit, **filters)
         if args.json:
@@ -112,7 +113,14 @@ def cmd_label(args: argparse.Namespace) -> int:
         feature_id = store.resolve_feature(args.feature)
         explanation_id = store.review(feature_id, "edit", reviewer, text=args.text, note=args.note)
         card = store.feature_card(feature_id)
-    print(f"feature {card.feature.ref}: label #{explanation_id} by {reviewer}: {card.current.text}")
+        print(
+            f"feature {card.feature.ref}: label #{explanation_id} by {reviewer}: {card.current.text}"
+        )
+        if args.rescore:
+            from pipeline.rescore import rescore
+
+            value = rescore(store, explanation_id, _simulator_llm(args))
+            print(f"simulation score: {'undefined' if value is None else f'{value:.3f}'}")
     return 0
 
 
@@ -140,6 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from pipeline.rescore import rescore
     from review.app import create_app, load_tokens
     from store import ConfigError
 
@@ -153,11 +162,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"reach it acts as {reviewer!r}",
             file=sys.stderr,
         )
-    app = create_app(_open(args), reviewer=reviewer, tokens=tokens)
+    llm = _simulator_llm(args)
+    app = create_app(
+        _open(args),
+        reviewer=reviewer,
+        tokens=tokens,
+        rescorer=lambda store, explanation_id: rescore(store, explanation_id, llm),
+    )
     mode = f"team mode, {len(tokens)} reviewers" if tokens else f"reviewer {reviewer}"
     print(f"gloss review app on http://{args.host}:{args.port} ({mode})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _simulator_llm(args: argparse.Namespace):
+    """The simulator endpoint for re-scoring; None means the defaults ($OPENAI_BASE_URL or local)."""
+    if not (args.simulator_base_url or args.simulator_model):
+        return None
+    from pipeline.llm import EndpointConfig, LLMConfig
+
+    endpoint = EndpointConfig(
+        model=args.simulator_model or EndpointConfig().model, base_url=args.simulator_base_url
+    )
+    return LLMConfig(explainer=endpoint, simulator=endpoint)
+
+
+def _add_simulator_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--simulator-base-url",
+        help="OpenAI-compatible endpoint for re-scoring; default $OPENAI_BASE_URL, else local",
+    )
+    p.add_argument("--simulator-model", help="simulator model name (default gemma-3-270m)")
 
 
 def _add_query_commands(sub) -> None:
@@ -167,6 +202,10 @@ def _add_query_commands(sub) -> None:
     p.add_argument("--max-score", type=float)
     p.add_argument("--source", help="feature source name")
     p.add_argument("--status", help="proposed, accepted, rejected, unlabeled, dead, ...")
+    p.add_argument("--reviewed", action="store_true", default=None, help="only reviewed features")
+    p.add_argument(
+        "--unreviewed", dest="reviewed", action="store_false", help="only unreviewed features"
+    )
     p.add_argument("--order", default="rank", choices=["rank", "score", "-score", "id"])
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
@@ -190,6 +229,8 @@ def _add_query_commands(sub) -> None:
     p.add_argument("text", help="the new label")
     p.add_argument("--by", help="your name (default $USER)")
     p.add_argument("--note", help="why")
+    p.add_argument("--rescore", action="store_true", help="score the new label with the simulator")
+    _add_simulator_arguments(p)
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("fires", help="which labeled features fire on each token of a text")
@@ -206,6 +247,7 @@ def _add_query_commands(sub) -> None:
     p.add_argument(
         "--tokens-file", help="team mode: a file of 'TOKEN NAME' lines; requests need a token"
     )
+    _add_simulator_arguments(p)
     p.set_defaults(func=cmd_serve)
 
 

@@ -37,6 +37,10 @@ def test_search_prints_a_table_or_json(db, capsys):
     assert rows[0]["ref"] == f"{SOURCE}:0" and rows[0]["score"] == pytest.approx(0.61)
     code, out, _ = gloss(capsys, url, "search", "--status", "unlabeled", "--json")
     assert [r["index"] for r in json.loads(out)] == [4]
+    code, out, _ = gloss(capsys, url, "search", "--unreviewed", "--max-score", "0.1", "--json")
+    assert [r["index"] for r in json.loads(out)] == [2]
+    code, out, _ = gloss(capsys, url, "search", "--reviewed", "--json")
+    assert json.loads(out) == []
     code, out, _ = gloss(capsys, url, "search", "zebra")
     assert out.strip() == "no features match"
 
