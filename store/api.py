@@ -890,6 +890,17 @@ class Store:
         status: str | None = None,
         reviewed: bool | None = None,
     ) -> int:
+        """How many features `search` would page through with these filters."""
+        if not _WORD.search(query or "") and (min_score, max_score, status) == (None,) * 3:
+            # Each feature has at most one current label, so no label join is needed.
+            stmt = select(func.count()).select_from(Feature)
+            if source is not None:
+                stmt = stmt.join(FeatureSource).where(FeatureSource.name == source)
+            if reviewed is not None:
+                has_review = select(Review.id).where(Review.feature_id == Feature.id).exists()
+                stmt = stmt.where(has_review if reviewed else ~has_review)
+            with self.session() as s:
+                return s.scalar(stmt) or 0
         stmt, _ = self._feature_rows(query)
         stmt = _filter_rows(stmt, min_score, max_score, source, status, reviewed)
         with self.session() as s:

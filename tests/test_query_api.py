@@ -132,3 +132,20 @@ def test_current_labels_by_index(store):
     assert labels[1].label == LABELS[1][0] and labels[1].max_act == 4.0
     store.review(seeded.feature_ids[1], "reject", "ana")
     assert 1 not in store.current_labels(seeded.source_id)
+
+
+def test_count_agrees_with_search_for_every_filter(store):
+    seeded = seed_features(store)
+    store.review(seeded.feature_ids[2], "accept", "ana")
+    for filters in (
+        {},
+        {"source": SOURCE},
+        {"source": "nope"},
+        {"reviewed": True},
+        {"reviewed": False, "source": SOURCE},
+        {"status": "unlabeled"},
+        {"min_score": 0.3},
+        {"query": "apple"},
+    ):
+        query = filters.pop("query", "")
+        assert store.count(query, **filters) == len(store.search(query, limit=100, **filters))
