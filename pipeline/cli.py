@@ -78,9 +78,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import csv
 
-    from store import EXPORT_FIELDS
+    from store import EXPORT_FIELDS, ConfigError
 
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    except OSError as error:
+        raise ConfigError(f"cannot write {args.out}: {error.strerror}") from None
     count = 0
     try:
         with _open(args) as store:

@@ -91,12 +91,10 @@ def test_export_streams_jsonl_and_csv(db, capsys, tmp_path):
     assert table[1]["model"] == "gemma-3-270m" and table[4]["label"] == ""
 
 
-def test_errors_are_one_line(db):
+def test_errors_are_one_line(db, capsys):
     url, _ = db
     for args, code, text in (
         (["show", f"{SOURCE}:99"], 4, "no feature"),
-        (["show", "nonsense"], 2, "bad feature reference"),
-        (["fires", "an apple a day"], 1, "not available"),
         (["search", "--order", "x"], 2, "invalid choice"),
     ):
         run = subprocess.run(
@@ -107,3 +105,11 @@ def test_errors_are_one_line(db):
         )
         assert run.returncode == code, (args, run.stderr)
         assert text in run.stderr and "Traceback" not in run.stderr
+    for args, code, text in (
+        (["show", "nonsense"], 2, "bad feature reference"),
+        (["label", f"{SOURCE}:1", "  ", "--by", "ana"], 2, "needs the new label text"),
+        (["export", "--out", "/no/such/dir/x.csv"], 2, "cannot write /no/such/dir/x.csv"),
+    ):
+        returned = main(["--database", url, *args])
+        err = capsys.readouterr().err
+        assert returned == code and text in err, (args, err)
