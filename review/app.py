@@ -172,7 +172,7 @@ class _App:
                     )
             if CSRF_COOKIE not in request.cookies:
                 response.set_cookie(
-                    CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=self.secure
+                    CSRF_COOKIE, csrf, httponly=True, samesite="lax", secure=self.secure
                 )
             response.headers.update(SECURITY_HEADERS)
             return response
@@ -351,9 +351,7 @@ class _App:
         if not any(hmac.compare_digest(known, token) for known in self.tokens):
             return self.render(request, "login.html", {"error": "unknown token"}, 401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            TOKEN_COOKIE, token, httponly=True, samesite="strict", secure=self.secure
-        )
+        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="lax", secure=self.secure)
         return response
 
     def do_logout(self, request: Request, _form: dict[str, str]) -> Response:
