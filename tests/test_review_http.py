@@ -89,6 +89,12 @@ def test_feature_page_shows_stats_history_and_escaped_contexts(client, seeded, s
     assert text.count("<rect ") == 4
     assert "rgba(234, 88, 12, 1.0)" in text  # the max-activation token is fully shaded
     assert client.get("/features/99999").status_code == 404
+    eid = seeded.explanation_ids[3]
+    store.add_score(eid, "simulation", 0.5, details={"top_only": 0.7, "random_only": 0.1})
+    store.add_score(eid, "simulation", None, details={"reason": "constant <truth>"})
+    text = client.get(f"/features/{fid}").text
+    assert "top-only 0.700" in text and "random-only 0.100" in text
+    assert "· constant &lt;truth&gt;" in text
 
 
 def test_review_actions_land_in_the_audit_trail(client, seeded, store):
