@@ -170,4 +170,8 @@ def bulk_features(store: Store, n: int, *, labeled_fraction: float = 0.9) -> int
         ]
         for start in range(0, len(rows), 10_000):
             conn.execute(insert(Explanation), rows[start : start + 10_000])
+    with store.engine.connect() as conn:
+        # Planner statistics, as autovacuum (PostgreSQL) or a long-lived database would have.
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
     return source_id
