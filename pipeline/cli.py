@@ -34,6 +34,97 @@ def cmd_db_current(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- mining (gloss mine)
+
+
+def _feature_range(text: str | None) -> range | None:
+    """`0:512` -> range(0, 512); `7` -> range(7, 8); None -> all features."""
+    if text is None:
+        return None
+    start, colon, stop = text.partition(":")
+    try:
+        if not colon:
+            return range(int(start), int(start) + 1)
+        return range(int(start or 0), int(stop))
+    except ValueError:
+        from store.errors import InputError
+
+        raise InputError(f"bad --features {text!r}: use START:STOP (0:512) or one index") from None
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.corpus import DEFAULT_CORPUS, Corpus, CorpusConfig
+    from pipeline.mining import MiningConfig, mine
+    from pipeline.sources import load_source
+    from pipeline.subjects import load_subject
+    from store import open_store
+
+    started = time.perf_counter()
+    features = _feature_range(args.features)
+    mining = MiningConfig(top_explain=args.top_k, batch_size=args.batch_size, seed=args.seed)
+    corpus_config = CorpusConfig(
+        paths=tuple(args.corpus or [DEFAULT_CORPUS]),
+        field=args.field,
+        ctx_len=args.ctx_len,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    subject = load_subject(args.model, gguf_file=args.gguf_file, device=args.device)
+    source = load_source(args.source, subject.hook_width(args.hook))
+    store = open_store(args.database)
+    corpus = Corpus(corpus_config, subject.encode)
+    result = mine(
+        store, subject, source, args.hook, corpus, mining, features,
+        force=args.force, progress=not args.json,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    summary = {
+        "source": store.source(result.source_id).name,
+        "run": result.run_id,
+        "features": result.features,
+        "dead": result.dead,
+        "skipped": result.skipped,
+        "tokens": result.tokens,
+        "windows": result.windows,
+        "seconds": round(seconds, 1),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"mined {result.features} features of {summary['source']} "
+            f"({result.dead} dead, {result.skipped} already mined) over {result.tokens:,} tokens "
+            f"in {result.windows:,} windows; {seconds:.1f} s; run {result.run_id}"
+        )
+    return 0
+
+
+def add_mine_parser(sub) -> None:
+    p = sub.add_parser("mine", help="find the top, quantile and random contexts of features")
+    p.add_argument(
+        "--model", default="minilm", help="minilm, gemma-3-270m, a folder, .gguf or hub id"
+    )
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
+    p.add_argument("--hook", required=True, help="layer.N.mlp or layer.N.resid")
+    p.add_argument(
+        "--source", default="neurons", help="neurons, sae:FOLDER, dictionary:FOLDER or FOLDER"
+    )
+    p.add_argument("--features", default=None, help="START:STOP (default: all)")
+    p.add_argument("--corpus", action="append", help="file, folder or glob (repeatable)")
+    p.add_argument("--field", default="text", help="text field of JSONL/Parquet records")
+    p.add_argument("--ctx-len", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=20, help="top windows to explain from")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="mine again features already mined")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_mine)
+
+
 # ---------------------------------------------------------------- explain / score / llm (issue 4)
 
 
@@ -222,7 +313,229 @@ def add_llm_commands(sub) -> None:
     p.set_defaults(func=cmd_llm_serve)
 
 
-# ---------------------------------------------------------------- end of issue 4 block
+
+
+# ---------------------------------------------------------------- query and review (issue 6)
+
+
+def _open(args: argparse.Namespace):
+    from store import open_store
+
+    return open_store(args.database)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.terminal import format_rows, row_dict
+
+    with _open(args) as store:
+        filters = dict(
+            min_score=args.min_score,
+            max_score=args.max_score,
+            source=args.source,
+            status=args.status,
+            reviewed=args.reviewed,
+        )
+        rows = store.search(args.text, order=args.order, limit=args.limit, **filters)
+        if args.json:
+            print(json.dumps([row_dict(r) for r in rows], ensure_ascii=False))
+        else:
+            print(format_rows(rows, store.count(args.text, **filters)))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pipeline.terminal import format_card, to_json
+
+    with _open(args) as store:
+        card = store.feature_card(args.feature)
+    if args.json:
+        print(to_json(card))
+    else:
+        color = sys.stdout.isatty() if args.color == "auto" else args.color == "always"
+        print(format_card(card, color=color, per_kind=args.examples))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import csv
+
+    from store import EXPORT_FIELDS, ConfigError
+
+    try:
+        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    except OSError as error:
+        raise ConfigError(f"cannot write {args.out}: {error.strerror}") from None
+    count = 0
+    try:
+        with _open(args) as store:
+            writer = csv.DictWriter(out, EXPORT_FIELDS) if args.format == "csv" else None
+            if writer:
+                writer.writeheader()
+            for row in store.export(source=args.source):
+                if writer:
+                    writer.writerow({**row, "scores": json.dumps(row["scores"])})
+                else:
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"exported {count} features to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    import os
+
+    from store import ConfigError
+
+    reviewer = args.by or os.environ.get("USER")
+    if not reviewer:
+        raise ConfigError("who is labeling? pass --by NAME")
+    with _open(args) as store:
+        feature_id = store.resolve_feature(args.feature)
+        explanation_id = store.review(feature_id, "edit", reviewer, text=args.text, note=args.note)
+        card = store.feature_card(feature_id)
+        print(
+            f"feature {card.feature.ref}: label #{explanation_id} by {reviewer}: {card.current.text}"
+        )
+        if args.rescore:
+            from pipeline.rescore import rescore
+
+            value = rescore(store, explanation_id, _simulator_llm(args))
+            print(f"simulation score: {'undefined' if value is None else f'{value:.3f}'}")
+    return 0
+
+
+def cmd_fires(args: argparse.Namespace) -> int:
+    from pipeline.fires import fires
+    from pipeline.terminal import to_json
+
+    with _open(args) as store:
+        tokens = fires(store, args.text, source=args.source, top=args.top)
+    if args.json:
+        print(to_json(tokens))
+        return 0
+    for t in tokens:
+        print(f"{t.position:>4} {t.token!r}")
+        for f in t.features:
+            score = "" if f.score is None else f"  (score {f.score:.2f})"
+            print(
+                f"       {f.relative:5.0%} of max  {f.activation:8.3f}  {f.ref}  {f.label}{score}"
+            )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from pipeline.rescore import rescore
+    from review.app import create_app, load_tokens
+    from store import ConfigError
+
+    tokens = load_tokens(args.tokens_file) if args.tokens_file else None
+    reviewer = args.reviewer or os.environ.get("USER")
+    if tokens is None and not reviewer:
+        raise ConfigError("who is reviewing? pass --reviewer NAME (or --tokens-file for a team)")
+    if tokens is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"gloss: warning: serving on {args.host} without --tokens-file: anyone who can "
+            f"reach it acts as {reviewer!r}",
+            file=sys.stderr,
+        )
+    llm = _simulator_llm(args)
+    app = create_app(
+        _open(args),
+        reviewer=reviewer,
+        tokens=tokens,
+        rescorer=lambda store, explanation_id: rescore(store, explanation_id, llm),
+    )
+    mode = f"team mode, {len(tokens)} reviewers" if tokens else f"reviewer {reviewer}"
+    print(f"gloss review app on http://{args.host}:{args.port} ({mode})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _simulator_llm(args: argparse.Namespace):
+    """The simulator endpoint for re-scoring; None means the defaults ($OPENAI_BASE_URL or local)."""
+    if not (args.simulator_base_url or args.simulator_model):
+        return None
+    from pipeline.llm import EndpointConfig, LLMConfig
+
+    endpoint = EndpointConfig(
+        model=args.simulator_model or EndpointConfig().model, base_url=args.simulator_base_url
+    )
+    return LLMConfig(explainer=endpoint, simulator=endpoint)
+
+
+def _add_simulator_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--simulator-base-url",
+        help="OpenAI-compatible endpoint for re-scoring; default $OPENAI_BASE_URL, else local",
+    )
+    p.add_argument("--simulator-model", help="simulator model name (default gemma-3-270m)")
+
+
+def _add_query_commands(sub) -> None:
+    p = sub.add_parser("search", help="full-text search over current labels")
+    p.add_argument("text", nargs="?", default="", help="words to look for (empty: all)")
+    p.add_argument("--min-score", type=float)
+    p.add_argument("--max-score", type=float)
+    p.add_argument("--source", help="feature source name")
+    p.add_argument("--status", help="proposed, accepted, rejected, unlabeled, dead, ...")
+    p.add_argument("--reviewed", action="store_true", default=None, help="only reviewed features")
+    p.add_argument(
+        "--unreviewed", dest="reviewed", action="store_false", help="only unreviewed features"
+    )
+    p.add_argument("--order", default="rank", choices=["rank", "score", "-score", "id"])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("show", help="a feature card: stats, labels, scores, contexts")
+    p.add_argument("feature", help="feature id (42) or SOURCE:INDEX")
+    p.add_argument("--examples", type=int, default=5, help="contexts shown per kind")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="every feature with its current label and scores")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--out", help="file to write (default stdout)")
+    p.add_argument("--source", help="only this feature source")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("label", help="set a human label on a feature")
+    p.add_argument("feature", help="feature id (42) or SOURCE:INDEX")
+    p.add_argument("text", help="the new label")
+    p.add_argument("--by", help="your name (default $USER)")
+    p.add_argument("--note", help="why")
+    p.add_argument("--rescore", action="store_true", help="score the new label with the simulator")
+    _add_simulator_arguments(p)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("fires", help="which labeled features fire on each token of a text")
+    p.add_argument("text")
+    p.add_argument("--source", help="feature source name (default: every source of the subject)")
+    p.add_argument("--top", type=int, default=5, help="features listed per token")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fires)
+
+    p = sub.add_parser("serve", help="the web app for browsing and reviewing labels")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--reviewer", help="your name in the audit trail (default $USER)")
+    p.add_argument(
+        "--tokens-file", help="team mode: a file of 'TOKEN NAME' lines; requests need a token"
+    )
+    _add_simulator_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+
+# ---------------------------------------------------------------- end of query and review
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_db_current)
 
+    add_mine_parser(sub)
     add_llm_commands(sub)
-
+    _add_query_commands(sub)
     return parser
 
 

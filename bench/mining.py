@@ -1,0 +1,134 @@
+"""Mining benchmark: overhead over a bare forward pass, early-stop savings, memory, tokens/s.
+
+    python bench/mining.py [--model minilm] [--hook layer.3.mlp] [--tokens 16000] [--device cpu]
+
+All timings run on the same windows in one process, best of --repeat runs each, so
+they compare under the same load. Peak memory is measured in child processes (one
+per corpus size) so each number is that run's own high-water mark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.corpus import Corpus, CorpusConfig  # noqa: E402
+from pipeline.mining import FeatureMiner, MiningConfig, iter_batches, mine  # noqa: E402
+from pipeline.sources import load_source  # noqa: E402
+from pipeline.subjects import load_subject  # noqa: E402
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeat: int, device: str) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def child(args) -> None:
+    """Mine all features over --tokens tokens into a throwaway SQLite; print peak RSS."""
+    from store import open_store
+
+    subject = load_subject(args.model, device=args.device)
+    source = load_source("neurons", subject.hook_width(args.hook))
+    corpus = Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode)
+    with tempfile.TemporaryDirectory() as tmp, open_store(f"sqlite:///{tmp}/bench.db") as store:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result = mine(store, subject, source, args.hook, corpus, MiningConfig(), progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"tokens": result.tokens, "peak_mib": peak / 1024, "loaded_mib": before / 1024,
+                      "seconds": result.seconds}))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--hook", default="layer.3.mlp")
+    parser.add_argument("--tokens", type=int, default=16_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-sizes", default="8000,64000")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        return child(args)
+
+    subject = load_subject(args.model, device=args.device)
+    source = load_source("neurons", subject.hook_width(args.hook))
+    config = MiningConfig()
+    windows = list(Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode).scan())
+    batches = list(iter_batches(subject, windows, config.batch_size))
+    tokens = sum(int(valid.sum()) for _, valid, _ in batches)
+    device = subject.device
+
+    def bare() -> None:
+        for ids, valid, _ in batches:
+            subject.activations(ids, valid.long(), [args.hook])
+
+    def full() -> None:
+        with torch.inference_mode():
+            for ids, valid, _ in batches:
+                wrapped, mask = subject._with_specials(ids.to(device), valid.long())
+                subject.model(input_ids=wrapped, attention_mask=mask)
+
+    def mining() -> None:
+        miner = FeatureMiner(source.width, 64, config, device)
+        seen = 0
+        for ids, valid, batch in batches:
+            acts = source.encode(subject.activations(ids, valid.long(), [args.hook])[args.hook])
+            miner.update(
+                acts, valid.to(device), torch.arange(seen, seen + len(batch), device=device)
+            )
+            seen += len(batch)
+
+    times = {"bare": [], "full": [], "mining": []}
+    for _ in range(args.repeat):  # interleaved, so background load hits all three alike
+        for name, fn in (("bare", bare), ("mining", mining), ("full", full)):
+            times[name].append(timed(fn, 1, str(device)))
+    bare_s, full_s, mine_s = (min(times[k]) for k in ("bare", "full", "mining"))
+    print(f"model {args.model} {args.hook}: {source.width} features, {len(windows)} windows, "
+          f"{tokens:,} tokens, device {device}, {torch.get_num_threads()} threads, "
+          f"best of {args.repeat}")  # fmt: skip
+    print(f"  bare forward to {args.hook}: {bare_s:8.2f} s")
+    print(f"  full forward (all layers):  {full_s:8.2f} s  -> stopping early saves "
+          f"{100 * (1 - bare_s / full_s):.0f}% ({full_s / bare_s:.2f}x)")  # fmt: skip
+    print(f"  mining pass (top-k 20+5, quantiles 10 from a pool of 100, random 5): {mine_s:8.2f} s")
+    print(f"  mining / bare forward: {mine_s / bare_s:.3f}  (goal <= 1.15)")
+    print(f"  throughput: {tokens / mine_s:,.0f} tokens/s mining, {tokens / bare_s:,.0f} bare")
+
+    for size in [int(s) for s in args.memory_sizes.split(",")]:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", "--model", args.model, "--hook", args.hook,
+             "--tokens", str(size), "--device", args.device, "--threads", str(args.threads)],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        r = json.loads(out)
+        print(f"  peak RSS, full mine + store writes of {r['tokens']:>7,} tokens: "
+              f"{r['peak_mib']:7.0f} MiB (after loading: {r['loaded_mib']:.0f} MiB; "
+              f"{r['seconds']:.1f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,500 @@
+"""Activation mining: one streaming pass that finds what every feature fires on.
+
+For each feature, over every token of the corpus sample:
+
+- top windows: the windows with the highest max activation;
+- quantile samples: a uniform sample of the windows where the feature is active,
+  cut into equal-count quantiles of their max activation (delphi-style), so the
+  explainer also sees weak activations;
+- random windows: a uniform sample of all windows, silent ones included;
+- statistics: max, mean, density (share of tokens > 0) and a histogram of the
+  positive activations.
+
+All three samples are reservoirs merged with one vectorized `topk` per batch: the top
+reservoir ranks windows by their max activation, the others by seeded random keys
+(the k largest of independent uniform keys are a uniform sample without replacement).
+Memory is features x slots x ctx_len, whatever the corpus length.
+
+Examples go to two disjoint splits: `explain` (what the explainer reads) and `holdout`
+(what the simulator is scored on: top and random windows). A window is used at most
+once per feature. Features are written to the store in groups, each its own
+transaction; a rerun skips features already mined, so an interrupted mine resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.corpus import Corpus, Window
+from pipeline.sources import Source
+from pipeline.subjects import Subject
+from store import ExampleIn, MinedFeature, Store, WindowIn
+from store.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MiningConfig:
+    """How many examples of each kind a feature gets, and how the pass is run.
+
+    Defaults follow the peers: 20 top windows to explain and 5 top + 5 random held out
+    (Bills et al. 2023); 10 quantiles (Paulo et al. 2024).
+    """
+
+    top_explain: int = 20
+    top_holdout: int = 5
+    quantiles: int = 10
+    quantile_explain: int = 2  # per quantile
+    quantile_holdout: int = 1  # per quantile
+    quantile_pool: int = 100  # active windows sampled per feature to cut into quantiles
+    random_explain: int = 0
+    random_holdout: int = 5
+    histogram_bins: int = 32
+    batch_size: int = 32  # windows per forward pass
+    feature_chunk: int = 8192  # features per corpus pass (bounds memory)
+    write_every: int = 256  # features per store transaction (the resume granularity)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"mining setting {f.name}={value!r} must be an integer >= 0")
+        for name in ("batch_size", "feature_chunk", "write_every", "histogram_bins"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"mining setting {name} must be at least 1")
+        if self.top_explain + self.top_holdout < 1:
+            raise ConfigError("mining needs top_explain + top_holdout >= 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MiningConfig:
+        """From a config file's [mining] table; unknown keys are errors that name the key."""
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(
+                    f"unknown mining setting {key!r}; known settings: {', '.join(sorted(known))}"
+                )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MiningResult:
+    source_id: int
+    run_id: int
+    features: int  # mined in this run
+    dead: int
+    skipped: int  # already mined before this run
+    tokens: int
+    windows: int
+    seconds: float
+    dead_indices: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def iter_batches(
+    subject: Subject, windows: Iterable[Window], batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[Window]]]:
+    """(input_ids [B, T], valid [B, T] bool, windows): windows right-padded to the longest."""
+    pad = subject.pad_id
+    batch: list[Window] = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield _pack(batch, pad)
+            batch = []
+    if batch:
+        yield _pack(batch, pad)
+
+
+def _pack(batch: list[Window], pad: int) -> tuple[torch.Tensor, torch.Tensor, list[Window]]:
+    width = max(len(w.token_ids) for w in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    valid = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, w in enumerate(batch):
+        ids[row, : len(w.token_ids)] = torch.tensor(w.token_ids)
+        valid[row, : len(w.token_ids)] = True
+    return ids, valid, batch
+
+
+# ---------------------------------------------------------------- the streaming state
+
+
+class Reservoir:
+    """Per feature, the `size` windows with the largest keys seen so far, with their activations.
+
+    Slots are unordered: a batch's winners overwrite exactly the slots they evict, so
+    the work per batch is proportional to how many windows enter, not to the reservoir.
+    """
+
+    def __init__(self, n_features: int, size: int, ctx_len: int, device: torch.device):
+        self.size = size
+        self.keys = torch.full((n_features, size), -math.inf, device=device)
+        self.maxes = torch.zeros((n_features, size), device=device)
+        self.windows = torch.full((n_features, size), -1, dtype=torch.long, device=device)
+        self.acts = torch.zeros((n_features, size, ctx_len), dtype=torch.float16, device=device)
+
+    def update(
+        self, keys: torch.Tensor, maxes: torch.Tensor, acts: torch.Tensor, window_ids: torch.Tensor
+    ) -> None:
+        """Merge a batch: keys and maxes [F, B], acts [B, T, F], window_ids [B]."""
+        if self.size == 0:
+            return
+        floor = self.keys.amin(dim=1, keepdim=True)
+        if not (keys > floor).any():
+            return
+        winners = torch.cat([self.keys, keys], dim=1).topk(self.size, dim=1).indices
+        n_features = keys.shape[0]
+        chosen = torch.zeros(n_features, self.size + keys.shape[1], dtype=torch.bool,
+                             device=keys.device)  # fmt: skip
+        chosen.scatter_(1, winners, True)
+        # Row-major nonzero pairs each row's evicted slots with its entering windows.
+        rows, slots = (~chosen[:, : self.size]).nonzero(as_tuple=True)
+        new_rows, columns = chosen[:, self.size :].nonzero(as_tuple=True)
+        if len(rows) == 0:
+            return
+        self.keys[rows, slots] = keys[new_rows, columns]
+        self.maxes[rows, slots] = maxes[new_rows, columns]
+        self.windows[rows, slots] = window_ids[columns]
+        width = acts.shape[1]
+        if width < self.acts.shape[2]:
+            self.acts[rows, slots] = 0
+        self.acts[rows, slots, :width] = acts[columns, :, rows].half()
+
+
+class FeatureMiner:
+    """The streaming statistics and samples of a block of features."""
+
+    def __init__(self, n_features: int, ctx_len: int, config: MiningConfig, device="cpu"):
+        self.config = config
+        device = torch.device(device)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.top = Reservoir(n_features, config.top_explain + config.top_holdout, ctx_len, device)
+        pool = config.quantile_pool if config.quantiles else 0
+        self.pool = Reservoir(n_features, pool, ctx_len, device)
+        n_random = config.random_explain + config.random_holdout
+        # Slack: random windows that are already top or quantile examples are skipped.
+        self.random = Reservoir(n_features, 2 * n_random + 5 if n_random else 0, ctx_len, device)
+        self.max = torch.full((n_features,), -math.inf, device=device)
+        self.sum = torch.zeros(n_features, dtype=torch.float64, device=device)
+        self.bins = config.histogram_bins
+        self.hist = torch.zeros((n_features, self.bins), dtype=torch.long, device=device)
+        self.hist_top = torch.zeros(n_features, device=device)  # upper edge; doubles as needed
+        self.tokens = 0
+
+    def update(self, acts: torch.Tensor, valid: torch.Tensor, window_ids: torch.Tensor) -> None:
+        """acts [B, T, F] feature activations, valid [B, T], window_ids [B] (global indices)."""
+        n_features = acts.shape[2]
+        padded = not bool(valid.all())
+        masked = acts.masked_fill(~valid[..., None], -math.inf) if padded else acts
+        window_max = masked.amax(dim=1).T.contiguous()  # [F, B]
+        self.top.update(window_max, window_max, acts, window_ids)
+        if self.pool.size:
+            keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
+            keys = keys.masked_fill(window_max <= 0, -math.inf)
+            self.pool.update(keys, window_max, acts, window_ids)
+        if self.random.size:
+            keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
+            self.random.update(keys, window_max, acts, window_ids)
+        self.max = torch.maximum(self.max, window_max.amax(dim=1))
+        flat = masked.reshape(-1, n_features)
+        summed = acts.masked_fill(~valid[..., None], 0) if padded else acts
+        ones = torch.ones(1, flat.shape[0], device=acts.device, dtype=acts.dtype)
+        self.sum += (ones @ summed.reshape(-1, n_features))[0].double()  # a GEMV: fastest sum
+        positive = flat > 0
+        self.tokens += int(valid.sum())
+        self._histogram(flat, positive)
+
+    def _histogram(self, flat: torch.Tensor, positive: torch.Tensor) -> None:
+        """Count positive activations into bins of [0, hist_top], doubling hist_top as needed."""
+        batch_max = flat.amax(dim=0)
+        fresh = (self.hist_top == 0) & (batch_max > 0)
+        self.hist_top[fresh] = torch.exp2(torch.ceil(torch.log2(batch_max[fresh])))
+        while True:
+            grow = batch_max > self.hist_top
+            if not grow.any():
+                break
+            halves = self.hist[grow].view(-1, self.bins // 2, 2).sum(dim=2)
+            self.hist[grow] = torch.cat([halves, torch.zeros_like(halves)], dim=1)
+            self.hist_top[grow] *= 2
+        n_features = flat.shape[1]
+        scale = self.bins / self.hist_top.clamp(min=1e-30)
+        # Bin index plus the feature's offset, in float then truncated once: fewer passes.
+        index = (flat * scale).clamp_(max=self.bins - 0.5)
+        index += torch.arange(n_features, device=flat.device) * float(self.bins)
+        index.masked_fill_(~positive, n_features * self.bins)  # non-positive: a dropped bin
+        counts = torch.bincount(index.view(-1).int(), minlength=n_features * self.bins + 1)
+        self.hist += counts[:-1].view(n_features, self.bins)
+
+    def histogram(self, f: int) -> dict[str, Any] | None:
+        counts = self.hist[f].tolist()
+        top = float(self.hist_top[f])
+        if top == 0:
+            return None
+        while counts and counts[-1] == 0:
+            counts.pop()
+        edges = [top * i / self.bins for i in range(len(counts) + 1)]
+        return {"edges": edges, "counts": counts}
+
+
+# ---------------------------------------------------------------- choosing examples
+
+
+@dataclass
+class Pick:
+    window: int
+    split: str
+    kind: str
+    rank: int
+    max_act: float
+    acts: np.ndarray  # float16, trimmed to the window's length
+
+
+def choose_examples(
+    miner: FeatureMiner, f: int, lengths: dict[int, int], rng: np.random.Generator
+) -> list[Pick]:
+    """Split one feature's samples into disjoint explain and holdout examples."""
+    c = miner.config
+    picks: list[Pick] = []
+    used: set[int] = set()
+    counters: dict[tuple[str, str], int] = {}
+
+    def add(res: Reservoir, slot: int, split: str, kind: str) -> None:
+        window = int(res.windows[f, slot])
+        used.add(window)
+        rank = counters.get((split, kind), 0)
+        counters[(split, kind)] = rank + 1
+        acts = res.acts[f, slot, : lengths[window]].numpy()
+        picks.append(Pick(window, split, kind, rank, float(res.maxes[f, slot]), acts))
+
+    # Top windows: every k-th rank is held out, so both splits span the top range.
+    top = [s for s in range(miner.top.size) if miner.top.keys[f, s] > 0]
+    stride = max(2, (c.top_explain + c.top_holdout) // max(c.top_holdout, 1))
+    holdout_left = c.top_holdout
+    for rank, slot in enumerate(top):
+        if holdout_left and rank % stride == stride // 2:
+            add(miner.top, slot, "holdout", "top")
+            holdout_left -= 1
+        else:
+            add(miner.top, slot, "explain", "top")
+    # Quantiles: equal-count bins of the sampled active windows, lowest first.
+    if miner.pool.size and c.quantiles:
+        slots = [
+            s
+            for s in range(miner.pool.size)
+            if miner.pool.keys[f, s] > -math.inf and int(miner.pool.windows[f, s]) not in used
+        ]
+        slots.sort(key=lambda s: float(miner.pool.maxes[f, s]))
+        for q, group in enumerate(np.array_split(np.array(slots, dtype=int), c.quantiles), 1):
+            chosen = rng.permutation(group)
+            for i, slot in enumerate(chosen[: c.quantile_explain + c.quantile_holdout]):
+                split = "explain" if i < c.quantile_explain else "holdout"
+                add(miner.pool, int(slot), split, f"quantile:{q}")
+    # Random windows, silent ones included; the reservoir is in random order already.
+    wanted = [("holdout", c.random_holdout), ("explain", c.random_explain)]
+    for slot in range(miner.random.size):
+        window = int(miner.random.windows[f, slot])
+        if window < 0 or window in used or not wanted:
+            continue
+        split, left = wanted[0]
+        add(miner.random, slot, split, "random")
+        wanted[0] = (split, left - 1)
+        while wanted and wanted[0][1] <= 0:
+            wanted.pop(0)
+    return picks
+
+
+# ---------------------------------------------------------------- the mine stage
+
+
+def feature_activations(
+    subject: Subject, source: Source, hook: str, text: str, features: Sequence[int] | None = None
+) -> tuple[list[str], torch.Tensor]:
+    """(tokens, activations [n_tokens, n_features]) of a text: what `gloss fires` shows."""
+    run = subject.run_text(text, hook)
+    index = None if features is None else torch.tensor(list(features))
+    return run.tokens, source.encode(run.acts, index)
+
+
+def mine(
+    store: Store,
+    subject: Subject,
+    source: Source,
+    hook: str,
+    corpus: Corpus,
+    config: MiningConfig | None = None,
+    features: Sequence[int] | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    on_write: Callable[[list[int]], None] | None = None,
+) -> MiningResult:
+    """Mine `features` (default: all) of `source` at `hook` over the corpus into the store."""
+    config = config or MiningConfig()
+    subject.parse_hook(hook)
+    started = time.perf_counter()
+    wanted = list(range(source.width)) if features is None else sorted(set(features))
+    bad = [i for i in wanted if not 0 <= i < source.width]
+    if bad:
+        raise InputError(
+            f"feature {bad[0]} is out of range: the source has features 0..{source.width - 1}"
+        )
+    subject_id = store.get_or_create_subject(**subject.identity())
+    source_id = store.get_or_create_source(
+        subject_id, hook, source.kind, source.width, source.params_hash,
+        path=source.path, config=source.config,
+    )  # fmt: skip
+    done = store.feature_statuses(source_id)
+    todo = wanted if force else [i for i in wanted if done.get(i) not in ("mined", "dead")]
+    if todo and corpus.n_windows == 0:
+        corpus.scan()
+    run_id = store.start_run(
+        "mine",
+        {
+            "model": subject.name,
+            "revision": subject.revision,
+            "hook": hook,
+            "source": source.kind,
+            "source_path": source.path,
+            "features": [wanted[0], wanted[-1] + 1] if wanted else [],
+            "corpus": corpus.record(),
+            "mining": config.to_dict(),
+        },
+    )
+    result = MiningResult(source_id, run_id, 0, 0, len(wanted) - len(todo), 0, 0, 0.0)
+    try:
+        for start in range(0, len(todo), config.feature_chunk):
+            chunk = todo[start : start + config.feature_chunk]
+            _mine_chunk(store, subject, source, hook, corpus, config, chunk, subject_id,
+                        source_id, run_id, result, progress, on_write)  # fmt: skip
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        store.finish_run(run_id, status, str(error)[:2000] or type(error).__name__,
+                         counts=_counts(result))  # fmt: skip
+        raise
+    result.seconds = time.perf_counter() - started
+    store.finish_run(run_id, "done", counts=_counts(result))
+    return result
+
+
+def _counts(result: MiningResult) -> dict[str, Any]:
+    return {
+        "features": result.features,
+        "dead": result.dead,
+        "skipped": result.skipped,
+        "tokens": result.tokens,
+        "windows": result.windows,
+    }
+
+
+def _mine_chunk(
+    store, subject, source, hook, corpus, config, chunk, subject_id, source_id, run_id,
+    result, progress, on_write,
+) -> None:  # fmt: skip
+    """One pass over the corpus for a block of features, then write them in groups."""
+    from tqdm.auto import tqdm
+
+    ctx_len = corpus.config.ctx_len
+    miner = FeatureMiner(len(chunk), ctx_len, config, subject.device)
+    index = None if len(chunk) == source.width else torch.tensor(chunk, device=subject.device)
+    tokens: dict[int, np.ndarray] = {}  # token ids of the windows the reservoirs hold
+    docs: dict[int, tuple[str, int]] = {}
+    seen = n_tokens = 0
+    next_prune = 10_000
+    bar = tqdm(
+        total=corpus.n_windows, unit="win", disable=not progress, desc=f"mining {len(chunk)} feat"
+    )
+    for ids, valid, batch in iter_batches(subject, corpus, config.batch_size):
+        hook_acts = subject.activations(ids, valid.long(), [hook])[hook]
+        acts = source.encode(hook_acts, index)
+        window_ids = torch.arange(seen, seen + len(batch), device=acts.device)
+        miner.update(acts, valid.to(acts.device), window_ids)
+        for offset, window in enumerate(batch):
+            tokens[seen + offset] = np.asarray(window.token_ids, dtype=np.int32)
+            docs[seen + offset] = (window.doc_id, window.offset)
+        seen += len(batch)
+        n_tokens += int(valid.sum())
+        if len(tokens) > next_prune:
+            _forget_unused(miner, tokens, docs)
+            next_prune = 2 * len(tokens) + 10_000
+        bar.update(len(batch))
+    bar.close()
+    if seen == 0:
+        raise InputError("the corpus gave no windows; give text with at least one window in it")
+    result.tokens, result.windows = n_tokens, seen
+    _forget_unused(miner, tokens, docs)
+    lengths = {w: len(t) for w, t in tokens.items()}
+    for start in range(0, len(chunk), config.write_every):
+        group = range(start, min(start + config.write_every, len(chunk)))
+        picks = {
+            f: choose_examples(miner, f, lengths, np.random.default_rng([config.seed, chunk[f]]))
+            for f in group
+        }
+        needed = sorted({p.window for ps in picks.values() for p in ps})
+        stored = store.add_windows(
+            subject_id,
+            [
+                WindowIn(
+                    docs[w][0], docs[w][1], tokens[w].tolist(), subject.token_strings(tokens[w])
+                )
+                for w in needed
+            ],
+        )
+        window_row = dict(zip(needed, stored, strict=True))
+        mined = []
+        for f in group:
+            positive = int(miner.hist[f].sum())  # every positive activation is in a bin
+            mined.append(
+                MinedFeature(
+                    index=chunk[f],
+                    max_act=float(miner.max[f]),
+                    mean_act=float(miner.sum[f]) / max(miner.tokens, 1),
+                    density=positive / max(miner.tokens, 1),
+                    n_tokens=miner.tokens,
+                    histogram=miner.histogram(f),
+                    examples=[
+                        ExampleIn(
+                            window_row[p.window],
+                            p.split,
+                            p.kind,
+                            p.rank,
+                            p.max_act,
+                            p.acts.astype("<f2").tobytes(),
+                        )
+                        for p in picks[f]
+                    ],
+                )
+            )
+        store.write_mined_features(source_id, mined, run_id)
+        dead = [m.index for m in mined if m.max_act <= 0]
+        result.features += len(mined)
+        result.dead += len(dead)
+        result.dead_indices += dead
+        store.update_run(run_id, counts=_counts(result))
+        if on_write is not None:
+            on_write([m.index for m in mined])
+
+
+def _forget_unused(miner: FeatureMiner, tokens: dict, docs: dict) -> None:
+    """Drop the tokens of windows no reservoir holds any more (keeps memory flat)."""
+    held = torch.cat(
+        [miner.top.windows.flatten(), miner.pool.windows.flatten(), miner.random.windows.flatten()]
+    )
+    keep = set(torch.unique(held).tolist())
+    for w in [w for w in tokens if w not in keep]:
+        del tokens[w]
+        del docs[w]

@@ -1,0 +1,248 @@
+"""Feature sources: turn activations at a hook point into the features being labeled.
+
+- `neurons`     the hook point's own units.
+- `sae`         a sparse autoencoder in the SAELens on-disk layout: a folder with
+                `cfg.json` and `sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec,
+                `threshold` for JumpReLU; b_gate, r_mag, b_mag for gated SAEs).
+- `dictionary`  a dictionary in the `dictionary_learning` layout: `ae.pt` + `config.json`.
+
+Every encoder is reduced to the same few tensors and one `encode` function, so the
+formula a test checks is the formula mining uses. A source's identity is the hash of
+its weights and config: mining the same files again reuses the same store rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from store.errors import InputError, ModelError
+
+KINDS = ("neurons", "sae", "dictionary")
+
+
+@dataclass
+class Encoder:
+    """`f = act(W_enc^T (x / norm - pre_bias) + b_enc)` with act one of relu, jumprelu, topk, gated."""
+
+    W_enc: torch.Tensor  # [d_in, d_sae]
+    b_enc: torch.Tensor  # [d_sae]
+    activation: str  # "relu" | "jumprelu" | "topk" | "gated"
+    pre_bias: torch.Tensor | None = None  # subtracted from the input (b_dec)
+    threshold: torch.Tensor | None = None  # jumprelu, and batch-top-k at inference
+    k: int | None = None  # topk
+    r_mag: torch.Tensor | None = None  # gated: magnitude path scale exp(r_mag)
+    b_mag: torch.Tensor | None = None  # gated: magnitude path bias (b_enc is the gate bias)
+    norm_scale: bool = False  # SAELens constant_norm_rescale: x * sqrt(d_in) / |x|
+
+    def encode(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent activations [..., d_sae] (or [..., len(features)] for a subset)."""
+        x = x.to(self.W_enc.dtype)
+        if self.norm_scale:
+            x = x * (x.shape[-1] ** 0.5) / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        if self.pre_bias is not None:
+            x = x - self.pre_bias
+        if self.activation == "topk":
+            acts = torch.relu(x @ self.W_enc + self.b_enc)
+            top = acts.topk(self.k, dim=-1)
+            acts = torch.zeros_like(acts).scatter_(-1, top.indices, top.values)
+            return acts if features is None else acts[..., features]
+        pick = slice(None) if features is None else features
+        W, b = self.W_enc[:, pick], self.b_enc[pick]
+        pre = x @ W + b
+        if self.activation == "relu":
+            return torch.relu(pre)
+        if self.activation == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold[pick])
+        if self.activation == "gated":
+            mag = x @ (W * torch.exp(self.r_mag[pick])) + self.b_mag[pick]
+            return (pre > 0) * torch.relu(mag)
+        raise ModelError(f"unknown encoder activation {self.activation!r}")
+
+
+@dataclass
+class Source:
+    """Where features come from, as the store knows it, with its encoder (None for neurons)."""
+
+    kind: str
+    width: int
+    d_in: int
+    params_hash: str
+    path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    encoder: Encoder | None = None
+
+    def encode(self, acts: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Feature activations from hook activations [..., d_in] -> [..., n_features]."""
+        if self.encoder is None:
+            return acts if features is None else acts[..., features]
+        return self.encoder.encode(acts, features)
+
+
+def load_source(spec: str, hook_width: int) -> Source:
+    """`neurons`, `sae:PATH`, `dictionary:PATH`, or a PATH whose files say which layout it is."""
+    kind, _, path = spec.partition(":")
+    if spec == "neurons":
+        return Source("neurons", hook_width, hook_width, _hash(b"neurons"))
+    if kind not in ("sae", "dictionary"):
+        kind, path = _detect(Path(spec)), spec
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(
+            f"feature source {spec!r}: {folder} is not a folder; give neurons, "
+            "sae:FOLDER (cfg.json + sae_weights.safetensors) or dictionary:FOLDER (ae.pt + config.json)"
+        )
+    source = _load_sae(folder) if kind == "sae" else _load_dictionary(folder)
+    if source.d_in != hook_width:
+        raise InputError(
+            f"the {kind} at {folder} reads {source.d_in}-dimensional inputs but the hook point "
+            f"has {hook_width} units; pick the hook point it was trained on"
+        )
+    return source
+
+
+def _detect(folder: Path) -> str:
+    if (folder / "cfg.json").exists():
+        return "sae"
+    if (folder / "ae.pt").exists():
+        return "dictionary"
+    raise InputError(
+        f"unknown feature source {str(folder)!r}: give neurons, an SAELens folder "
+        "(cfg.json + sae_weights.safetensors) or a dictionary_learning folder (ae.pt + config.json)"
+    )
+
+
+def _hash(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise InputError(f"missing {path}") from error
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path} is not valid JSON: {error}") from error
+
+
+def _need(weights: dict[str, torch.Tensor], names: Sequence[str], where: Path) -> None:
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise InputError(
+            f"{where} lacks {', '.join(missing)} (has {', '.join(sorted(weights)) or 'nothing'})"
+        )
+
+
+def _load_sae(folder: Path) -> Source:
+    from safetensors.torch import load_file
+
+    cfg = _read_json(folder / "cfg.json")
+    weights_path = folder / "sae_weights.safetensors"
+    if not weights_path.exists():
+        raise InputError(f"missing {weights_path}: an SAELens folder has cfg.json and this file")
+    w = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    _need(w, ["W_enc", "b_dec"], weights_path)
+    arch = str(cfg.get("architecture", "standard")).lower()
+    act_fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    norm = str(cfg.get("normalize_activations", "none") or "none").lower()
+    if norm not in ("none", "constant_norm_rescale"):
+        raise ModelError(
+            f"{folder}: normalize_activations={norm!r} needs a dataset-derived scale gloss "
+            "does not have; fold the scale into W_enc/b_dec or use an SAE without it"
+        )
+    pre_bias = w["b_dec"] if cfg.get("apply_b_dec_to_input", True) else None
+    if arch == "gated":
+        _need(w, ["b_gate", "r_mag", "b_mag"], weights_path)
+        encoder = Encoder(
+            w["W_enc"], w["b_gate"], "gated", pre_bias, r_mag=w["r_mag"], b_mag=w["b_mag"]
+        )
+    elif arch == "jumprelu":
+        _need(w, ["b_enc", "threshold"], weights_path)
+        encoder = Encoder(w["W_enc"], w["b_enc"], "jumprelu", pre_bias, threshold=w["threshold"])
+    elif arch == "topk" or act_fn == "topk":
+        _need(w, ["b_enc"], weights_path)
+        k = int(kwargs.get("k") or cfg.get("k") or 0)
+        if k <= 0:
+            raise InputError(f"{folder}/cfg.json: a top-k SAE needs activation_fn_kwargs.k")
+        encoder = Encoder(w["W_enc"], w["b_enc"], "topk", pre_bias, k=k)
+    elif arch == "standard" and act_fn == "relu":
+        _need(w, ["b_enc"], weights_path)
+        encoder = Encoder(w["W_enc"], w["b_enc"], "relu", pre_bias)
+    else:
+        raise ModelError(
+            f"{folder}/cfg.json: unsupported SAE architecture {arch!r} with activation "
+            f"{act_fn!r}; gloss reads standard (relu), jumprelu, topk and gated SAEs"
+        )
+    encoder.norm_scale = norm == "constant_norm_rescale"
+    d_in, d_sae = encoder.W_enc.shape
+    for key, size in (("d_in", d_in), ("d_sae", d_sae)):
+        if key in cfg and int(cfg[key]) != size:
+            raise InputError(f"{folder}: cfg.json says {key}={cfg[key]} but W_enc has {size}")
+    params = _hash(weights_path.read_bytes(), json.dumps(cfg, sort_keys=True).encode())
+    return Source("sae", d_sae, d_in, params, str(folder.resolve()), cfg, encoder)
+
+
+def _load_dictionary(folder: Path) -> Source:
+    cfg = _read_json(folder / "config.json")
+    trainer = cfg.get("trainer", cfg)
+    ae_path = folder / "ae.pt"
+    try:
+        state = torch.load(ae_path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise InputError(f"missing {ae_path}") from error
+    except Exception as error:  # torch raises several unrelated types for a bad file
+        raise InputError(f"cannot read {ae_path}: {error}") from error
+    w = {k: v.float() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    cls = str(trainer.get("dict_class", "AutoEncoder"))
+    if cls == "AutoEncoder":
+        _need(w, ["encoder.weight", "encoder.bias", "bias"], ae_path)
+        encoder = Encoder(w["encoder.weight"].T, w["encoder.bias"], "relu", w["bias"])
+    elif cls == "JumpReluAutoEncoder":
+        _need(w, ["W_enc", "b_enc", "b_dec", "threshold"], ae_path)
+        pre = w["b_dec"] if trainer.get("apply_b_dec_to_input", False) else None
+        encoder = Encoder(w["W_enc"], w["b_enc"], "jumprelu", pre, threshold=w["threshold"])
+    elif cls in ("AutoEncoderTopK", "BatchTopKSAE"):
+        _need(w, ["encoder.weight", "encoder.bias", "b_dec"], ae_path)
+        W, b = w["encoder.weight"].T, w["encoder.bias"]
+        threshold = w.get("threshold")
+        if cls == "BatchTopKSAE" and threshold is not None and float(threshold.max()) >= 0:
+            # At inference BatchTopK keeps latents above its learned global threshold.
+            encoder = Encoder(W, b, "jumprelu", w["b_dec"], threshold=threshold.expand(b.shape))
+        else:
+            k = int(w["k"]) if "k" in w else int(trainer.get("k", 0))
+            if k <= 0:
+                raise InputError(f"{folder}/config.json: a top-k dictionary needs k")
+            encoder = Encoder(W, b, "topk", w["b_dec"], k=k)
+    elif cls == "GatedAutoEncoder":
+        _need(w, ["encoder.weight", "gate_bias", "mag_bias", "r_mag", "decoder_bias"], ae_path)
+        encoder = Encoder(
+            w["encoder.weight"].T,
+            w["gate_bias"],
+            "gated",
+            w["decoder_bias"],
+            r_mag=w["r_mag"],
+            b_mag=w["mag_bias"],
+        )
+    else:
+        raise ModelError(
+            f"{folder}: unsupported dict_class {cls!r}; gloss reads AutoEncoder, "
+            "JumpReluAutoEncoder, AutoEncoderTopK, BatchTopKSAE and GatedAutoEncoder"
+        )
+    d_in, d_sae = encoder.W_enc.shape
+    for key, size in (("activation_dim", d_in), ("dict_size", d_sae)):
+        if key in trainer and int(trainer[key]) != size:
+            raise InputError(
+                f"{folder}: config.json says {key}={trainer[key]} but ae.pt has {size}"
+            )
+    params = _hash(ae_path.read_bytes(), json.dumps(cfg, sort_keys=True).encode())
+    return Source("dictionary", d_sae, d_in, params, str(folder.resolve()), cfg, encoder)

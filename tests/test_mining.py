@@ -1,0 +1,258 @@
+"""Mining against brute force on a real model, splits, dead features, resume, both databases."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from sqlalchemy import func, select
+
+from pipeline.cli import main
+from pipeline.corpus import Corpus, CorpusConfig
+from pipeline.mining import MiningConfig, feature_activations, mine
+from pipeline.sources import load_source
+from store import open_store
+from store.models import Example, Window
+
+HOOK = "layer.1.mlp"
+SENTENCES = [
+    "The committee approved the budget after a long debate about roads and schools.",
+    "She poured the tea, added two spoons of sugar, and stirred it slowly.",
+    "Convert 5 miles to kilometers: multiply by 1.609 to get about 8 kilometers.",
+    "The river flooded the valley in April, and the farmers lost their wheat.",
+    "He wrote the function in Python, but the tests failed on Windows.",
+    "Three hundred soldiers marched north through the snow toward the castle.",
+    "The recipe calls for flour, butter, eggs and a pinch of salt.",
+    "In 1905 Einstein published four papers that changed physics.",
+]
+
+
+def write_corpus(folder: Path, docs: int = 6) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for d in range(docs):
+        order = rng.permutation(len(SENTENCES))
+        (folder / f"doc{d}.txt").write_text(" ".join(SENTENCES[i] for i in order[: 3 + d]))
+    return folder
+
+
+SMALL = MiningConfig(
+    top_explain=4, top_holdout=2, quantiles=3, quantile_explain=1, quantile_holdout=1,
+    quantile_pool=8, random_explain=1, random_holdout=2, batch_size=5, write_every=7,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def corpus_for(subject, folder: Path) -> Corpus:
+    return Corpus(CorpusConfig((str(folder),), ctx_len=16, min_len=4), subject.encode)
+
+
+def brute_force(subject, folder: Path, features: list[int]):
+    """Every window's activations, one window per forward pass: the reference."""
+    out = []
+    for w in corpus_for(subject, folder).scan():
+        acts = subject.activations(torch.tensor([w.token_ids]), None, [HOOK])[HOOK][0]
+        out.append((list(w.token_ids), acts[:, features].numpy()))
+    return out
+
+
+def test_mining_matches_brute_force(minilm, corpus_dir, sqlite_store):
+    features = list(range(40))
+    reference = brute_force(minilm, corpus_dir, features)
+    source = load_source("neurons", minilm.hook_width(HOOK))
+    result = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+                  features, progress=False)  # fmt: skip
+    all_acts = np.concatenate([a for _, a in reference])
+    assert result.features == 40 and result.tokens == len(all_acts) == result.windows * 16 - sum(
+        16 - len(t) for t, _ in reference
+    )
+    assert any(len(t) < 16 for t, _ in reference), "the corpus should exercise padded windows"
+    infos = {f.index: f for f in sqlite_store.features(result.source_id)}
+    for j, index in enumerate(features):
+        info = infos[index]
+        column = all_acts[:, j]
+        assert info.max_act == pytest.approx(column.max(), abs=1e-4)
+        assert info.mean_act == pytest.approx(column.mean(), abs=1e-4)
+        assert info.density == pytest.approx((column > 0).mean(), abs=1e-3)
+        if column.max() > 0:
+            assert sum(info.histogram["counts"]) == int((column > 0).sum())
+            assert info.histogram["edges"][-1] >= column.max() > info.histogram["edges"][-2]
+        else:
+            assert info.histogram is None and info.status == "dead"
+        examples = sqlite_store.examples(info.id)
+        by_window = {tuple(e.token_ids): e for e in examples}
+        assert len(by_window) == len(examples), "a window is used once per feature"
+        # Top windows: the brute-force ranking by window max, values up to float16.
+        maxes = sorted(((a[:, j].max(), tuple(t)) for t, a in reference), reverse=True)
+        tops = sorted((e for e in examples if e.kind == "top"), key=lambda e: -e.max_act)
+        expected = [m for m in maxes if m[0] > 0][:6]
+        assert len(tops) == len(expected)
+        for example, (value, tokens) in zip(tops, expected, strict=True):
+            assert example.max_act == pytest.approx(value, abs=1e-4)
+            if tuple(example.token_ids) != tokens:  # only a tie may swap windows
+                assert value == pytest.approx(by_window.get(tokens, example).max_act, abs=1e-4)
+        for example in examples:
+            acts = dict((tuple(t), a[:, j]) for t, a in reference)[tuple(example.token_ids)]
+            np.testing.assert_allclose(example.acts, acts.astype(np.float16), rtol=2e-3, atol=2e-3)
+            assert example.max_act == pytest.approx(acts.max(), abs=1e-4)
+        # Disjoint splits; holdout has top and random windows.
+        explain = {e.window_id for e in examples if e.split == "explain"}
+        holdout = {e.window_id for e in examples if e.split == "holdout"}
+        assert holdout and not explain & holdout
+        kinds = Counter((e.split, e.kind.split(":")[0]) for e in examples)
+        assert kinds[("holdout", "random")] == 2 and kinds[("explain", "random")] == 1
+        if len(expected) == 6:
+            assert kinds[("holdout", "top")] == 2 and kinds[("explain", "top")] == 4
+        active = sum(1 for m in maxes if m[0] > 0)
+        n_quantile = kinds[("explain", "quantile")] + kinds[("holdout", "quantile")]
+        assert (n_quantile > 0) == (active > 6)  # quantile windows are never top windows
+    # Only windows used by examples are stored.
+    with sqlite_store.session() as s:
+        stored = s.scalar(select(func.count()).select_from(Window))
+        used = s.scalar(select(func.count(func.distinct(Example.window_id))))
+    assert stored == used < len(reference) + 1
+    run = sqlite_store.run(result.run_id)
+    assert run.status == "done" and run.counts["features"] == 40
+    assert run.config["corpus"]["ctx_len"] == 16 and run.config["mining"]["top_explain"] == 4
+
+
+def test_quantiles_span_the_active_range(minilm, corpus_dir, sqlite_store):
+    config = MiningConfig(top_explain=2, top_holdout=1, quantiles=4, quantile_explain=2,
+                          quantile_holdout=0, quantile_pool=40, random_holdout=3, batch_size=8)  # fmt: skip
+    source = load_source("neurons", minilm.hook_width(HOOK))
+    result = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
+                  range(8), progress=False)  # fmt: skip
+    for info in sqlite_store.features(result.source_id):
+        examples = sqlite_store.examples(info.id)
+        quantile = [e for e in examples if e.kind.startswith("quantile:")]
+        assert all(e.max_act > 0 for e in quantile)
+        means = {}
+        for e in quantile:
+            means.setdefault(int(e.kind.split(":")[1]), []).append(e.max_act)
+        levels = [np.mean(means[q]) for q in sorted(means)]
+        assert levels == sorted(levels), "quantile 1 is the weakest, the last the strongest"
+
+
+def sae_with_dead_latent(folder: Path, d_in: int) -> Path:
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(d_in, 6, generator=g) / d_in**0.5
+    b = torch.zeros(6)
+    b[2] = -1e4  # never active
+    folder.mkdir()
+    (folder / "cfg.json").write_text(json.dumps({"d_in": d_in, "d_sae": 6}))
+    save_file({"W_enc": W, "b_enc": b, "W_dec": W.T.contiguous(), "b_dec": torch.zeros(d_in)},
+              str(folder / "sae_weights.safetensors"))  # fmt: skip
+    return folder
+
+
+def test_sae_mining_records_dead_features(minilm, corpus_dir, tmp_path, sqlite_store):
+    source = load_source(str(sae_with_dead_latent(tmp_path / "sae", 1536)), 1536)
+    result = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+                  progress=False)  # fmt: skip
+    assert result.features == 6 and result.dead == 1 and result.dead_indices == [2]
+    status = sqlite_store.feature_statuses(result.source_id)
+    assert status[2] == "dead" and Counter(status.values())["mined"] == 5
+    dead = sqlite_store.features(result.source_id, indices=[2])[0]
+    examples = sqlite_store.examples(dead.id)
+    assert {e.kind for e in examples} == {"random"} and all(e.max_act <= 0 for e in examples)
+    # Same files, same source: mining again reuses it and skips finished features.
+    again = load_source(str(tmp_path / "sae"), 1536)
+    rerun = mine(sqlite_store, minilm, again, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+                 progress=False)  # fmt: skip
+    assert rerun.source_id == result.source_id and rerun.skipped == 6 and rerun.features == 0
+
+
+def test_resume_after_interruption_has_no_duplicates(minilm, corpus_dir, sqlite_store, tmp_path):
+    source = load_source("neurons", minilm.hook_width(HOOK))
+    written: list[list[int]] = []
+
+    def crash_after_first_group(indices: list[int]) -> None:
+        written.append(indices)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+             range(20), progress=False, on_write=crash_after_first_group)  # fmt: skip
+    assert written == [list(range(7))]
+    first_run = sqlite_store.runs()[0]
+    assert first_run.status == "interrupted"
+    statuses = sqlite_store.feature_statuses(1)
+    assert sorted(statuses) == list(range(7))
+    result = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+                  range(20), progress=False)  # fmt: skip
+    assert (result.skipped, result.features) == (7, 13)
+    with sqlite_store.session() as s:
+        pairs = s.execute(select(Example.feature_id, Example.window_id)).all()
+    assert len(pairs) == len(set(pairs))
+    # The same as one uninterrupted mine: statistics and top windows per feature.
+    with open_store(f"sqlite:///{tmp_path / 'fresh.db'}") as fresh:
+        clean = mine(fresh, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+                     range(20), progress=False)  # fmt: skip
+
+        def summary(store, source_id):
+            rows = {}
+            for f in store.features(source_id):
+                tops = [(tuple(e.token_ids), round(e.max_act, 4))
+                        for e in store.examples(f.id) if e.kind == "top"]  # fmt: skip
+                rows[f.index] = (f.status, round(f.max_act, 4), f.density, sorted(tops))
+            return rows
+
+        assert summary(sqlite_store, result.source_id) == summary(fresh, clean.source_id)
+
+
+def test_store_writes_on_both_databases(minilm, corpus_dir, store):
+    source = load_source("neurons", minilm.hook_width(HOOK))
+    corpus = corpus_for(minilm, corpus_dir)
+    result = mine(store, minilm, source, HOOK, corpus, SMALL, range(5), progress=False)
+    with store.session() as s:
+        windows = s.scalar(select(func.count()).select_from(Window))
+        examples = s.scalar(select(func.count()).select_from(Example))
+    again = mine(store, minilm, source, HOOK, corpus, SMALL, range(5), force=True, progress=False)
+    assert again.features == 5 and again.source_id == result.source_id
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(Window)) == windows
+        assert s.scalar(select(func.count()).select_from(Example)) == examples
+    card = store.feature_card(f"{store.source(result.source_id).name}:3")
+    assert card.feature.status == "mined" and card.examples
+    assert all(len(e.acts) == len(e.tokens) for e in card.examples)
+
+
+def test_feature_activations_for_fires(minilm, tmp_path):
+    source = load_source(str(sae_with_dead_latent(tmp_path / "sae", 1536)), 1536)
+    tokens, acts = feature_activations(minilm, source, HOOK, "Convert 5 miles to kilometers.")
+    assert tokens[:2] == ["convert", "5"] and acts.shape == (len(tokens), 6)
+    assert (acts[:, 2] == 0).all()
+    _, some = feature_activations(minilm, source, HOOK, "Convert 5 miles.", [4, 0])
+    assert some.shape[1] == 2
+
+
+def test_cli_mine_and_bad_inputs(corpus_dir, tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    args = ["--database", db, "mine", "--model", "minilm", "--hook", HOOK, "--features", "0:3",
+            "--corpus", str(corpus_dir), "--ctx-len", "16", "--json"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["features"] == 3 and summary["tokens"] > 0 and 0 <= summary["dead"] <= 3
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 3
+    cases = [
+        (["--hook", "layer.7.mlp"], "valid points are layer.N.mlp"),
+        (["--hook", HOOK, "--features", "a:b"], "bad --features"),
+        (["--hook", HOOK, "--features", "0:99999"], "out of range"),
+        (["--hook", HOOK, "--corpus", str(tmp_path / "missing")], "matches no file"),
+        (["--hook", HOOK, "--source", str(tmp_path)], "unknown feature source"),
+        (["--hook", HOOK, "--model", "not a model!"], "no model"),
+    ]
+    for extra, message in cases:
+        assert main(["--database", db, "mine", *extra]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

@@ -1,0 +1,175 @@
+"""Feature sources: SAE and dictionary encodings match their formulas; bad files are clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pipeline.sources import load_source
+from store.errors import InputError, ModelError
+
+D_IN, D_SAE = 16, 24
+
+
+def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "W_enc": torch.randn(D_IN, D_SAE, generator=g),
+        "b_enc": torch.randn(D_SAE, generator=g) * 0.5,
+        "W_dec": torch.randn(D_SAE, D_IN, generator=g),
+        "b_dec": torch.randn(D_IN, generator=g),
+        "threshold": torch.rand(D_SAE, generator=g),
+        "b_gate": torch.randn(D_SAE, generator=g) * 0.5,
+        "r_mag": torch.randn(D_SAE, generator=g) * 0.1,
+        "b_mag": torch.randn(D_SAE, generator=g) * 0.5,
+    }
+
+
+def write_sae(folder: Path, cfg: dict, weights: dict[str, torch.Tensor]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cfg.json").write_text(json.dumps({"d_in": D_IN, "d_sae": D_SAE, **cfg}))
+    save_file(weights, str(folder / "sae_weights.safetensors"))
+    return folder
+
+
+X = torch.randn(5, 7, D_IN, generator=torch.Generator().manual_seed(1))
+
+
+def test_standard_sae_matches_formula(tmp_path):
+    w = _weights()
+    source = load_source(f"sae:{write_sae(tmp_path / 's', {}, w)}", D_IN)
+    expected = torch.relu((X - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
+    assert source.kind == "sae" and source.width == D_SAE
+    torch.testing.assert_close(source.encode(X), expected)
+    subset = torch.tensor([3, 0, 17])
+    torch.testing.assert_close(source.encode(X, subset), expected[..., subset])
+    # apply_b_dec_to_input=False leaves the input alone.
+    plain = load_source(str(write_sae(tmp_path / "p", {"apply_b_dec_to_input": False}, w)), D_IN)
+    torch.testing.assert_close(plain.encode(X), torch.relu(X @ w["W_enc"] + w["b_enc"]))
+
+
+def test_jumprelu_sae_matches_formula(tmp_path):
+    w = _weights()
+    source = load_source(str(write_sae(tmp_path / "j", {"architecture": "jumprelu"}, w)), D_IN)
+    pre = (X - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    expected = torch.where(pre > w["threshold"], pre, torch.zeros_like(pre)).clamp(min=0)
+    torch.testing.assert_close(source.encode(X), expected)
+    assert (source.encode(X)[(pre > 0) & (pre <= w["threshold"])] == 0).all()
+
+
+def test_topk_and_gated_saes_match_formulas(tmp_path):
+    w = _weights()
+    cfg = {"architecture": "topk", "activation_fn_kwargs": {"k": 3}}
+    topk = load_source(str(write_sae(tmp_path / "t", cfg, w)), D_IN)
+    pre = torch.relu((X - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
+    out = topk.encode(X)
+    assert ((out > 0).sum(-1) <= 3).all()
+    kth = pre.topk(3, dim=-1).values[..., -1:]
+    torch.testing.assert_close(out, torch.where(pre >= kth, pre, torch.zeros_like(pre)))
+    gated = load_source(str(write_sae(tmp_path / "g", {"architecture": "gated"}, w)), D_IN)
+    x = X - w["b_dec"]
+    gate = x @ w["W_enc"] + w["b_gate"] > 0
+    mag = torch.relu(x @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"])
+    torch.testing.assert_close(gated.encode(X), gate * mag)
+
+
+def test_dictionary_learning_layouts(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    enc_w, enc_b, bias = (
+        torch.randn(D_SAE, D_IN, generator=g),
+        torch.randn(D_SAE, generator=g),
+        torch.randn(D_IN, generator=g),
+    )
+    folder = tmp_path / "ae"
+    folder.mkdir()
+    state = {"encoder.weight": enc_w, "encoder.bias": enc_b, "bias": bias,
+             "decoder.weight": torch.randn(D_IN, D_SAE, generator=g)}  # fmt: skip
+    torch.save(state, folder / "ae.pt")
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "trainer": {
+                    "dict_class": "AutoEncoder",
+                    "activation_dim": D_IN,
+                    "dict_size": D_SAE,
+                    "layer": 3,
+                }
+            }
+        )  # fmt: skip
+    )
+    source = load_source(f"dictionary:{folder}", D_IN)
+    assert source.kind == "dictionary" and source.width == D_SAE
+    torch.testing.assert_close(source.encode(X), torch.relu((X - bias) @ enc_w.T + enc_b))
+    assert load_source(str(folder), D_IN).params_hash == source.params_hash  # detected layout
+
+    w = _weights()
+    jump = tmp_path / "jump"
+    jump.mkdir()
+    torch.save({k: w[k] for k in ("W_enc", "b_enc", "b_dec", "threshold", "W_dec")},
+               jump / "ae.pt")  # fmt: skip
+    (jump / "config.json").write_text(
+        json.dumps({"trainer": {"dict_class": "JumpReluAutoEncoder"}})
+    )
+    pre = X @ w["W_enc"] + w["b_enc"]
+    torch.testing.assert_close(
+        load_source(str(jump), D_IN).encode(X), torch.relu(pre * (pre > w["threshold"]))
+    )
+
+
+def test_neurons_are_the_hook_point_itself():
+    source = load_source("neurons", 1536)
+    assert source.width == 1536 and source.encoder is None
+    assert source.encode(X) is X
+    assert load_source("neurons", 1536).params_hash == source.params_hash
+
+
+def test_params_hash_tracks_the_weights(tmp_path):
+    w = _weights()
+    a = load_source(str(write_sae(tmp_path / "a", {}, w)), D_IN)
+    b = load_source(str(write_sae(tmp_path / "b", {}, w)), D_IN)
+    c = load_source(str(write_sae(tmp_path / "c", {}, _weights(seed=5))), D_IN)
+    assert a.params_hash == b.params_hash != c.params_hash
+
+
+def test_dimension_mismatch_names_both_sizes(tmp_path):
+    folder = write_sae(tmp_path / "s", {}, _weights())
+    with pytest.raises(InputError, match=r"16-dimensional.*384 units"):
+        load_source(str(folder), 384)
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(InputError, match="not a folder"):
+        load_source(f"sae:{tmp_path / 'missing'}", D_IN)
+    with pytest.raises(InputError, match="unknown feature source"):
+        load_source(str(tmp_path), D_IN)
+    w = _weights()
+    no_weights = tmp_path / "nw"
+    no_weights.mkdir()
+    (no_weights / "cfg.json").write_text("{}")
+    with pytest.raises(InputError, match="sae_weights.safetensors"):
+        load_source(str(no_weights), D_IN)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "cfg.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_source(str(broken), D_IN)
+    lacking = write_sae(tmp_path / "l", {"architecture": "jumprelu"},
+                        {k: w[k] for k in ("W_enc", "b_enc", "b_dec")})  # fmt: skip
+    with pytest.raises(InputError, match="lacks threshold"):
+        load_source(str(lacking), D_IN)
+    with pytest.raises(ModelError, match="normalize_activations"):
+        load_source(str(write_sae(tmp_path / "n", {"normalize_activations": "expected_average_only_in"}, w)), D_IN)  # fmt: skip
+    with pytest.raises(ModelError, match="unsupported SAE architecture"):
+        load_source(str(write_sae(tmp_path / "u", {"architecture": "weird"}, w)), D_IN)
+    with pytest.raises(InputError, match="d_sae=99"):
+        load_source(str(write_sae(tmp_path / "d", {"d_sae": 99}, w)), D_IN)
+    bad_pt = tmp_path / "badpt"
+    bad_pt.mkdir()
+    (bad_pt / "ae.pt").write_bytes(b"garbage")
+    (bad_pt / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="cannot read"):
+        load_source(str(bad_pt), D_IN)
