@@ -40,7 +40,7 @@ class LocalServerConfig:
 
     model_path: str | None = None
     host: str = "127.0.0.1"
-    port: int = field(default_factory=lambda: int(os.environ.get("GLOSS_LOCAL_LLM_PORT", "8765")))
+    port: int = field(default_factory=lambda: int(os.environ.get("GLOSS_LOCAL_LLM_PORT", "8719")))
     alias: str = LOCAL_MODEL
     n_ctx: int = 2048
     n_threads: int | None = None
@@ -123,6 +123,11 @@ def local_server(config: LocalServerConfig | None = None) -> Iterator[str]:
     """Run the local server for the block (or reuse one already listening); yields its base URL."""
     config = config or LocalServerConfig()
     if listening(config.host, config.port):
+        if not _ready(config):
+            raise LLMError(
+                f"port {config.port} is taken by something that is not an OpenAI-compatible "
+                "server: set GLOSS_LOCAL_LLM_PORT to a free port"
+            )
         log.info("reusing the LLM server already listening on %s", config.base_url)
         yield config.base_url
         return

@@ -1208,7 +1208,9 @@ class Store:
             lock = s.get(Lock, name)
             if lock is None:
                 return None
-            return LockInfo(lock.name, lock.holder, lock.run_id, lock.acquired_at, lock.heartbeat_at)
+            return LockInfo(
+                lock.name, lock.holder, lock.run_id, lock.acquired_at, lock.heartbeat_at
+            )
 
     def set_lock_run(self, name: str, holder: str, run_id: int) -> None:
         with self.session() as s:
