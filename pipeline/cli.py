@@ -309,7 +309,7 @@ def add_llm_commands(sub) -> None:
     p = llm.add_parser("serve", help="run the local OpenAI-compatible server until Ctrl-C")
     p.add_argument("--model", help="GGUF file (default: the bundled Gemma 3 270M)")
     p.add_argument("--port", type=int, default=None, help="default $GLOSS_LOCAL_LLM_PORT or 8719")
-    p.add_argument("--n-ctx", type=int, default=2048, help="context length")
+    p.add_argument("--n-ctx", type=int, default=8192, help="context length")
     p.set_defaults(func=cmd_llm_serve)
 
 

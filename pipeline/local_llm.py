@@ -42,7 +42,7 @@ class LocalServerConfig:
     host: str = "127.0.0.1"
     port: int = field(default_factory=lambda: int(os.environ.get("GLOSS_LOCAL_LLM_PORT", "8719")))
     alias: str = LOCAL_MODEL
-    n_ctx: int = 2048
+    n_ctx: int = 8192
     n_threads: int | None = None
     # Prompt logprobs (the simulator's logprobs method) need logits for every position:
     # n_ctx x vocabulary floats (2 GB for Gemma 3 at n_ctx 2048), and llama-cpp-python
@@ -160,8 +160,14 @@ def local_server(config: LocalServerConfig | None = None) -> Iterator[str]:
 
 
 def _resolve(endpoint: EndpointConfig, url: str) -> EndpointConfig:
+    """The local server answers one request at a time, slowly: queue here, wait long."""
     return dataclasses.replace(
-        endpoint, base_url=url, api_key=endpoint.api_key or "local", grammar=True
+        endpoint,
+        base_url=url,
+        api_key=endpoint.api_key or "local",
+        grammar=True,
+        concurrency=1,
+        timeout_s=max(endpoint.timeout_s, 900.0),
     )
 
 

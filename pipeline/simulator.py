@@ -43,7 +43,7 @@ class SimulatorConfig:
     method: str = "auto"
     prompt: str | None = None  # template name; default follows the method
     top_logprobs: int = 20
-    max_answer_tokens: int = 2048  # integers method only
+    max_answer_tokens: int | None = None  # integers method; None: sized to the windows
     kinds: tuple[str, ...] = ("top", "random")  # which holdout windows are simulated
 
     def __post_init__(self) -> None:
@@ -218,7 +218,7 @@ async def simulate(
         answer = await client.complete(
             prompt,
             lambda response: integers_from_answer(answer_text(response), lengths),
-            max_tokens=config.max_answer_tokens,
+            max_tokens=config.max_answer_tokens or 4 * sum(lengths) + 8 * len(lengths) + 16,
             temperature=0,
             **extra,
         )

@@ -55,10 +55,11 @@ def calls(store):
 
 def test_explain_and_score_real_features(sqlite_store, server_config):
     store = sqlite_store
-    _, ids = token_features(store, ["river"], ctx=8, holdout_top=2, random_windows=1)
+    _, ids = token_features(store, ["river"], ctx=8, holdout_top=1, random_windows=1)
     explainer = ExplainerConfig(max_examples=3, max_tokens_per_example=8, max_label_tokens=20)
     with endpoints(local_llm(server_config), server_config) as llm:
         assert llm.simulator.grammar and llm.simulator.base_url == server_config.base_url
+        assert llm.explainer.concurrency == 1  # the local server answers one at a time
         summary = explain_features(store, ids, llm, explainer=explainer)
     assert summary.explainer.calls + summary.simulator.calls <= 2 * len(ids)
     labeled = 0
@@ -75,7 +76,7 @@ def test_explain_and_score_real_features(sqlite_store, server_config):
             assert score.prompt_name == "simulate-integers"
             assert score.details["method"] == "integers"
             assert (score.value is None) == ("reason" in score.details)
-            assert score.details["n_tokens"] == 2 * 8 + 1 * 8
+            assert score.details["n_tokens"] == 1 * 8 + 1 * 8
         if not current.scores:
             assert store.feature(feature_id).last_error.startswith("score:")
     assert labeled >= 1
