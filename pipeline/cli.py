@@ -679,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one line per HTTP request or migration step is noise
+        for name in ("httpx", "httpx2", "httpcore", "alembic", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except GlossError as error:
