@@ -460,11 +460,21 @@ def make_clients(
     second = first if shared else asyncio.Semaphore(simulator.concurrency)
     return (
         LLMClient(
-            explainer, role="explainer", store=store, run_id=run_id, semaphore=first, db=db,
+            explainer,
+            role="explainer",
+            store=store,
+            run_id=run_id,
+            semaphore=first,
+            db=db,
             budget=budget,
         ),
         LLMClient(
-            simulator, role="simulator", store=store, run_id=run_id, semaphore=second, db=db,
+            simulator,
+            role="simulator",
+            store=store,
+            run_id=run_id,
+            semaphore=second,
+            db=db,
             budget=budget,
         ),
     )
