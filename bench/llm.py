@@ -11,6 +11,7 @@ A second, forced run shows the cache: it should make no HTTP calls at all.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.explainer import explain_features  # noqa: E402
-from pipeline.llm import EndpointConfig, LLMConfig  # noqa: E402
+from pipeline.llm import EndpointConfig, LLMClient, LLMConfig  # noqa: E402
 from store import open_store  # noqa: E402
 from tests.mined import token_features  # noqa: E402
 from tests.scripted_llm import ScriptedLLM  # noqa: E402
@@ -31,6 +32,20 @@ def serve(latency: float, urls: multiprocessing.Queue) -> None:
         urls.put(server.base_url)
         while True:
             time.sleep(3600)
+
+
+async def raw_calls(base_url: str, calls: int, concurrency: int) -> float:
+    """The same number of calls straight through the client: no store, no prompts."""
+    endpoint = EndpointConfig(
+        model="scripted", base_url=base_url, api_key="x", concurrency=concurrency
+    )
+    client = LLMClient(endpoint, role="bench")
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(client.complete(f"does is find {i}", lambda r: r, temperature=0) for i in range(calls))
+    )
+    await client.close()
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -68,6 +83,11 @@ def main() -> None:
                 f"  explained {summary.explained}, scored {summary.scored}, "
                 f"failed {summary.failed}; {per['calls_per_feature']:.2f} calls and "
                 f"{per['prompt_tokens_per_feature']:.0f} prompt tokens per feature"
+            )
+            raw = asyncio.run(raw_calls(base_url, summary.calls, args.concurrency))
+            print(
+                f"baseline: the same {summary.calls} calls through LLMClient alone: {raw:.2f}s, "
+                f"ratio {raw / ideal:.2f}; the pipeline adds {summary.wall_s / raw:.2f}x"
             )
             again = explain_features(store, ids, llm, force=True)
             print(
