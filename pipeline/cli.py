@@ -236,7 +236,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_llm_serve(args: argparse.Namespace) -> int:
+    import signal
     import time
+
+    # SIGTERM unwinds like Ctrl-C, so the server process is stopped with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     from pipeline.local_llm import LocalServerConfig, local_server
 
