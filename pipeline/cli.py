@@ -125,6 +125,419 @@ def add_mine_parser(sub) -> None:
     p.set_defaults(func=cmd_mine)
 
 
+# ---------------------------------------------------------------- explain / score / llm (issue 4)
+
+
+def parse_indices(spec: str) -> list[int]:
+    """Feature indices from `0:100` (half-open), `7`, or a comma list of both."""
+    from store import InputError
+
+    indices: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                start, _, stop = part.partition(":")
+                indices.extend(range(int(start or 0), int(stop)))
+            elif part:
+                indices.append(int(part))
+        except ValueError:
+            raise InputError(f"bad feature selector {part!r}: use 0:100, 7 or 1,2,5:9") from None
+    return indices
+
+
+def select_features(store, args: argparse.Namespace) -> list[int]:
+    """Mined feature ids matching --source, --features and --limit, in id order."""
+    source_id = store.source(args.source).id if args.source else None
+    indices = parse_indices(args.features) if args.features else None
+    ids = [f.id for f in store.features(source_id, status="mined", indices=indices)]
+    return ids[: args.limit] if args.limit else ids
+
+
+def _llm_config(args: argparse.Namespace):
+    from pipeline.llm import EndpointConfig, LLMConfig
+
+    def endpoint(model: str | None, url: str | None, api: str | None) -> EndpointConfig:
+        base = EndpointConfig()
+        return EndpointConfig(
+            model=model or args.model or base.model,
+            base_url=url or args.base_url,
+            api=api or args.api or base.api,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+            price_in=args.price_in,
+            price_out=args.price_out,
+        )
+
+    return LLMConfig(
+        explainer=endpoint(None, None, None),
+        simulator=endpoint(args.simulator_model, args.simulator_base_url, args.simulator_api),
+    )
+
+
+def _print_summary(summary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.as_dict(), default=str))
+    else:
+        print("\n".join(summary.lines()))
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pipeline.explainer import ExplainerConfig, baseline_explain, explain_features
+    from pipeline.simulator import SimulatorConfig
+    from store import open_store
+
+    with open_store(args.database) as store:
+        ids = select_features(store, args)
+        if not ids:
+            print("no mined features match: run gloss mine first, or check --source/--features")
+            return 0
+        if args.baseline:
+            summary = baseline_explain(store, ids)
+        else:
+            summary = explain_features(
+                store,
+                ids,
+                _llm_config(args),
+                explainer=ExplainerConfig(
+                    style=args.style,
+                    prompt=args.prompt,
+                    candidates=args.candidates,
+                    max_examples=args.max_examples,
+                    score=not args.no_score,
+                ),
+                simulator=SimulatorConfig(method=args.method),
+                force=args.force,
+            )
+    _print_summary(summary, args.json)
+    return 1 if summary.failed and not (summary.explained or summary.scored) else 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from pipeline.explainer import score_features
+    from pipeline.simulator import SimulatorConfig
+    from store import open_store
+
+    with open_store(args.database) as store:
+        ids = select_features(store, args)
+        if not ids:
+            print("no mined features match: run gloss mine first, or check --source/--features")
+            return 0
+        summary = score_features(
+            store,
+            ids,
+            _llm_config(args),
+            simulator=SimulatorConfig(method=args.method, prompt=args.simulator_prompt),
+            force=args.force,
+            baseline=args.baseline,
+        )
+    _print_summary(summary, args.json)
+    return 1 if summary.failed and not summary.scored else 0
+
+
+def cmd_llm_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.local_llm import LocalServerConfig, local_server
+
+    config = LocalServerConfig(model_path=args.model, n_ctx=args.n_ctx)
+    if args.port:
+        config.port = args.port
+    with local_server(config) as url:
+        print(f"serving {args.model or 'the bundled Gemma 3 270M'} at {url} (Ctrl-C stops)")
+        print(f"use it with: OPENAI_BASE_URL={url} gloss explain ...")
+        while True:
+            time.sleep(3600)
+
+
+def _add_llm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", help="feature source name (see gloss sources); default all")
+    p.add_argument("--features", help="feature indices: 0:100, 7 or 1,2,5:9")
+    p.add_argument("--limit", type=int, help="at most this many features")
+    p.add_argument(
+        "--base-url",
+        help="OpenAI-compatible endpoint; default $OPENAI_BASE_URL, else the bundled local "
+        "model ('local', started for the run)",
+    )
+    p.add_argument("--model", help="model name at the endpoint (default gemma-3-270m)")
+    p.add_argument("--api", choices=["completions", "chat"], help="default completions")
+    p.add_argument("--simulator-base-url", help="simulator endpoint if not the explainer's")
+    p.add_argument("--simulator-model", help="simulator model if not the explainer's")
+    p.add_argument("--simulator-api", choices=["completions", "chat"])
+    p.add_argument(
+        "--method",
+        choices=["auto", "logprobs", "integers"],
+        default="auto",
+        help="simulation: expected values from logprobs (completions + echo) or JSON "
+        "integers; auto picks logprobs, or grammar-constrained integers on the local model",
+    )
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight per endpoint")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--price-in", type=float, default=0.0, help="$ per million prompt tokens")
+    p.add_argument("--price-out", type=float, default=0.0, help="$ per million answer tokens")
+    p.add_argument("--force", action="store_true", help="redo features that already have it")
+    p.add_argument("--baseline", action="store_true", help="the no-LLM baseline labels")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def add_llm_commands(sub) -> None:
+    p = sub.add_parser(
+        "explain", help="label mined features with the explainer LLM (and score them)"
+    )
+    _add_llm_arguments(p)
+    p.add_argument(
+        "--style",
+        choices=["auto", "openai", "delphi"],
+        default="auto",
+        help="explainer prompt: token<TAB>value listing (openai) or <<marked>> text (delphi); "
+        "auto: delphi on the local model, openai elsewhere",
+    )
+    p.add_argument("--prompt", help="explainer template name or path (default per style)")
+    p.add_argument("--candidates", type=int, default=1, help="best-of-n labels by simulation score")
+    p.add_argument("--max-examples", type=int, default=10, help="explain windows shown")
+    p.add_argument("--no-score", action="store_true", help="label only; score later")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("score", help="score current labels with the simulator LLM")
+    _add_llm_arguments(p)
+    p.add_argument("--simulator-prompt", help="simulator template name or path")
+    p.set_defaults(func=cmd_score)
+
+    llm = sub.add_parser("llm", help="the bundled local LLM").add_subparsers(
+        dest="llm_command", required=True
+    )
+    p = llm.add_parser("serve", help="run the local OpenAI-compatible server until Ctrl-C")
+    p.add_argument("--model", help="GGUF file (default: the bundled Gemma 3 270M)")
+    p.add_argument("--port", type=int, default=None, help="default $GLOSS_LOCAL_LLM_PORT or 8765")
+    p.add_argument("--n-ctx", type=int, default=2048, help="context length")
+    p.set_defaults(func=cmd_llm_serve)
+
+
+
+
+# ---------------------------------------------------------------- query and review (issue 6)
+
+
+def _open(args: argparse.Namespace):
+    from store import open_store
+
+    return open_store(args.database)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.terminal import format_rows, row_dict
+
+    with _open(args) as store:
+        filters = dict(
+            min_score=args.min_score,
+            max_score=args.max_score,
+            source=args.source,
+            status=args.status,
+            reviewed=args.reviewed,
+        )
+        rows = store.search(args.text, order=args.order, limit=args.limit, **filters)
+        if args.json:
+            print(json.dumps([row_dict(r) for r in rows], ensure_ascii=False))
+        else:
+            print(format_rows(rows, store.count(args.text, **filters)))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pipeline.terminal import format_card, to_json
+
+    with _open(args) as store:
+        card = store.feature_card(args.feature)
+    if args.json:
+        print(to_json(card))
+    else:
+        color = sys.stdout.isatty() if args.color == "auto" else args.color == "always"
+        print(format_card(card, color=color, per_kind=args.examples))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import csv
+
+    from store import EXPORT_FIELDS, ConfigError
+
+    try:
+        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    except OSError as error:
+        raise ConfigError(f"cannot write {args.out}: {error.strerror}") from None
+    count = 0
+    try:
+        with _open(args) as store:
+            writer = csv.DictWriter(out, EXPORT_FIELDS) if args.format == "csv" else None
+            if writer:
+                writer.writeheader()
+            for row in store.export(source=args.source):
+                if writer:
+                    writer.writerow({**row, "scores": json.dumps(row["scores"])})
+                else:
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"exported {count} features to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    import os
+
+    from store import ConfigError
+
+    reviewer = args.by or os.environ.get("USER")
+    if not reviewer:
+        raise ConfigError("who is labeling? pass --by NAME")
+    with _open(args) as store:
+        feature_id = store.resolve_feature(args.feature)
+        explanation_id = store.review(feature_id, "edit", reviewer, text=args.text, note=args.note)
+        card = store.feature_card(feature_id)
+        print(
+            f"feature {card.feature.ref}: label #{explanation_id} by {reviewer}: {card.current.text}"
+        )
+        if args.rescore:
+            from pipeline.rescore import rescore
+
+            value = rescore(store, explanation_id, _simulator_llm(args))
+            print(f"simulation score: {'undefined' if value is None else f'{value:.3f}'}")
+    return 0
+
+
+def cmd_fires(args: argparse.Namespace) -> int:
+    from pipeline.fires import fires
+    from pipeline.terminal import to_json
+
+    with _open(args) as store:
+        tokens = fires(store, args.text, source=args.source, top=args.top)
+    if args.json:
+        print(to_json(tokens))
+        return 0
+    for t in tokens:
+        print(f"{t.position:>4} {t.token!r}")
+        for f in t.features:
+            score = "" if f.score is None else f"  (score {f.score:.2f})"
+            print(
+                f"       {f.relative:5.0%} of max  {f.activation:8.3f}  {f.ref}  {f.label}{score}"
+            )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from pipeline.rescore import rescore
+    from review.app import create_app, load_tokens
+    from store import ConfigError
+
+    tokens = load_tokens(args.tokens_file) if args.tokens_file else None
+    reviewer = args.reviewer or os.environ.get("USER")
+    if tokens is None and not reviewer:
+        raise ConfigError("who is reviewing? pass --reviewer NAME (or --tokens-file for a team)")
+    if tokens is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"gloss: warning: serving on {args.host} without --tokens-file: anyone who can "
+            f"reach it acts as {reviewer!r}",
+            file=sys.stderr,
+        )
+    llm = _simulator_llm(args)
+    app = create_app(
+        _open(args),
+        reviewer=reviewer,
+        tokens=tokens,
+        rescorer=lambda store, explanation_id: rescore(store, explanation_id, llm),
+    )
+    mode = f"team mode, {len(tokens)} reviewers" if tokens else f"reviewer {reviewer}"
+    print(f"gloss review app on http://{args.host}:{args.port} ({mode})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _simulator_llm(args: argparse.Namespace):
+    """The simulator endpoint for re-scoring; None means the defaults ($OPENAI_BASE_URL or local)."""
+    if not (args.simulator_base_url or args.simulator_model):
+        return None
+    from pipeline.llm import EndpointConfig, LLMConfig
+
+    endpoint = EndpointConfig(
+        model=args.simulator_model or EndpointConfig().model, base_url=args.simulator_base_url
+    )
+    return LLMConfig(explainer=endpoint, simulator=endpoint)
+
+
+def _add_simulator_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--simulator-base-url",
+        help="OpenAI-compatible endpoint for re-scoring; default $OPENAI_BASE_URL, else local",
+    )
+    p.add_argument("--simulator-model", help="simulator model name (default gemma-3-270m)")
+
+
+def _add_query_commands(sub) -> None:
+    p = sub.add_parser("search", help="full-text search over current labels")
+    p.add_argument("text", nargs="?", default="", help="words to look for (empty: all)")
+    p.add_argument("--min-score", type=float)
+    p.add_argument("--max-score", type=float)
+    p.add_argument("--source", help="feature source name")
+    p.add_argument("--status", help="proposed, accepted, rejected, unlabeled, dead, ...")
+    p.add_argument("--reviewed", action="store_true", default=None, help="only reviewed features")
+    p.add_argument(
+        "--unreviewed", dest="reviewed", action="store_false", help="only unreviewed features"
+    )
+    p.add_argument("--order", default="rank", choices=["rank", "score", "-score", "id"])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("show", help="a feature card: stats, labels, scores, contexts")
+    p.add_argument("feature", help="feature id (42) or SOURCE:INDEX")
+    p.add_argument("--examples", type=int, default=5, help="contexts shown per kind")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="every feature with its current label and scores")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--out", help="file to write (default stdout)")
+    p.add_argument("--source", help="only this feature source")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("label", help="set a human label on a feature")
+    p.add_argument("feature", help="feature id (42) or SOURCE:INDEX")
+    p.add_argument("text", help="the new label")
+    p.add_argument("--by", help="your name (default $USER)")
+    p.add_argument("--note", help="why")
+    p.add_argument("--rescore", action="store_true", help="score the new label with the simulator")
+    _add_simulator_arguments(p)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("fires", help="which labeled features fire on each token of a text")
+    p.add_argument("text")
+    p.add_argument("--source", help="feature source name (default: every source of the subject)")
+    p.add_argument("--top", type=int, default=5, help="features listed per token")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fires)
+
+    p = sub.add_parser("serve", help="the web app for browsing and reviewing labels")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--reviewer", help="your name in the audit trail (default $USER)")
+    p.add_argument(
+        "--tokens-file", help="team mode: a file of 'TOKEN NAME' lines; requests need a token"
+    )
+    _add_simulator_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+
+# ---------------------------------------------------------------- end of query and review
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gloss", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -146,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db_current)
 
     add_mine_parser(sub)
+    add_llm_commands(sub)
+    _add_query_commands(sub)
     return parser
 
 

@@ -1,12 +1,29 @@
 """The gloss feature store: typed models, migrations glue and the store API.
 
-from store import open_store
-store = open_store()            # $GLOSS_DATABASE_URL or sqlite:///gloss.db
-store.search("unit conversion", min_score=0.3)
+Querying and reviewing from Python (the same calls the CLI and web app make):
+
+    from store import open_store
+    store = open_store()                       # $GLOSS_DATABASE_URL or sqlite:///gloss.db
+    rows = store.search("unit conversion", min_score=0.3, limit=20)   # list[FeatureRow]
+    more = store.search("unit conversion", min_score=0.3, after=rows[-1].cursor)  # keyset
+    store.count("unit conversion", min_score=0.3)
+    card = store.feature_card("gpt2/h.5.mlp/neurons:42")   # or a feature id
+    card.current.text, card.current.score, card.history, card.examples, card.reviews
+    for row in store.export():                 # streams dicts, see EXPORT_FIELDS
+        ...
+    store.review(card.feature.id, "edit", "ana", text="dates in footnotes",
+                 expected_explanation_id=card.current.id,
+                 expected_version=card.current.version)     # ConflictError if stale
+    store.next_to_review()                     # the review queue's head
+
+search filters: min_score/max_score, source (name), status (proposed, accepted,
+rejected, unlabeled, or feature status new/mined/dead), reviewed (True/False);
+order: rank (text relevance, else score), score, -score, id.
 """
 
 from store.api import (
     CANDIDATE,
+    EXPORT_FIELDS,
     ExampleIn,
     ExampleOut,
     ExplanationInfo,
@@ -41,6 +58,7 @@ from store.errors import (
 
 __all__ = [
     "CANDIDATE",
+    "EXPORT_FIELDS",
     "ConfigError",
     "ConflictError",
     "DatabaseError",

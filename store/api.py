@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Float, Integer, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Engine,
+    Float,
+    Integer,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -196,6 +207,11 @@ class FeatureRow:
     def ref(self) -> str:
         return f"{self.source}:{self.index}"
 
+    @property
+    def cursor(self) -> str:
+        """Pass as `Store.search(after=...)` to get the page after this row."""
+        return f"{'' if self.score is None else repr(self.score)}:{self.feature_id}"
+
 
 @dataclass(frozen=True)
 class ReviewInfo:
@@ -237,7 +253,17 @@ class RunInfo:
     finished_at: Any
 
 
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    holder: str
+    run_id: int | None
+    acquired_at: Any
+    heartbeat_at: Any
+
+
 REVIEW_ACTIONS = ("accept", "reject", "edit", "note")
+SEARCH_ORDERS = ("rank", "score", "-score", "id")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -446,10 +472,10 @@ class Store:
             feature_ids = list(id_of.values())
             s.execute(delete(Example).where(Example.feature_id.in_(feature_ids)))
             s.execute(
-                update(Feature),
+                update(Feature.__table__).where(Feature.id == bindparam("feature_id")),
                 [
                     {
-                        "id": id_of[f.index],
+                        "feature_id": id_of[f.index],
                         "status": "mined" if f.max_act > 0 else "dead",
                         "max_act": f.max_act,
                         "mean_act": f.mean_act,
@@ -462,20 +488,26 @@ class Store:
                 ],
             )
             rows = [
-                {
-                    "feature_id": id_of[f.index],
-                    "window_id": e.window_id,
-                    "split": e.split,
-                    "kind": e.kind,
-                    "rank": e.rank,
-                    "max_act": e.max_act,
-                    "acts": e.acts,
-                }
+                (id_of[f.index], e.window_id, e.split, e.kind, e.rank, e.max_act, e.acts)
                 for f in features
                 for e in f.examples
             ]
             if rows:
-                s.execute(insert(Example), rows)
+                self._bulk_insert_examples(s, rows)
+
+    def _bulk_insert_examples(self, s: Session, rows: list[tuple]) -> None:
+        """The hot path of mining: straight to the driver (COPY on PostgreSQL)."""
+        columns = "feature_id, window_id, split, kind, rank, max_act, acts"
+        cursor = s.connection().connection.driver_connection.cursor()
+        if self.dialect == "postgresql":
+            with cursor.copy(f"COPY examples ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            cursor.executemany(
+                f"INSERT INTO examples ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        cursor.close()
 
     # ------------------------------------------------------------ features
 
@@ -577,6 +609,86 @@ class Store:
                 update(Feature).where(Feature.id == feature_id).values(failures=0, last_error=None)
             )
 
+    # ------------------------------------------------------------ incremental work
+
+    def features_to_explain(
+        self,
+        source_id: int,
+        *,
+        model: str,
+        prompt: PromptRef,
+        max_failures: int | None = None,
+        relabel_human: bool = False,
+        indices: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Mined features with no current label from this model and prompt version.
+
+        A label a human wrote or accepted is kept unless `relabel_human`; features that
+        failed `max_failures` times are left flagged.
+        """
+        current = (
+            select(Explanation.id)
+            .where(
+                Explanation.feature_id == Feature.id,
+                Explanation.status.in_(CURRENT_STATUSES),
+                or_(
+                    (Explanation.model == model)
+                    & (Explanation.prompt_name == prompt.name)
+                    & (Explanation.prompt_version == prompt.version),
+                    (Explanation.author_kind == "human") | (Explanation.status == ACCEPTED)
+                    if not relabel_human
+                    else False,
+                ),
+            )
+            .exists()
+        )
+        query = self._pending(source_id, max_failures, indices).where(~current)
+        return self._ids(query, limit)
+
+    def features_to_score(
+        self,
+        source_id: int,
+        *,
+        simulator_model: str,
+        prompt: PromptRef,
+        max_failures: int | None = None,
+        indices: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Features whose current label has no simulation score from this model and prompt version."""
+        scored = (
+            select(Score.id)
+            .where(
+                Score.explanation_id == Explanation.id,
+                Score.method == "simulation",
+                Score.simulator_model == simulator_model,
+                Score.prompt_name == prompt.name,
+                Score.prompt_version == prompt.version,
+            )
+            .exists()
+        )
+        query = (
+            self._pending(source_id, max_failures, indices)
+            .join(Explanation, Explanation.feature_id == Feature.id)
+            .where(Explanation.status.in_(CURRENT_STATUSES), ~scored)
+        )
+        return self._ids(query, limit)
+
+    def _pending(self, source_id: int, max_failures: int | None, indices: Sequence[int] | None):
+        query = select(Feature.id).where(Feature.source_id == source_id, Feature.status == "mined")
+        if max_failures is not None:
+            query = query.where(Feature.failures < max_failures)
+        if indices is not None:
+            query = query.where(Feature.index.in_(list(indices)))
+        return query.order_by(Feature.index)
+
+    def _ids(self, query, limit: int | None) -> list[int]:
+        if limit is not None:
+            query = query.limit(limit)
+        with self.session() as s:
+            return list(s.scalars(query).all())
+
     # ------------------------------------------------------------ explanations and scores
 
     def add_explanation(
@@ -600,6 +712,8 @@ class Store:
         if status not in EXPLANATION_STATUSES:
             raise InputError(f"unknown explanation status {status!r}")
         with self.session() as s:
+            if s.get(Feature, feature_id) is None:
+                raise NotFoundError(f"no feature with id {feature_id}")
             if status in CURRENT_STATUSES:
                 _supersede_current(s, feature_id)
             explanation = Explanation(
@@ -807,28 +921,53 @@ class Store:
         order: str = "rank",
         limit: int = 20,
         offset: int = 0,
+        after: str | None = None,
     ) -> list[FeatureRow]:
         """Features with their current labels, full-text ranked when `query` is given.
 
-        `status` filters the label status (proposed, accepted, …) or `unlabeled`;
-        `order` is rank (text relevance, else score), score, -score or id.
-        Any query string is safe: it is reduced to words before it reaches FTS.
+        `status` filters the label status (proposed, accepted, …), the feature
+        status (new, mined, dead) or `unlabeled`; `reviewed` keeps features with
+        (True) or without (False) a review. `order` is rank (text relevance, else
+        score), score (best first), -score (worst first) or id. Every word must
+        match (stemmed); any query string is safe: it is reduced to words before
+        it reaches FTS5 or tsquery.
+
+        Page with `after=row.cursor` of the last row seen (keyset paging: every
+        page costs the same at 100,000 features) or with `offset` (fine for text
+        matches, slow deep into big score-ordered lists).
         """
+        if order not in SEARCH_ORDERS:
+            raise InputError(f"unknown order {order!r}: use rank, score, -score or id")
         stmt, rank = self._feature_rows(query)
         stmt = _filter_rows(stmt, min_score, max_score, source, status, reviewed)
         if rank is not None and order == "rank":
+            if after is not None:
+                raise InputError("text-ranked results page by offset, not by cursor")
             stmt = stmt.order_by(rank, Feature.id)
         elif order in ("score", "rank"):
+            stmt = _after(stmt, after, descending=True)
             stmt = stmt.order_by(Explanation.score.desc().nulls_last(), Feature.id)
         elif order == "-score":
+            stmt = _after(stmt, after, descending=False)
             stmt = stmt.order_by(Explanation.score.asc().nulls_last(), Feature.id)
-        elif order == "id":
-            stmt = stmt.order_by(Feature.id)
         else:
-            raise InputError(f"unknown order {order!r}: use rank, score, -score or id")
+            if after is not None:
+                stmt = stmt.where(Feature.id > _parse_cursor(after)[1])
+            stmt = stmt.order_by(Feature.id)
         stmt = stmt.limit(limit).offset(offset)
         with self.session() as s:
             return [_feature_row(row) for row in s.execute(stmt).all()]
+
+    def next_to_review(self, *, source: str | None = None, skip: int = 0) -> FeatureRow | None:
+        """The review queue's head: a labeled, never-reviewed feature, lowest score first.
+
+        Unscored labels come after scored ones; `skip` steps past features the
+        reviewer passed over.
+        """
+        rows = self.search(
+            source=source, status="proposed", reviewed=False, order="-score", limit=1, offset=skip
+        )
+        return rows[0] if rows else None
 
     def count(
         self,
@@ -840,6 +979,17 @@ class Store:
         status: str | None = None,
         reviewed: bool | None = None,
     ) -> int:
+        """How many features `search` would page through with these filters."""
+        if not _WORD.search(query or "") and (min_score, max_score, status) == (None,) * 3:
+            # Each feature has at most one current label, so no label join is needed.
+            stmt = select(func.count()).select_from(Feature)
+            if source is not None:
+                stmt = stmt.join(FeatureSource).where(FeatureSource.name == source)
+            if reviewed is not None:
+                has_review = select(Review.id).where(Review.feature_id == Feature.id).exists()
+                stmt = stmt.where(has_review if reviewed else ~has_review)
+            with self.session() as s:
+                return s.scalar(stmt) or 0
         stmt, _ = self._feature_rows(query)
         stmt = _filter_rows(stmt, min_score, max_score, source, status, reviewed)
         with self.session() as s:
@@ -871,7 +1021,7 @@ class Store:
         if not words:
             return stmt, None
         if self.dialect == "sqlite":
-            match = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
+            match = " ".join(f'"{w}"' for w in words)
             fts = (
                 text(
                     "SELECT rowid AS id, bm25(explanations_fts) AS rank FROM explanations_fts "
@@ -883,10 +1033,96 @@ class Store:
             )
             stmt = stmt.join(fts, fts.c.id == Explanation.id)
             return stmt, fts.c.rank
-        tsquery = func.websearch_to_tsquery("english", " OR ".join(words))
+        tsquery = func.websearch_to_tsquery("english", " ".join(words))
         vector = func.to_tsvector("english", Explanation.text)
         stmt = stmt.where(vector.op("@@")(tsquery))
         return stmt, func.ts_rank(vector, tsquery).desc()
+
+    def current_labels(self, source_id: int) -> dict[int, FeatureRow]:
+        """Every feature of a source that has a current label, by feature index."""
+        stmt, _ = self._feature_rows("")
+        stmt = stmt.where(Feature.source_id == source_id, Explanation.id.is_not(None))
+        with self.session() as s:
+            return {row.index: row for row in map(_feature_row, s.execute(stmt).all())}
+
+    def export(
+        self, *, source: str | None = None, batch_size: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Every feature with its current label, scores and provenance, as flat dicts.
+
+        Streams in batches of `batch_size` features by id (one short transaction
+        per batch), so a million features never sit in memory at once. Keys are
+        EXPORT_FIELDS; `scores` maps each method to its latest value for the label.
+        """
+        columns = (
+            Feature.id.label("feature_id"),
+            FeatureSource.name.label("source"),
+            Feature.index,
+            Subject.name.label("subject"),
+            Subject.revision.label("subject_revision"),
+            FeatureSource.hook,
+            FeatureSource.kind.label("source_kind"),
+            Feature.status.label("feature_status"),
+            Feature.max_act,
+            Feature.mean_act,
+            Feature.density,
+            Feature.n_tokens,
+            Explanation.id.label("explanation_id"),
+            Explanation.text.label("label"),
+            Explanation.status.label("label_status"),
+            Explanation.author_kind,
+            Explanation.author_name,
+            Explanation.model,
+            Explanation.prompt_name,
+            Explanation.prompt_version,
+            Explanation.prompt_hash,
+            Explanation.parent_id,
+            Explanation.run_id,
+            Explanation.created_at.label("labeled_at"),
+            Explanation.score,
+        )
+        last_id = 0
+        while True:
+            stmt = (
+                select(*columns)
+                .join(FeatureSource, FeatureSource.id == Feature.source_id)
+                .join(Subject, Subject.id == FeatureSource.subject_id)
+                .outerjoin(
+                    Explanation,
+                    (Explanation.feature_id == Feature.id)
+                    & Explanation.status.in_(CURRENT_STATUSES),
+                )
+                .where(Feature.id > last_id)
+                .order_by(Feature.id)
+                .limit(batch_size)
+            )
+            if source is not None:
+                stmt = stmt.where(FeatureSource.name == source)
+            with self.session() as s:
+                rows = [dict(row._mapping) for row in s.execute(stmt)]
+                if not rows:
+                    return
+                scores: dict[int, dict[str, float | None]] = {}
+                for explanation_id, method, value in s.execute(
+                    select(Score.explanation_id, Score.method, Score.value)
+                    .where(Score.explanation_id.in_([r["explanation_id"] for r in rows]))
+                    .order_by(Score.id)
+                ):
+                    scores.setdefault(explanation_id, {})[method] = value
+                reviewed = set(
+                    s.scalars(
+                        select(Review.feature_id)
+                        .where(Review.feature_id.in_([r["feature_id"] for r in rows]))
+                        .distinct()
+                    )
+                )
+            for row in rows:
+                if row["labeled_at"] is not None:
+                    row["labeled_at"] = row["labeled_at"].isoformat()
+                row["scores"] = scores.get(row["explanation_id"], {})
+                row["reviewed"] = row["feature_id"] in reviewed
+                yield row
+            last_id = rows[-1]["feature_id"]
 
     def feature_card(self, feature: int | str) -> FeatureCard:
         """Everything about one feature: statistics, labels with scores, examples, reviews."""
@@ -966,6 +1202,19 @@ class Store:
                 f"since {lock.acquired_at:%Y-%m-%d %H:%M:%S} UTC); wait for it, or if it died, "
                 f"the lock expires {stale_after_s:.0f}s after its last heartbeat"
             ) from None
+
+    def lock(self, name: str) -> LockInfo | None:
+        with self.session() as s:
+            lock = s.get(Lock, name)
+            if lock is None:
+                return None
+            return LockInfo(lock.name, lock.holder, lock.run_id, lock.acquired_at, lock.heartbeat_at)
+
+    def set_lock_run(self, name: str, holder: str, run_id: int) -> None:
+        with self.session() as s:
+            s.execute(
+                update(Lock).where(Lock.name == name, Lock.holder == holder).values(run_id=run_id)
+            )
 
     def heartbeat_lock(self, name: str, holder: str) -> None:
         with self.session() as s:
@@ -1068,6 +1317,62 @@ def _filter_rows(stmt, min_score, max_score, source, status, reviewed):
         has_review = select(Review.id).where(Review.feature_id == Feature.id).exists()
         stmt = stmt.where(has_review if reviewed else ~has_review)
     return stmt
+
+
+EXPORT_FIELDS = (
+    "feature_id",
+    "source",
+    "index",
+    "subject",
+    "subject_revision",
+    "hook",
+    "source_kind",
+    "feature_status",
+    "max_act",
+    "mean_act",
+    "density",
+    "n_tokens",
+    "explanation_id",
+    "label",
+    "label_status",
+    "author_kind",
+    "author_name",
+    "model",
+    "prompt_name",
+    "prompt_version",
+    "prompt_hash",
+    "parent_id",
+    "run_id",
+    "labeled_at",
+    "score",
+    "scores",
+    "reviewed",
+)
+
+
+def _parse_cursor(cursor: str) -> tuple[float | None, int]:
+    score, _, feature_id = cursor.rpartition(":")
+    try:
+        return (float(score) if score else None), int(feature_id)
+    except ValueError:
+        raise InputError(f"bad page cursor {cursor!r}: use FeatureRow.cursor") from None
+
+
+def _after(stmt, cursor: str | None, *, descending: bool):
+    """Keyset predicate for (score nulls last, feature id) order."""
+    if cursor is None:
+        return stmt
+    score, feature_id = _parse_cursor(cursor)
+    if score is None:
+        return stmt.where(Explanation.score.is_(None), Feature.id > feature_id)
+    beyond = Explanation.score < score if descending else Explanation.score > score
+    return stmt.where(
+        or_(
+            beyond,
+            (Explanation.score == score) & (Feature.id > feature_id),
+            Explanation.score.is_(None),
+        )
+    )
 
 
 def _snapshot(explanation: Explanation | None) -> dict[str, Any] | None:
@@ -1191,12 +1496,14 @@ def _run_info(r: Run) -> RunInfo:
 
 __all__ = [
     "CANDIDATE",
+    "EXPORT_FIELDS",
     "ExampleIn",
     "ExampleOut",
     "ExplanationInfo",
     "FeatureCard",
     "FeatureInfo",
     "FeatureRow",
+    "LockInfo",
     "MinedFeature",
     "PromptRef",
     "ReviewInfo",

@@ -47,8 +47,12 @@ def create(url: str | None = None) -> Engine:
             f"malformed database URL {url!r}: expected e.g. sqlite:///gloss.db "
             "or postgresql+psycopg://user@host/dbname"
         ) from None
-    if parsed.drivername == "postgresql" or parsed.drivername == "postgres":
+    if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseError(
+            f"unsupported database URL {describe(url)}: gloss speaks sqlite:// and postgresql://"
+        )
     try:
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database or ""
@@ -64,8 +68,7 @@ def create(url: str | None = None) -> Engine:
         return create_engine(parsed, pool_pre_ping=True)
     except NoSuchModuleError:
         raise DatabaseError(
-            f"unsupported database URL {describe(url)}: gloss speaks sqlite:// and "
-            "postgresql:// (install gloss[postgres] for PostgreSQL)"
+            f"unsupported database driver in {describe(url)}: use sqlite:// or postgresql+psycopg://"
         ) from None
     except ModuleNotFoundError as error:
         raise DatabaseError(

@@ -24,26 +24,60 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'gloss.db'}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database, dropped afterwards."""
+def _admin(server: str):
+    return create_engine(
+        make_url(server).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+
+
+def _database_url(server: str, name: str) -> str:
+    return (
+        make_url(server)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A database migrated to head once per test session; each test gets a copy of it."""
     server = postgres_server_url()
     if not server:
         pytest.skip(
             f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)"
         )
-    name = f"gloss_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(
-        make_url(server).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
+    name = f"gloss_template_{uuid.uuid4().hex[:12]}"
+    admin = _admin(server)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+    open_store(_database_url(server, name)).close()
     try:
-        yield (
-            make_url(server)
-            .set(drivername="postgresql+psycopg", database=name)
-            .render_as_string(hide_password=False)
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(request) -> Iterator[str]:
+    """A fresh PostgreSQL database at head (copied from the template), dropped afterwards.
+
+    Tests marked `empty_database` get an empty one instead (for migration tests).
+    """
+    server = postgres_server_url()
+    if not server:
+        pytest.skip(
+            f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)"
         )
+    empty = request.node.get_closest_marker("empty_database") is not None
+    template = "" if empty else f' TEMPLATE "{request.getfixturevalue("postgres_template")}"'
+    name = f"gloss_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin(server)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"{template}'))
+    try:
+        yield _database_url(server, name)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,642 @@
+"""Explain features with an LLM, score the labels with the simulator, keep everything.
+
+Entry points (sync wrappers around the async versions):
+
+    explain_features(store, feature_ids, llm=LLMConfig(), explainer=ExplainerConfig(),
+                     simulator=SimulatorConfig(), run_id=None) -> Summary
+    score_features(store, feature_ids, llm=..., simulator=..., run_id=None) -> Summary
+    baseline_explain(store, feature_ids, run_id=None) -> Summary
+
+Each feature is committed as soon as it is done; features already labeled (or failed
+too often) are skipped, so an interrupted run resumes where it stopped. Examples for
+the explainer come from the `explain` split only; the simulator sees only `holdout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.llm import (
+    CallStats,
+    EndpointConfig,
+    LLMClient,
+    LLMConfig,
+    StoreWorker,
+    UnusableAnswer,
+    answer_text,
+    make_clients,
+)
+from pipeline.prompts import Prompt, load_prompt, neutralize
+from pipeline.scoring import simulation_score
+from pipeline.simulator import SimulatorConfig, simulate
+from store import CANDIDATE, ConfigError, ExampleOut, LLMError, Store
+
+log = logging.getLogger(__name__)
+
+STYLES = ("auto", "openai", "delphi")
+
+
+@dataclass
+class ExplainerConfig:
+    """`style` openai: token<TAB>value listing; delphi: text with <<marked>> tokens;
+    auto: openai, except delphi on grammar-capable (local llama.cpp) endpoints, where
+    the tiny bundled model does better with it."""
+
+    style: str = "auto"
+    prompt: str | None = None  # template name; default follows the style
+    max_examples: int = 10
+    max_tokens_per_example: int = 64  # longer windows are cut around their peak
+    candidates: int = 1  # best-of-n: n > 1 samples n labels and keeps the best-scored
+    candidate_temperature: float = 0.8
+    max_label_tokens: int = 48
+    max_failures: int = 3  # features that failed this often are skipped
+    score: bool = True  # score each new label with the simulator right away
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ConfigError(
+                f"explainer style {self.style!r} is unknown: use auto, openai or delphi"
+            )
+        if self.candidates < 1 or self.max_examples < 1:
+            raise ConfigError("explainer candidates and max_examples must be at least 1")
+
+    def for_endpoint(self, endpoint: EndpointConfig) -> ExplainerConfig:
+        if self.style != "auto":
+            return self
+        return dataclasses.replace(self, style="delphi" if endpoint.grammar else "openai")
+
+    def template(self) -> Prompt:
+        style = "openai" if self.style == "auto" else self.style
+        return load_prompt(self.prompt or f"explain_{style}")
+
+
+@dataclass
+class Summary:
+    """What a run of explain/score did, for the CLI and the run record."""
+
+    features: int = 0
+    explained: int = 0
+    scored: int = 0
+    skipped: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    explainer: CallStats = field(default_factory=CallStats)
+    simulator: CallStats = field(default_factory=CallStats)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return self.explainer.calls + self.simulator.calls
+
+    @property
+    def tokens_in(self) -> int:
+        return self.explainer.tokens_in + self.simulator.tokens_in
+
+    @property
+    def cost(self) -> float:
+        return self.explainer.cost + self.simulator.cost
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        worked = max(1, self.features - self.skipped)
+        data.update(
+            calls=self.calls,
+            tokens_in=self.tokens_in,
+            tokens_out=self.explainer.tokens_out + self.simulator.tokens_out,
+            cost=self.cost,
+            calls_per_feature=self.calls / worked,
+            prompt_tokens_per_feature=self.tokens_in / worked,
+        )
+        return data
+
+    def lines(self) -> list[str]:
+        d = self.as_dict()
+        return [
+            f"features {self.features}: explained {self.explained}, scored {self.scored}, "
+            f"skipped {self.skipped}, failed {self.failed} ({self.wall_s:.1f}s)",
+            f"LLM calls {self.calls} (explainer {self.explainer.calls}, simulator "
+            f"{self.simulator.calls}; cached {self.explainer.cached + self.simulator.cached}, "
+            f"retries {self.explainer.retries + self.simulator.retries}), "
+            f"{d['calls_per_feature']:.2f} calls and {d['prompt_tokens_per_feature']:.0f} "
+            "prompt tokens per feature",
+            f"tokens in {d['tokens_in']}, out {d['tokens_out']}, cost ${self.cost:.4f}",
+        ] + [f"  failed {f['feature_id']}: {f['error']}" for f in self.failures[:20]]
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def normalized(acts: Sequence[float], max_act: float) -> list[int]:
+    """OpenAI's display scale: floor(10 * relu(a) / max), in 0..10."""
+    if max_act <= 0:
+        return [0] * len(acts)
+    return [min(10, max(0, math.floor(10 * max(0.0, a) / max_act))) for a in acts]
+
+
+def _cut(example: ExampleOut, limit: int) -> tuple[list[str], list[float]]:
+    tokens, acts = example.tokens, example.acts
+    if len(tokens) <= limit:
+        return list(tokens), list(acts)
+    peak = max(range(len(acts)), key=acts.__getitem__)
+    start = min(max(0, peak - limit // 2), len(tokens) - limit)
+    return list(tokens[start : start + limit]), list(acts[start : start + limit])
+
+
+def shown_examples(
+    examples: Sequence[ExampleOut], config: ExplainerConfig
+) -> list[tuple[list[str], list[float]]]:
+    """The explain-split windows the explainer sees: active ones, strongest first."""
+    active = [e for e in examples if e.split == "explain" and e.max_act > 0]
+    active.sort(key=lambda e: (-e.max_act, e.window_id))
+    return [_cut(e, config.max_tokens_per_example) for e in active[: config.max_examples]]
+
+
+def render_openai(shown: Sequence[tuple[list[str], list[float]]]) -> str:
+    top = max((max(acts) for _, acts in shown), default=0.0)
+    blocks = []
+    for tokens, acts in shown:
+        lines = "".join(
+            f"{neutralize(t)}\t{v}\n" for t, v in zip(tokens, normalized(acts, top), strict=True)
+        )
+        blocks.append(f"<start>\n{lines}<end>")
+    return "\n".join(blocks)
+
+
+def render_delphi(shown: Sequence[tuple[list[str], list[float]]]) -> str:
+    """Each window as text with its activating tokens (>= 1/10 of the peak) in <<marks>>."""
+    top = max((max(acts) for _, acts in shown), default=0.0)
+    lines = []
+    for number, (tokens, acts) in enumerate(shown, 1):
+        parts, run, inside = [], [], False
+        for token, level in zip(tokens, normalized(acts, top), strict=True):
+            active = level >= 1
+            if active != inside and run:
+                text = neutralize("".join(run))
+                parts.append(f"<<{text}>>" if inside else text)
+                run = []
+            inside = active
+            run.append(token)
+        if run:
+            text = neutralize("".join(run))
+            parts.append(f"<<{text}>>" if inside else text)
+        lines.append(f"Example {number}: {''.join(parts)}")
+    return "\n".join(lines)
+
+
+def explain_prompt(
+    template: Prompt, examples: Sequence[ExampleOut], config: ExplainerConfig
+) -> str:
+    shown = shown_examples(examples, config)
+    if not shown:
+        raise UnusableAnswer("no active explain-split examples to show the explainer")
+    render = render_delphi if config.style == "delphi" else render_openai
+    return template.render(examples=render(shown))
+
+
+# ---------------------------------------------------------------- label parsing
+
+_PREFIXES = re.compile(
+    r"^(?:explanation(?: of (?:neuron|feature) \d+(?: behavio(?:u)?r)?)?\s*:\s*|"
+    r"the main thing this (?:neuron|feature) does is (?:to )?find\s*:?\s*|"
+    r"this (?:neuron|feature) (?:finds|detects|looks for)\s*:?\s*)",
+    re.IGNORECASE,
+)
+_ECHOES = ("<start>", "<end>", "Activations:", "Neuron 2", "Feature 2", "\t")
+
+
+def example_labels(template: Prompt) -> set[str]:
+    """The labels of a template's worked examples: an answer repeating one is a copy."""
+    found = re.findall(r"does is find (.+)$", template.text, re.MULTILINE)
+    return {label.rstrip(" .").lower() for label in found if label.strip()}
+
+
+def parse_label(text: str, copies: set[str] = frozenset()) -> str:
+    """The label in an explainer answer, or UnusableAnswer: never store junk as a label."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        raise UnusableAnswer("the explainer answered nothing")
+    label = lines[0].replace("**", "").strip()
+    label = _PREFIXES.sub("", _PREFIXES.sub("", label).strip()).strip()
+    label = re.split(r"(?<=[\w)\]\"'”])\.\s+(?=[A-Z])", label, maxsplit=1)[0]
+    label = label.rstrip(" .;:,").strip()
+    if len(label) > 1 and label[0] + label[-1] in ('""', "''", "``", "“”"):
+        label = label[1:-1].strip()
+    label = label.rstrip(" .;:,").strip()
+    if any(echo in label for echo in _ECHOES):
+        raise UnusableAnswer(f"the explainer answer echoes the prompt, not a label: {text[:300]!r}")
+    if len(re.findall(r"[^\W\d_]", label)) < 2:
+        raise UnusableAnswer(f"the explainer answer has no label: {text[:300]!r}")
+    if len(label) > 300:
+        raise UnusableAnswer(f"the explainer answer is too long for a label: {text[:300]!r}")
+    if label.lower() in copies:
+        raise UnusableAnswer(f"the explainer copied the prompt's worked example: {label!r}")
+    return label
+
+
+# ---------------------------------------------------------------- the work
+
+
+@dataclass
+class _Context:
+    store: Store
+    explainer_client: LLMClient | None
+    simulator_client: LLMClient
+    explainer: ExplainerConfig
+    simulator: SimulatorConfig
+    run_id: int | None
+    summary: Summary
+    db: StoreWorker
+    explain_template: Prompt | None = None
+    simulate_template: Prompt | None = None
+    force: bool = False
+
+    async def fail(self, feature_id: int, stage: str, error: Exception) -> None:
+        self.summary.failed += 1
+        message = f"{stage}: {error}"
+        self.summary.failures.append({"feature_id": feature_id, "error": message})
+        await self.db(self.store.record_failure, feature_id, message)
+
+
+async def _explain_text(ctx: _Context, prompt: str, sample: int | None) -> tuple[str, Any]:
+    params: dict[str, Any] = {"max_tokens": ctx.explainer.max_label_tokens, "stop": ["\n"]}
+    if sample is None:
+        params["temperature"] = 0
+    else:
+        params.update(temperature=ctx.explainer.candidate_temperature, seed=sample)
+    assert ctx.explainer_client is not None and ctx.explain_template is not None
+    copies = example_labels(ctx.explain_template)
+    answer = await ctx.explainer_client.complete(
+        prompt, lambda response: parse_label(answer_text(response), copies), **params
+    )
+    return answer.value, answer
+
+
+async def _score_one(
+    ctx: _Context, feature_id: int, explanation_id: int, label: str, holdout: list[ExampleOut]
+) -> float | None:
+    """Simulate the holdout windows under `label` and store the score; None if it failed."""
+    kinds = ctx.simulator.kinds
+    windows = [e for e in holdout if e.kind.split(":", 1)[0] in kinds]
+    template = ctx.simulate_template or ctx.simulator.template()
+    model = ctx.simulator_client.endpoint.model
+    if not windows:
+        await ctx.db(
+            ctx.store.add_score,
+            explanation_id,
+            "simulation",
+            None,
+            details={"reason": f"no holdout windows of kinds {', '.join(kinds)}"},
+            simulator_model=model,
+            prompt=template.ref,
+            run_id=ctx.run_id,
+        )
+        return None
+    try:
+        predicted, answer = await simulate(
+            ctx.simulator_client, label, [e.tokens for e in windows], ctx.simulator, template
+        )
+    except LLMError as error:
+        await ctx.fail(feature_id, "score", error)
+        return None
+    value, details = simulation_score(
+        [e.acts for e in windows], predicted, [e.kind for e in windows]
+    )
+    details.update(
+        method=ctx.simulator.method,
+        window_ids=[e.window_id for e in windows],
+        cached=answer.cached,
+        prompt_tokens=answer.tokens_in,
+        llm_call_id=answer.call_id,
+    )
+    await ctx.db(
+        ctx.store.add_score,
+        explanation_id,
+        "simulation",
+        value,
+        details=details,
+        simulator_model=model,
+        prompt=template.ref,
+        run_id=ctx.run_id,
+    )
+    ctx.summary.scored += 1
+    return value
+
+
+async def _explain_one(ctx: _Context, feature_id: int) -> None:
+    info = await ctx.db(ctx.store.feature, feature_id)
+    if info.status != "mined" or info.failures >= ctx.explainer.max_failures:
+        ctx.summary.skipped += 1
+        return
+    if not ctx.force and await ctx.db(ctx.store.current_explanation, feature_id) is not None:
+        ctx.summary.skipped += 1
+        return
+    examples = await ctx.db(ctx.store.examples, feature_id)
+    explain_split = [e for e in examples if e.split == "explain"]
+    holdout = [e for e in examples if e.split == "holdout"]
+    assert ctx.explain_template is not None
+    n = ctx.explainer.candidates
+    try:
+        prompt = explain_prompt(ctx.explain_template, explain_split, ctx.explainer)
+        if n == 1:
+            results = [await _explain_text(ctx, prompt, None)]
+        else:
+            results = await asyncio.gather(
+                *(_explain_text(ctx, prompt, i) for i in range(n)), return_exceptions=True
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            results = [r for r in results if not isinstance(r, BaseException)]
+            if not results:
+                raise errors[0]
+    except LLMError as error:
+        await ctx.fail(feature_id, "explain", error)
+        return
+    model = ctx.explainer_client.endpoint.model if ctx.explainer_client else None
+    labels: dict[str, Any] = {}
+    for label, answer in results:
+        labels.setdefault(label, answer)
+    ids = []
+    for label, answer in labels.items():
+        explanation_id = await ctx.db(
+            ctx.store.add_explanation,
+            feature_id,
+            label,
+            author_kind="model",
+            author_name=f"gloss-explainer:{ctx.explainer.style}",
+            model=model,
+            prompt=ctx.explain_template.ref,
+            run_id=ctx.run_id,
+            details={
+                "style": ctx.explainer.style,
+                "prompt_tokens": answer.tokens_in,
+                "cached": answer.cached,
+                "llm_call_id": answer.call_id,
+                "candidates": n,
+            },
+            status="proposed" if n == 1 else CANDIDATE,
+        )
+        ids.append((explanation_id, label))
+    ctx.summary.explained += 1
+    if info.failures:
+        await ctx.db(ctx.store.clear_failures, feature_id)
+    if not ctx.explainer.score and n == 1:
+        return
+    scores = await asyncio.gather(*(_score_one(ctx, feature_id, i, t, holdout) for i, t in ids))
+    if n > 1:
+        best = max(range(len(ids)), key=lambda k: -math.inf if scores[k] is None else scores[k])
+        await ctx.db(ctx.store.make_current, ids[best][0])
+
+
+async def _run_features(
+    ctx: _Context, feature_ids: Sequence[int], work: Callable[[_Context, int], Any], desc: str
+) -> None:
+    bar = tqdm(total=len(feature_ids), desc=desc, unit="feature", disable=None, leave=False)
+
+    async def one(feature_id: int) -> None:
+        try:
+            await work(ctx, feature_id)
+        finally:
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(one(f) for f in feature_ids))
+    finally:
+        bar.close()
+
+
+def _open_run(
+    store: Store, run_id: int | None, kind: str, config: dict[str, Any]
+) -> tuple[int, bool]:
+    if run_id is not None:
+        return run_id, False
+    return store.start_run(kind, config), True
+
+
+def _close_run(store: Store, run_id: int, own: bool, summary: Summary, kind: str) -> None:
+    run = store.run(run_id)
+    counts = dict(run.counts)
+    counts[kind] = summary.as_dict()
+    values = dict(
+        counts=counts,
+        failures=list(run.failures) + summary.failures[:200],
+        tokens_in=run.tokens_in + summary.tokens_in,
+        tokens_out=run.tokens_out + summary.explainer.tokens_out + summary.simulator.tokens_out,
+        cost=run.cost + summary.cost,
+    )
+    if own:
+        store.finish_run(run_id, "done", "; ".join(summary.lines()[:2]), **values)
+    else:
+        store.update_run(run_id, **values)
+
+
+def _config_dict(**parts: Any) -> dict[str, Any]:
+    out = {}
+    for name, part in parts.items():
+        data = asdict(part)
+        for role in ("explainer", "simulator"):
+            if isinstance(data.get(role), dict):
+                data[role].pop("api_key", None)
+        out[name] = data
+    return out
+
+
+async def aexplain_features(
+    store: Store,
+    feature_ids: Sequence[int],
+    llm: LLMConfig,
+    explainer: ExplainerConfig | None = None,
+    simulator: SimulatorConfig | None = None,
+    run_id: int | None = None,
+    *,
+    force: bool = False,
+) -> Summary:
+    """Label (and score) every feature in `feature_ids` that is mined and has no current label."""
+    explainer = (explainer or ExplainerConfig()).for_endpoint(llm.explainer)
+    simulator = (simulator or SimulatorConfig()).for_endpoint(llm.simulator)
+    started = time.perf_counter()
+    summary = Summary(features=len(feature_ids))
+    run_id, own = _open_run(
+        store, run_id, "explain", _config_dict(llm=llm, explainer=explainer, simulator=simulator)
+    )
+    db = StoreWorker(store)
+    explainer_client, simulator_client = make_clients(llm, store, run_id, db)
+    ctx = _Context(
+        store,
+        explainer_client,
+        simulator_client,
+        explainer,
+        simulator,
+        run_id,
+        summary,
+        db,
+        explainer.template(),
+        simulator.template(),
+        force,
+    )
+    try:
+        await _run_features(ctx, list(feature_ids), _explain_one, "explain")
+    finally:
+        summary.explainer, summary.simulator = explainer_client.stats, simulator_client.stats
+        summary.wall_s = time.perf_counter() - started
+        await explainer_client.close()
+        await simulator_client.close()
+        db.close()
+        _close_run(store, run_id, own, summary, "explain")
+    return summary
+
+
+async def ascore_features(
+    store: Store,
+    feature_ids: Sequence[int],
+    llm: LLMConfig,
+    simulator: SimulatorConfig | None = None,
+    run_id: int | None = None,
+    *,
+    force: bool = False,
+    baseline: bool = False,
+) -> Summary:
+    """Score current labels (and with `baseline`, baseline labels) that lack a score from
+    this simulator model and prompt version."""
+    simulator = (simulator or SimulatorConfig()).for_endpoint(llm.simulator)
+    template = simulator.template()
+    model = llm.simulator.model
+    started = time.perf_counter()
+    summary = Summary(features=len(feature_ids))
+    jobs: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for feature_id in feature_ids:
+        history = store.explanations(feature_id)
+        wanted = [e for e in history if e.status in ("proposed", "accepted")]
+        if baseline:
+            wanted += [e for e in history if e.author_kind == "baseline"][:1]
+        for e in wanted:
+            done = any(
+                s.method == "simulation"
+                and s.simulator_model == model
+                and s.prompt_name == template.name
+                and s.prompt_version == template.version
+                for s in e.scores
+            )
+            if force or not done:
+                jobs[feature_id].append((e.id, e.text))
+        if not jobs.get(feature_id):
+            summary.skipped += 1
+    run_id, own = _open_run(store, run_id, "score", _config_dict(llm=llm, simulator=simulator))
+    db = StoreWorker(store)
+    _, simulator_client = make_clients(llm, store, run_id, db)
+    ctx = _Context(store, None, simulator_client, ExplainerConfig(), simulator, run_id, summary, db)
+    ctx.simulate_template = template
+
+    async def work(ctx: _Context, feature_id: int) -> None:
+        holdout = await ctx.db(store.examples, feature_id, "holdout")
+        await asyncio.gather(
+            *(_score_one(ctx, feature_id, i, text, holdout) for i, text in jobs[feature_id])
+        )
+
+    try:
+        await _run_features(ctx, list(jobs), work, "score")
+    finally:
+        summary.simulator = simulator_client.stats
+        summary.wall_s = time.perf_counter() - started
+        await simulator_client.close()
+        db.close()
+        _close_run(store, run_id, own, summary, "score")
+    return summary
+
+
+def explain_features(
+    store: Store, feature_ids: Sequence[int], llm: LLMConfig | None = None, **kwargs: Any
+) -> Summary:
+    """Sync entry point; starts the bundled local LLM server for the run if the config names it."""
+    from pipeline.local_llm import endpoints
+
+    with endpoints(llm or LLMConfig()) as resolved:
+        return asyncio.run(aexplain_features(store, feature_ids, resolved, **kwargs))
+
+
+def score_features(
+    store: Store, feature_ids: Sequence[int], llm: LLMConfig | None = None, **kwargs: Any
+) -> Summary:
+    from pipeline.local_llm import endpoints
+
+    with endpoints(llm or LLMConfig()) as resolved:
+        return asyncio.run(ascore_features(store, feature_ids, resolved, **kwargs))
+
+
+# ---------------------------------------------------------------- the baseline
+
+
+def lift_label(examples: Sequence[ExampleOut], top_k: int = 5, min_count: int = 2) -> str | None:
+    """The tokens whose mean activation most exceeds the overall mean, as a label."""
+    total, count = 0.0, 0
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for example in examples:
+        for token, act in zip(example.tokens, example.acts, strict=True):
+            key = token.strip().lower()
+            act = max(0.0, act)
+            total += act
+            count += 1
+            if key:
+                sums[key] += act
+                counts[key] += 1
+    if count == 0 or total <= 0:
+        return None
+    overall = total / count
+    needed = min_count if any(c >= min_count for c in counts.values()) else 1
+    lifts = {t: sums[t] / counts[t] / overall for t in sums if counts[t] >= needed and sums[t] > 0}
+    best = sorted(lifts, key=lambda t: (-lifts[t], t))[:top_k]
+    if not best:
+        return None
+    return "tokens " + ", ".join(repr(t) for t in best)
+
+
+def baseline_explain(
+    store: Store, feature_ids: Sequence[int], run_id: int | None = None, top_k: int = 5
+) -> Summary:
+    """Store a no-LLM label (highest activation lift) per feature, as a `baseline` candidate."""
+    started = time.perf_counter()
+    summary = Summary(features=len(feature_ids))
+    for feature_id in feature_ids:
+        if any(e.author_kind == "baseline" for e in store.explanations(feature_id)):
+            summary.skipped += 1
+            continue
+        label = lift_label(store.examples(feature_id, "explain"), top_k)
+        if label is None:
+            summary.skipped += 1
+            continue
+        store.add_explanation(
+            feature_id,
+            label,
+            author_kind="baseline",
+            author_name="gloss-baseline:lift",
+            run_id=run_id,
+            details={"method": "activation lift over explain-split tokens", "top_k": top_k},
+            status=CANDIDATE,
+        )
+        summary.explained += 1
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+__all__ = [
+    "ExplainerConfig",
+    "Summary",
+    "aexplain_features",
+    "ascore_features",
+    "baseline_explain",
+    "explain_features",
+    "explain_prompt",
+    "lift_label",
+    "parse_label",
+    "score_features",
+]

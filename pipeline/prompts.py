@@ -1,0 +1,96 @@
+"""Prompt templates: files in `prompts/`, each with a stable name, a version and a content hash.
+
+A template file starts with a small header, then a `---` line, then the text:
+
+    name: explain-openai
+    version: 1
+    ---
+    ... {{examples}} ...
+
+`{{key}}` placeholders are filled in one pass, so a value (corpus text) that itself
+contains `{{...}}` is never expanded. The hash covers the whole file, so every label
+and score records exactly which wording produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from store import ConfigError, PromptRef
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str
+    version: str
+    hash: str
+    text: str
+    path: Path
+
+    @property
+    def ref(self) -> PromptRef:
+        return PromptRef(self.name, self.version, self.hash)
+
+    @property
+    def placeholders(self) -> set[str]:
+        return set(_PLACEHOLDER.findall(self.text))
+
+    def render(self, **values: str) -> str:
+        missing = self.placeholders - values.keys()
+        if missing:
+            raise ConfigError(f"prompt {self.name} needs values for {', '.join(sorted(missing))}")
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.text)
+
+
+def load_prompt(name_or_path: str | Path) -> Prompt:
+    """A template by file name in prompts/ (`explain_openai`, `explain_openai.txt`) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = path.with_suffix(".txt")
+    if not path.is_file():
+        path = PROMPTS_DIR / path.name
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.txt")))
+        raise ConfigError(f"no prompt template {str(name_or_path)!r}; known templates: {known}")
+    raw = path.read_text(encoding="utf-8")
+    header, sep, text = raw.partition("\n---\n")
+    if not sep:
+        raise ConfigError(
+            f"prompt {path} has no header: start it with 'name: ...', 'version: ...', '---'"
+        )
+    fields = {}
+    for line in header.splitlines():
+        key, colon, value = line.partition(":")
+        if colon:
+            fields[key.strip()] = value.strip()
+    for key in ("name", "version"):
+        if not fields.get(key):
+            raise ConfigError(f"prompt {path} header lacks '{key}: ...'")
+    return Prompt(
+        name=fields["name"],
+        version=fields["version"],
+        hash=hashlib.sha256(raw.encode()).hexdigest(),
+        text=text.rstrip("\n"),
+        path=path,
+    )
+
+
+# Corpus text goes into prompts as data: these keep it from closing our delimiters
+# (<start>/<end>, <<marks>>) or breaking the one-token-per-line layout.
+_DELIMITERS = {"<start>": "‹start›", "<end>": "‹end›", "<<": "‹‹", ">>": "››"}
+_CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def neutralize(text: str) -> str:
+    """Corpus text with our delimiters and layout characters made inert."""
+    for raw, safe in _CONTROL.items():
+        text = text.replace(raw, safe)
+    for raw, safe in _DELIMITERS.items():
+        text = text.replace(raw, safe)
+    return text

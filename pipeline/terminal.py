@@ -1,0 +1,161 @@
+"""Feature cards and search results as terminal text (what `gloss show` and `gloss search` print).
+
+Activating tokens are highlighted with ANSI bold and colour on a terminal and
+marked `<<like this>>` otherwise, so piped output stays greppable and plain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+from typing import Any
+
+from store import ExampleOut, ExplanationInfo, FeatureCard, FeatureRow
+
+KIND_ORDER = {"top": 0, "quantile": 1, "random": 2}
+BAR = "█"
+
+
+def to_json(value: Any) -> str:
+    """Dataclasses (cards, rows) as JSON; datetimes as ISO strings."""
+
+    def default(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return dataclasses.asdict(obj)
+        if isinstance(obj, datetime):
+            return obj.isoformat()
+        raise TypeError(f"cannot encode {type(obj).__name__}")
+
+    return json.dumps(value, default=default, ensure_ascii=False)
+
+
+def row_dict(row: FeatureRow) -> dict[str, Any]:
+    return {**dataclasses.asdict(row), "ref": row.ref}
+
+
+def format_rows(rows: list[FeatureRow], total: int) -> str:
+    if not rows:
+        return "no features match"
+    lines = [f"{'id':>7}  {'score':>6}  {'status':<10}  {'feature':<34}  label"]
+    for r in rows:
+        score = "" if r.score is None else f"{r.score:.3f}"
+        status = r.label_status or "unlabeled"
+        lines.append(
+            f"{r.feature_id:>7}  {score:>6}  {status:<10}  {r.ref:<34}  {_short(r.label or '', 70)}"
+        )
+    lines.append(f"{len(rows)} of {total} shown")
+    return "\n".join(lines)
+
+
+def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
+    f, src = card.feature, card.source
+    out = [
+        _bold(f"feature {f.id}  {f.ref}", color) + f"  [{f.status}]",
+        f"subject {src.subject_name}  hook {src.hook}  kind {src.kind}  width {src.width}",
+        f"max {_num(f.max_act)}  mean {_num(f.mean_act)}  density {_pct(f.density)}"
+        f"  tokens {f.n_tokens if f.n_tokens is not None else '-'}",
+    ]
+    if f.last_error:
+        out.append(f"last error ({f.failures} failures): {_short(f.last_error, 100)}")
+    out += _histogram(f.histogram)
+    out.append("")
+    if card.current is None:
+        out.append("label: none yet (run gloss explain, or gloss label FEATURE TEXT --by NAME)")
+    else:
+        e = card.current
+        out.append(_bold("label: ", color) + e.text)
+        out.append(f"       [{e.status}] score {_num(e.score)}  {_provenance(e)}")
+    if len(card.history) > 1 or (card.history and card.current is None):
+        out += ["", _bold("history (newest first)", color)]
+        for e in card.history:
+            out.append(
+                f"  #{e.id:<6} {e.status:<10} {_num(e.score):>6}  {_provenance(e)}"
+                f"  {e.created_at:%Y-%m-%d %H:%M}"
+            )
+            out.append(f"          {e.text}")
+            for sc in e.scores:
+                model = f" by {sc.simulator_model}" if sc.simulator_model else ""
+                out.append(f"          {sc.method} {_num(sc.value)}{model}")
+    if card.reviews:
+        out += ["", _bold("reviews", color)]
+        for r in card.reviews:
+            note = f"  {r.note}" if r.note else ""
+            out.append(f"  {r.created_at:%Y-%m-%d %H:%M}  {r.reviewer}  {r.action}{note}")
+    for title, examples in group_examples(card.examples):
+        out += ["", _bold(title, color)]
+        for ex in examples[:per_kind]:
+            out.append(f"  {ex.max_act:6.2f}  " + highlight(ex, color=color))
+    return "\n".join(out)
+
+
+def highlight(ex: ExampleOut, *, color: bool) -> str:
+    """One context with its activating tokens marked; strength shown by colour on a TTY."""
+    top = max(ex.acts, default=0.0) or 1.0
+    parts = []
+    for token, act in zip(ex.tokens, ex.acts, strict=False):
+        token = token.replace("\n", "\\n")
+        if act <= 0:
+            parts.append(token)
+        elif color:
+            shade = "\033[1;31m" if act >= 0.5 * top else "\033[1;33m"
+            parts.append(f"{shade}{token}\033[0m")
+        else:
+            parts.append(f"<<{token}>>")
+    return "".join(parts)
+
+
+def group_examples(examples: list[ExampleOut]) -> list[tuple[str, list[ExampleOut]]]:
+    groups: dict[tuple[int, str, str], list[ExampleOut]] = {}
+    for ex in examples:
+        family = ex.kind.split(":")[0]
+        key = (KIND_ORDER.get(family, 9), family, ex.split)
+        groups.setdefault(key, []).append(ex)
+    titled = []
+    for (_, family, split), items in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0])):
+        items.sort(key=lambda e: (e.kind, e.rank) if family != "top" else (e.rank, 0))
+        titled.append((f"{family} contexts ({split} split, {len(items)})", items))
+    return titled
+
+
+def _histogram(histogram: dict[str, Any] | None) -> list[str]:
+    if not histogram or not histogram.get("counts"):
+        return []
+    counts, edges = histogram["counts"], histogram.get("edges", [])
+    peak = max(counts) or 1
+    lines = ["activation histogram (nonzero):"]
+    for i, count in enumerate(counts):
+        lo = edges[i] if i < len(edges) else float("nan")
+        hi = edges[i + 1] if i + 1 < len(edges) else float("nan")
+        lines.append(
+            f"  {lo:7.3f} – {hi:7.3f} {BAR * max(1 if count else 0, round(30 * count / peak)):<30} {count}"
+        )
+    return lines
+
+
+def _provenance(e: ExplanationInfo) -> str:
+    parts = [f"{e.author_kind} {e.author_name}"]
+    if e.model:
+        parts.append(e.model)
+    if e.prompt_name:
+        parts.append(f"prompt {e.prompt_name} v{e.prompt_version}")
+    if e.parent_id:
+        parts.append(f"edit of #{e.parent_id}")
+    return ", ".join(parts)
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.3g}%"
+
+
+def _bold(text: str, color: bool) -> str:
+    return f"\033[1m{text}\033[0m" if color else text

@@ -1,0 +1,214 @@
+"""A scripted OpenAI-compatible HTTP server on loopback, for tests and benchmarks.
+
+It is a real socket server (stdlib http.server in a thread) that answers
+/v1/completions and /v1/chat/completions like a tiny, deterministic model:
+
+- an explain prompt gets the label "the token 'X'", X being the token shown with the
+  highest activation most often (or `label_override`);
+- a simulation prompt (echo + logprobs) gets, at each `unknown`, a digit distribution
+  that puts 10 on the labeled token and 0 elsewhere; the integers method gets JSON.
+
+`faults` is a queue of scripted misbehaviours consumed one per request: a status with
+headers (429 + Retry-After, 500), a delay past the client's timeout, a raw body
+(malformed JSON), or a replacement body (missing logprobs, empty answer, ...).
+Every request body is kept in `requests`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Fault:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    raw: str | None = None  # sent as-is (e.g. malformed JSON)
+    body: dict[str, Any] | None = None  # sent instead of the normal answer
+    when: str | None = None  # "explain" | "simulate": only requests of that kind
+
+
+class ScriptedLLM:
+    def __init__(self, latency_s: float = 0.0):
+        self.latency_s = latency_s
+        self.faults: list[Fault] = []
+        self.requests: list[dict[str, Any]] = []
+        self.label_override: str | None = None
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._send(200, json.dumps({"object": "list", "data": [{"id": "scripted"}]}), {})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                status, text, headers, delay = server.answer(self.path, body)
+                if delay:
+                    time.sleep(delay)
+                self._send(status, text, headers)
+
+            def _send(self, status: int, text: str, headers: dict[str, str]) -> None:
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedLLM:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # ------------------------------------------------------------ answers
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, str, dict[str, str], float]:
+        chat = path.endswith("/chat/completions")
+        prompt = body["messages"][-1]["content"] if chat else body.get("prompt", "")
+        kind = "simulate" if ("unknown" in prompt or "Document 1" in prompt) else "explain"
+        with self.lock:
+            self.requests.append({"path": path, "kind": kind, **body})
+            fault = next((f for f in self.faults if f.when in (None, kind)), None)
+            if fault is not None:
+                self.faults.remove(fault)
+        delay = self.latency_s + (fault.delay_s if fault else 0.0)
+        if fault is not None and (fault.status != 200 or fault.raw is not None):
+            text = (
+                fault.raw
+                if fault.raw is not None
+                else json.dumps({"error": {"message": "scripted"}})
+            )
+            return fault.status, text, fault.headers, delay
+        if fault is not None and fault.body is not None:
+            return 200, json.dumps(fault.body), fault.headers, delay
+        if kind == "explain":
+            label = self.label_override or explain_answer(prompt)
+            return 200, json.dumps(_response(chat, " " + label, prompt)), {}, delay
+        label = simulated_label(prompt)
+        if body.get("echo"):
+            return 200, json.dumps(echo_answer(prompt, label)), {}, delay
+        return 200, json.dumps(_response(chat, integers_answer(prompt, label), prompt)), {}, delay
+
+
+def _response(chat: bool, text: str, prompt: str) -> dict[str, Any]:
+    usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": max(1, len(text) // 4)}
+    if chat:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "scripted",
+            "choices": [choice],
+            "usage": usage,
+        }
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}
+    return {
+        "id": "x",
+        "object": "text_completion",
+        "created": 0,
+        "model": "scripted",
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
+def explain_answer(prompt: str) -> str:
+    """'the token X' for the token most often shown at activation 10 in the last listing."""
+    listing = prompt.rsplit("Activations:", 1)[-1]
+    tops = Counter(m.group(1).strip() for m in re.finditer(r"^(.*)\t10$", listing, re.MULTILINE))
+    marked = Counter(m.strip() for m in re.findall(r"<<(.+?)>>", prompt.rsplit("Feature 2", 1)[-1]))
+    counts = tops or marked
+    if not counts:
+        return "nothing in particular"
+    return f"the token '{counts.most_common(1)[0][0]}'"
+
+
+def simulated_label(prompt: str) -> str | None:
+    found = re.findall(r"does is find (.*)", prompt)
+    match = re.search(r"'(.+)'", found[-1]) if found else None
+    return match.group(1) if match else None
+
+
+def echo_answer(prompt: str, label: str | None) -> dict[str, Any]:
+    """Echo the prompt as tokens, with a digit distribution at every `unknown`."""
+    pieces = re.split(r"(unknown)", prompt)
+    tokens, tops = [], []
+    for i, piece in enumerate(pieces):
+        if not piece:
+            continue
+        if piece == "unknown" and i > 0 and pieces[i - 1].endswith("\t"):
+            line = pieces[i - 1].rsplit("\n", 1)[-1][:-1]
+            hit = label is not None and line.strip() == label
+            probs = {"10": 0.9, "0": 0.1} if hit else {"0": 0.95, "1": 0.05}
+            tops.append({k: math.log(v) for k, v in probs.items()})
+        else:
+            tops.append(None)
+        tokens.append(piece)
+    tops[0] = None
+    choice = {
+        "index": 0,
+        "text": prompt + "\n",
+        "logprobs": {
+            "tokens": tokens,
+            "top_logprobs": tops,
+            "token_logprobs": [None] * len(tokens),
+            "text_offset": [],
+        },
+        "finish_reason": "length",
+    }
+    usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": 1}
+    return {
+        "id": "x",
+        "object": "text_completion",
+        "created": 0,
+        "model": "scripted",
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
+def integers_answer(prompt: str, label: str | None) -> str:
+    answer = {}
+    for number, block in re.findall(
+        r"Document (\d+) \(\d+ tokens\):\n<start>\n(.*?)<end>", prompt, re.DOTALL
+    ):
+        tokens = [line.split("\t", 1)[1] for line in block.splitlines() if "\t" in line]
+        answer[number] = [10 if label is not None and t.strip() == label else 0 for t in tokens]
+    return json.dumps(answer)

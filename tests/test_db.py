@@ -1,0 +1,171 @@
+"""Migrations and the one-line errors around opening a database."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from pipeline.cli import main
+from store import DatabaseError, SchemaAheadError, SchemaBehindError, db, open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXTRA_REVISION = '''
+"""a newer revision, for tests"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "9999"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table("extra", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("extra")
+'''
+
+
+@pytest.fixture
+def newer_migrations(tmp_path):
+    """A copy of migrations/ with one more revision: code that is ahead of the database."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "versions" / "9999_extra.py").write_text(
+        EXTRA_REVISION.format(head=db.head_revision())
+    )
+    return folder
+
+
+def tables(url):
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        names = set(inspect(conn).get_table_names())
+    engine.dispose()
+    return names
+
+
+@pytest.mark.empty_database
+def test_upgrade_from_empty_to_head_and_back(db_url):
+    assert db.current_revision(db_url) is None
+    before, after = db.upgrade(db_url)
+    assert (before, after) == (None, db.head_revision())
+    assert {"features", "explanations", "scores", "reviews", "runs", "llm_calls"} <= tables(db_url)
+    db.downgrade(db_url, "base")
+    assert tables(db_url) <= {"alembic_version"}
+    assert db.current_revision(db_url) is None
+    db.upgrade(db_url)
+    assert db.current_revision(db_url) == db.head_revision()
+
+
+@pytest.mark.empty_database
+def test_cli_db_upgrade_and_current_report_the_single_head(db_url, capsys):
+    assert main(["--database", db_url, "db", "upgrade"]) == 0
+    assert main(["--database", db_url, "db", "current"]) == 0
+    out = capsys.readouterr().out
+    assert f"{db.head_revision()} (head)" in out
+    assert main(["--database", db_url, "db", "current", "--json"]) == 0
+    assert f'"current": "{db.head_revision()}"' in capsys.readouterr().out
+
+
+@pytest.mark.empty_database
+def test_first_use_creates_the_schema(db_url):
+    open_store(db_url).close()
+    assert db.current_revision(db_url) == db.head_revision()
+
+
+def test_default_database_is_gloss_db_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GLOSS_DATABASE_URL", raising=False)
+    open_store().close()
+    assert (tmp_path / "gloss.db").exists()
+    monkeypatch.setenv("GLOSS_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    open_store().close()
+    assert (tmp_path / "other.db").exists()
+
+
+@pytest.mark.empty_database
+def test_database_behind_head_says_run_upgrade(db_url, newer_migrations, monkeypatch, capsys):
+    open_store(db_url).close()  # at the real head
+    monkeypatch.setattr(db, "MIGRATIONS", newer_migrations)  # the code is now one revision ahead
+    with pytest.raises(SchemaBehindError, match="run gloss db upgrade"):
+        open_store(db_url)
+    assert main(["--database", db_url, "db", "upgrade"]) == 0
+    assert db.current_revision(db_url) == "9999"
+    open_store(db_url).close()
+
+
+@pytest.mark.empty_database
+def test_database_ahead_of_the_code(db_url, newer_migrations, monkeypatch):
+    monkeypatch.setattr(db, "MIGRATIONS", newer_migrations)
+    open_store(db_url).close()  # written by the "newer gloss"
+    monkeypatch.undo()
+    with pytest.raises(SchemaAheadError, match="newer gloss"):
+        open_store(db_url)
+    with pytest.raises(SchemaAheadError):
+        db.upgrade(db_url)
+
+
+def test_corrupt_sqlite_file(tmp_path):
+    path = tmp_path / "broken.db"
+    path.write_bytes(b"this is not a database" * 200)
+    with pytest.raises(DatabaseError, match="not a usable SQLite database"):
+        open_store(f"sqlite:///{path}")
+
+
+def test_sqlite_folder_missing(tmp_path):
+    with pytest.raises(DatabaseError, match="does not exist"):
+        open_store(f"sqlite:///{tmp_path}/nope/gloss.db")
+
+
+def test_foreign_tables_are_not_adopted(tmp_path):
+    url = f"sqlite:///{tmp_path / 'foreign.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE mine (id INTEGER)"))
+    engine.dispose()
+    with pytest.raises(DatabaseError, match="no gloss schema revision"):
+        open_store(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("not a url", "malformed database URL"),
+        ("mysql://nobody@127.0.0.1/x", "gloss speaks sqlite"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/gloss", "cannot reach the database server"),
+    ],
+)
+def test_bad_urls_give_one_line_errors(url, words):
+    with pytest.raises(DatabaseError, match=words):
+        open_store(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("not a url", "malformed database URL"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/gloss", "cannot reach the database server"),
+    ],
+)
+def test_cli_prints_one_line_and_no_traceback(url, words, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--database", url, "db", "current"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == DatabaseError.exit_code
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,286 @@
+"""Every route of the review app over HTTP (Starlette TestClient on a real SQLite/PostgreSQL store)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+from markupsafe import escape
+from starlette.testclient import TestClient
+
+from review.app import create_app, load_tokens
+from store import ConfigError, GlossError
+from tests.seed import LABEL_XSS, LABELS, SOURCE, XSS, seed_features
+
+ANA = "a" * 20
+BO = "b" * 20
+
+
+@pytest.fixture
+def seeded(store):
+    return seed_features(store)
+
+
+@pytest.fixture
+def client(store, seeded):
+    with TestClient(create_app(store, reviewer="ana")) as c:
+        c.get("/")  # receive the CSRF cookie like a browser would
+        yield c
+
+
+def form(client, current, **fields):
+    return {
+        "csrf": client.cookies.get("gloss_csrf"),
+        "expected_explanation_id": current.id if current else "",
+        "expected_version": current.version if current else 0,
+        **fields,
+    }
+
+
+def test_list_search_filters_and_sorting(client, seeded):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "6 features" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert "apples as a fruit" in client.get("/?q=apple").text
+    assert "unit conversions" not in client.get("/?q=apple").text
+    low = client.get("/?max_score=0.2").text
+    assert "the word" in low and "apples" not in low
+    unlabeled = client.get("/?status=unlabeled").text
+    assert f'href="/features/{seeded.feature_ids[4]}"' in unlabeled and "1 feature<" in unlabeled
+    assert "6 features" in client.get(f"/?source={SOURCE}").text
+    assert "0 features" in client.get("/?reviewed=yes").text
+    worst = client.get("/?order=-score").text
+    assert worst.index("the word") < worst.index("apples as")
+    assert client.get("/?min_score=abc").status_code == 400
+    assert client.get("/?order=sideways").status_code == 400
+
+
+def test_list_pages_with_a_cursor(client, store):
+    from tests.seed import bulk_features
+
+    bulk_features(store, 120)
+    first = client.get("/?order=score")
+    assert first.status_code == 200
+    next_url = html.unescape(re.search(r'href="([^"]+)" id="next-link"', first.text).group(1))
+    assert "after=" in next_url
+    second = client.get(next_url)
+    ids = lambda text: re.findall(r'<td><a href="/features/(\d+)" class="ref"', text)  # noqa: E731
+    assert len(ids(first.text)) == 50 and len(ids(second.text)) == 50
+    assert not set(ids(first.text)) & set(ids(second.text))
+    ranked = client.get("/?q=apple").text
+    if 'id="next-link"' in ranked:
+        assert "offset=50" in ranked
+
+
+def test_feature_page_shows_stats_history_and_escaped_contexts(client, seeded, store):
+    fid = seeded.feature_ids[3]
+    page = client.get(f"/features/{fid}")
+    assert page.status_code == 200
+    text = page.text
+    # the hostile token and the hostile label appear only escaped
+    assert str(escape(XSS)) in text and XSS not in text
+    assert str(escape(LABEL_XSS)) in text and LABEL_XSS not in text
+    assert "<script>alert" not in text and "<img src=x" not in text
+    assert "gemma-3-270m" in text and "explain-v1 v1" in text
+    assert "simulation <b>0.300</b>" in text
+    assert 'id="density">4%' in text
+    assert text.count("<rect ") == 4
+    assert "rgba(234, 88, 12, 1.0)" in text  # the max-activation token is fully shaded
+    assert client.get("/features/99999").status_code == 404
+    eid = seeded.explanation_ids[3]
+    store.add_score(eid, "simulation", 0.5, details={"top_only": 0.7, "random_only": 0.1})
+    store.add_score(eid, "simulation", None, details={"reason": "constant <truth>"})
+    text = client.get(f"/features/{fid}").text
+    assert "top-only 0.700" in text and "random-only 0.100" in text
+    assert "· constant &lt;truth&gt;" in text
+
+
+def test_review_actions_land_in_the_audit_trail(client, seeded, store):
+    fid = seeded.feature_ids[0]
+    current = store.current_explanation(fid)
+    r = client.post(
+        f"/features/{fid}/review",
+        data=form(client, current, action="accept"),
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"] == f"/features/{fid}?done=accept"
+    assert store.current_explanation(fid).status == "accepted"
+    current = store.current_explanation(fid)
+    client.post(
+        f"/features/{fid}/review",
+        data=form(client, current, action="edit", text="apples <b>really</b>", note="tighter"),
+    )
+    edited = store.current_explanation(fid)
+    assert edited.text == "apples <b>really</b>" and edited.parent_id == current.id
+    assert edited.author_kind == "human" and edited.author_name == "ana"
+    client.post(f"/features/{fid}/review", data=form(client, None, action="note", note="checked"))
+    reviews = store.reviews(fid)
+    assert [(r.reviewer, r.action) for r in reviews] == [
+        ("ana", "note"),
+        ("ana", "edit"),
+        ("ana", "accept"),
+    ]
+    page = client.get(f"/features/{fid}").text
+    assert "apples &lt;b&gt;really&lt;/b&gt;" in page and "— checked" in page
+    current = store.current_explanation(fid)
+    client.post(f"/features/{fid}/review", data=form(client, current, action="reject"))
+    assert store.current_explanation(fid) is None
+    # a label on a feature that had none
+    bare = seeded.feature_ids[4]
+    client.post(f"/features/{bare}/review", data=form(client, None, action="edit", text="vowels"))
+    assert store.current_explanation(bare).text == "vowels"
+    bad = client.post(f"/features/{bare}/review", data=form(client, None, action="dance"))
+    assert bad.status_code == 400
+
+
+def test_csrf_is_required_on_every_post(client, seeded, store):
+    fid = seeded.feature_ids[0]
+    current = store.current_explanation(fid)
+    for data in (
+        {k: v for k, v in form(client, current, action="accept").items() if k != "csrf"},
+        {**form(client, current, action="accept"), "csrf": "forged"},
+    ):
+        assert client.post(f"/features/{fid}/review", data=data).status_code == 403
+    cross = client.post(
+        f"/features/{fid}/review",
+        data=form(client, current, action="accept"),
+        headers={"origin": "http://evil.example"},
+    )
+    assert cross.status_code == 403
+    rescore = client.post(f"/features/{fid}/rescore", data={"explanation_id": current.id})
+    assert rescore.status_code == 403
+    assert client.post("/logout", data={}).status_code == 403
+    assert store.reviews(fid) == [] and store.current_explanation(fid).status == "proposed"
+
+
+def test_stale_edit_gets_a_conflict_page(client, seeded, store):
+    fid = seeded.feature_ids[1]
+    seen = store.current_explanation(fid)
+    store.review(
+        fid,
+        "edit",
+        "bo",
+        text="miles to km <i>only</i>",
+        expected_explanation_id=seen.id,
+        expected_version=seen.version,
+    )
+    r = client.post(
+        f"/features/{fid}/review", data=form(client, seen, action="edit", text="my late text")
+    )
+    assert r.status_code == 409
+    assert "Somebody changed this label first" in r.text
+    assert "miles to km &lt;i&gt;only&lt;/i&gt;" in r.text and "my late text" in r.text
+    assert store.current_explanation(fid).text == "miles to km <i>only</i>"
+    # a stale accept conflicts too; a label added to an unlabeled feature conflicts with "none"
+    assert (
+        client.post(f"/features/{fid}/review", data=form(client, seen, action="accept")).status_code
+        == 409
+    )
+    bare = seeded.feature_ids[4]
+    store.review(bare, "edit", "bo", text="first!")
+    late = client.post(f"/features/{bare}/review", data=form(client, None, action="edit", text="x"))
+    assert late.status_code == 409 and store.current_explanation(bare).text == "first!"
+
+
+def test_review_queue_walks_lowest_score_first(client, seeded, store):
+    r = client.get("/queue", follow_redirects=False)
+    assert r.headers["location"] == f"/features/{seeded.feature_ids[2]}?queue=0"
+    page = client.get(r.headers["location"]).text
+    assert 'href="/queue?skip=1"' in page and "Review queue" in page
+    skip = client.get("/queue?skip=1", follow_redirects=False)
+    assert skip.headers["location"] == f"/features/{seeded.feature_ids[3]}?queue=1"
+    current = store.current_explanation(seeded.feature_ids[2])
+    done = client.post(
+        f"/features/{seeded.feature_ids[2]}/review",
+        data=form(client, current, action="accept", queue=0),
+        follow_redirects=False,
+    )
+    assert done.headers["location"] == "/queue?skip=0"
+    nxt = client.get("/queue", follow_redirects=False)
+    assert nxt.headers["location"] == f"/features/{seeded.feature_ids[3]}?queue=0"
+    for index in (3, 1, 0, 5):
+        store.review(seeded.feature_ids[index], "accept", "ana")
+    empty = client.get("/queue")
+    assert empty.status_code == 200 and "Queue empty" in empty.text
+
+
+def test_rescore_runs_the_rescorer_or_says_why_not(store, seeded):
+    calls = []
+
+    def rescorer(s, explanation_id):
+        calls.append(explanation_id)
+        return s.add_score(explanation_id, "simulation", 0.77, simulator_model="sim")
+
+    fid = seeded.feature_ids[0]
+    new_id = store.review(fid, "edit", "ana", text="apple fruit")
+    with TestClient(create_app(store, reviewer="ana", rescorer=rescorer)) as c:
+        c.get("/")
+        csrf = c.cookies.get("gloss_csrf")
+        r = c.post(
+            f"/features/{fid}/rescore",
+            data={"csrf": csrf, "explanation_id": new_id},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303 and calls == [new_id]
+        assert store.explanation(new_id).score == pytest.approx(0.77)
+        other = seeded.explanation_ids[1]
+        wrong = c.post(f"/features/{fid}/rescore", data={"csrf": csrf, "explanation_id": other})
+        assert wrong.status_code == 400
+
+    def broken(s, explanation_id):
+        raise GlossError("the simulator LLM is not configured: set OPENAI_BASE_URL")
+
+    with TestClient(create_app(store, reviewer="ana", rescorer=broken)) as c:
+        c.get("/")
+        r = c.post(
+            f"/features/{fid}/rescore",
+            data={"csrf": c.cookies.get("gloss_csrf"), "explanation_id": new_id},
+        )
+        assert r.status_code == 503 and "OPENAI_BASE_URL" in r.text
+
+
+def test_team_mode_needs_a_token_and_records_its_name(store, seeded, tmp_path):
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"# team\n{ANA} Ana Lee\n{BO} Bo\n")
+    tokens = load_tokens(tokens_file)
+    assert tokens == {ANA: "Ana Lee", BO: "Bo"}
+    fid = seeded.feature_ids[0]
+    with TestClient(create_app(store, tokens=tokens)) as c:
+        for path in ("/", f"/features/{fid}", "/queue"):
+            r = c.get(path)
+            assert r.status_code == 401 and 'name="token"' in r.text, path
+        assert c.get("/", headers={"authorization": "Bearer wrong-token-123456"}).status_code == 401
+        assert c.get("/", headers={"authorization": f"Bearer {BO}"}).status_code == 200
+        csrf = c.cookies.get("gloss_csrf")
+        current = store.current_explanation(fid)
+        data = {
+            "csrf": csrf,
+            "action": "accept",
+            "expected_explanation_id": current.id,
+            "expected_version": current.version,
+        }
+        assert c.post(f"/features/{fid}/review", data=data).status_code == 401
+        assert c.post("/login", data={"csrf": csrf, "token": "nope"}).status_code == 401
+        assert c.post("/login", data={"token": ANA}).status_code == 403
+        ok = c.post("/login", data={"csrf": csrf, "token": ANA}, follow_redirects=False)
+        assert ok.status_code == 303 and c.cookies.get("gloss_token") == ANA
+        assert "Ana Lee" in c.get("/").text
+        c.post(f"/features/{fid}/review", data=data)
+        assert store.reviews(fid)[0].reviewer == "Ana Lee"
+        c.post("/logout", data={"csrf": csrf})
+        assert c.get("/").status_code == 401
+    (tmp_path / "bad").write_text("short Bo\n")
+    with pytest.raises(ConfigError, match="16"):
+        load_tokens(tmp_path / "bad")
+    with pytest.raises(ConfigError, match="reviewer"):
+        create_app(store)
+
+
+def test_static_files_and_login_in_local_mode(client):
+    js = client.get("/static/app.js")
+    assert js.status_code == 200 and "innerHTML" not in js.text
+    assert client.get("/static/app.css").status_code == 200
+    assert client.get("/login", follow_redirects=False).status_code == 303
+    assert LABELS[0][0] in client.get("/").text
