@@ -313,8 +313,6 @@ def add_llm_commands(sub) -> None:
     p.set_defaults(func=cmd_llm_serve)
 
 
-
-
 # ---------------------------------------------------------------- query and review (issue 6)
 
 
