@@ -131,9 +131,17 @@ def group_examples(examples: list[ExampleOut]) -> list[tuple[str, list[ExampleOu
         groups.setdefault(key, []).append(ex)
     titled = []
     for (_, family, split), items in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0])):
-        items.sort(key=lambda e: (e.kind, e.rank) if family != "top" else (e.rank, 0))
+        items.sort(key=lambda e: (-e.max_act, e.rank) if family == "top" else (_q(e.kind), e.rank))
         titled.append((f"{family} contexts ({split} split, {len(items)})", items))
     return titled
+
+
+def _q(kind: str) -> float:
+    """The quantile of a `quantile:Q` kind, so quantile 10 sorts after 9."""
+    try:
+        return float(kind.partition(":")[2] or 0)
+    except ValueError:
+        return 0.0
 
 
 def _histogram(histogram: dict[str, Any] | None) -> list[str]:
