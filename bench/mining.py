@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,18 +45,36 @@ def timed(fn, repeat: int, device: str) -> float:
     return best
 
 
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args) -> None:
-    """Mine all features over --tokens tokens into a throwaway SQLite; print peak RSS."""
+    """Mine all features over --tokens tokens into a throwaway SQLite; print RSS before and peak during."""
     from store import open_store
 
     subject = load_subject(args.model, device=args.device)
     source = load_source("neurons", subject.hook_width(args.hook))
     corpus = Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode)
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib())
+            time.sleep(0.02)
+
     with tempfile.TemporaryDirectory() as tmp, open_store(f"sqlite:///{tmp}/bench.db") as store:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = rss_mib()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         result = mine(store, subject, source, args.hook, corpus, MiningConfig(), progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"tokens": result.tokens, "peak_mib": peak / 1024, "loaded_mib": before / 1024,
+        done.set()
+        sampler.join()
+    print(json.dumps({"tokens": result.tokens, "peak_mib": peak[0], "before_mib": before,
                       "seconds": result.seconds}))  # fmt: skip
 
 
@@ -68,6 +87,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory-sizes", default="8000,64000")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--memory-only", action="store_true", help="skip the timings")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -75,6 +95,21 @@ def main() -> None:
     if args.child:
         return child(args)
 
+    if not args.memory_only:
+        timings(args)
+    for size in [int(s) for s in args.memory_sizes.split(",")]:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", "--model", args.model, "--hook", args.hook,
+             "--tokens", str(size), "--device", args.device, "--threads", str(args.threads)],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        r = json.loads(out)
+        print(f"  RSS during a full mine + store writes of {r['tokens']:>7,} tokens: peak "
+              f"{r['peak_mib']:6.0f} MiB, {r['peak_mib'] - r['before_mib']:+5.0f} MiB over the "
+              f"loaded model ({r['seconds']:.1f} s)")  # fmt: skip
+
+
+def timings(args) -> None:
     subject = load_subject(args.model, device=args.device)
     source = load_source("neurons", subject.hook_width(args.hook))
     config = MiningConfig()
@@ -117,17 +152,6 @@ def main() -> None:
     print(f"  mining pass (top-k 20+5, quantiles 10 from a pool of 100, random 5): {mine_s:8.2f} s")
     print(f"  mining / bare forward: {mine_s / bare_s:.3f}  (goal <= 1.15)")
     print(f"  throughput: {tokens / mine_s:,.0f} tokens/s mining, {tokens / bare_s:,.0f} bare")
-
-    for size in [int(s) for s in args.memory_sizes.split(",")]:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", "--model", args.model, "--hook", args.hook,
-             "--tokens", str(size), "--device", args.device, "--threads", str(args.threads)],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
-        r = json.loads(out)
-        print(f"  peak RSS, full mine + store writes of {r['tokens']:>7,} tokens: "
-              f"{r['peak_mib']:7.0f} MiB (after loading: {r['loaded_mib']:.0f} MiB; "
-              f"{r['seconds']:.1f} s)")  # fmt: skip
 
 
 if __name__ == "__main__":

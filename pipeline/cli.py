@@ -308,7 +308,7 @@ def add_llm_commands(sub) -> None:
     )
     p = llm.add_parser("serve", help="run the local OpenAI-compatible server until Ctrl-C")
     p.add_argument("--model", help="GGUF file (default: the bundled Gemma 3 270M)")
-    p.add_argument("--port", type=int, default=None, help="default $GLOSS_LOCAL_LLM_PORT or 8765")
+    p.add_argument("--port", type=int, default=None, help="default $GLOSS_LOCAL_LLM_PORT or 8767")
     p.add_argument("--n-ctx", type=int, default=2048, help="context length")
     p.set_defaults(func=cmd_llm_serve)
 
@@ -536,6 +536,114 @@ def _add_query_commands(sub) -> None:
 # ---------------------------------------------------------------- end of query and review
 
 
+# ---------------------------------------------------------------- nightly runs (gloss run)
+
+
+def _run_config(args: argparse.Namespace):
+    from pipeline import config as cfg
+
+    config = cfg.load(args.config)
+    if args.database:
+        config.database = args.database
+    for flag, where in [
+        ("limit", "run.limit"),
+        ("max_tokens", "run.max_llm_tokens"),
+        ("max_cost", "run.max_cost"),
+        ("features", "subject.features"),
+        ("log_file", "run.log_file"),
+    ]:
+        value = getattr(args, flag, None)
+        if value is not None:
+            cfg.set_path(config, where, value)
+    if getattr(args, "relabel_human", False):
+        config.run.relabel_human = True
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run import install_signal_handlers, nightly, plan
+    from store import open_store
+
+    config = _run_config(args)
+    if config.run.log_file:
+        handler = logging.FileHandler(config.run.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    if args.dry_run:
+        with open_store(config.database) as store:
+            the_plan = plan(store, config)
+        if args.json:
+            print(json.dumps(the_plan.__dict__))
+        else:
+            print("\n".join(["plan (dry run, nothing done):", *the_plan.lines()]))
+        return 0
+    install_signal_handlers()
+    report = nightly(config)
+    if args.json:
+        print(json.dumps({**report.__dict__, "exit_code": report.exit_code}, default=str))
+    else:
+        print("\n".join(report.lines()))
+    logging.getLogger("gloss.run").info("run %s ended: %s", report.run_id, report.status)
+    return report.exit_code
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.config import template
+    from store import ConfigError
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    path.write_text(template(), encoding="utf-8")
+    print(f"wrote {path}: every setting with its default; edit it, then gloss run")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from store import open_store
+
+    with open_store(args.database) as store:
+        runs = store.runs(args.limit)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in runs], default=str))
+        return 0
+    for r in runs:
+        took = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
+        print(
+            f"{r.id:>5}  {r.kind:<8} {r.status:<12} {r.started_at:%Y-%m-%d %H:%M}  "
+            + (f"{took:7.1f}s" if took is not None else "   ...  ")
+            + f"  tokens {r.tokens_in + r.tokens_out:>9,}  cost {r.cost:.4f}  {r.code_version}"
+            + (f"  {r.message}" if r.message else "")
+        )
+    return 0
+
+
+def add_run_commands(sub) -> None:
+    p = sub.add_parser("run", help="the nightly job: mine, explain and score what is missing")
+    p.add_argument("--config", default=None, help="config file (default ./gloss.toml)")
+    p.add_argument("--limit", type=int, default=None, help="at most N features per LLM stage")
+    p.add_argument("--features", default=None, help="feature selector: 0:100, 7, 1,2,5:9")
+    p.add_argument("--max-tokens", type=int, default=None, help="LLM token budget for this run")
+    p.add_argument("--max-cost", type=float, default=None, help="LLM cost budget (needs prices)")
+    p.add_argument("--relabel-human", action="store_true", help="relabel human-written/accepted")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
+    p.add_argument("--log-file", default=None, help="also log to this file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("init", help="write a commented gloss.toml with every setting")
+    p.add_argument("path", nargs="?", default="gloss.toml")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("runs", help="list recent runs")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gloss", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -559,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mine_parser(sub)
     add_llm_commands(sub)
     _add_query_commands(sub)
+    add_run_commands(sub)
     return parser
 
 
@@ -568,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one line per HTTP request or migration step is noise
+        for name in ("httpx", "httpx2", "httpcore", "alembic", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except GlossError as error:

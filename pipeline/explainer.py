@@ -28,6 +28,8 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.llm import (
+    Budget,
+    BudgetExhausted,
     CallStats,
     EndpointConfig,
     LLMClient,
@@ -90,6 +92,7 @@ class Summary:
     scored: int = 0
     skipped: int = 0
     failed: int = 0
+    budget_stopped: int = 0  # features left undone because the run's budget ran out
     wall_s: float = 0.0
     explainer: CallStats = field(default_factory=CallStats)
     simulator: CallStats = field(default_factory=CallStats)
@@ -405,6 +408,8 @@ async def _run_features(
     async def one(feature_id: int) -> None:
         try:
             await work(ctx, feature_id)
+        except BudgetExhausted:
+            ctx.summary.budget_stopped += 1
         finally:
             bar.update(1)
 
@@ -459,6 +464,7 @@ async def aexplain_features(
     run_id: int | None = None,
     *,
     force: bool = False,
+    budget: Budget | None = None,
 ) -> Summary:
     """Label (and score) every feature in `feature_ids` that is mined and has no current label."""
     explainer = (explainer or ExplainerConfig()).for_endpoint(llm.explainer)
@@ -469,7 +475,7 @@ async def aexplain_features(
         store, run_id, "explain", _config_dict(llm=llm, explainer=explainer, simulator=simulator)
     )
     db = StoreWorker(store)
-    explainer_client, simulator_client = make_clients(llm, store, run_id, db)
+    explainer_client, simulator_client = make_clients(llm, store, run_id, db, budget)
     ctx = _Context(
         store,
         explainer_client,
@@ -504,6 +510,7 @@ async def ascore_features(
     *,
     force: bool = False,
     baseline: bool = False,
+    budget: Budget | None = None,
 ) -> Summary:
     """Score current labels (and with `baseline`, baseline labels) that lack a score from
     this simulator model and prompt version."""
@@ -532,7 +539,7 @@ async def ascore_features(
             summary.skipped += 1
     run_id, own = _open_run(store, run_id, "score", _config_dict(llm=llm, simulator=simulator))
     db = StoreWorker(store)
-    _, simulator_client = make_clients(llm, store, run_id, db)
+    _, simulator_client = make_clients(llm, store, run_id, db, budget)
     ctx = _Context(store, None, simulator_client, ExplainerConfig(), simulator, run_id, summary, db)
     ctx.simulate_template = template
 

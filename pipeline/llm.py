@@ -35,7 +35,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from store import ConfigError, LLMError, Store
+from store import ConfigError, GlossError, LLMError, Store
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,42 @@ class CallStats:
             setattr(self, key, getattr(self, key) + value)
 
 
+@dataclass
+class Budget:
+    """A run's LLM spending limit, shared by every client of the run.
+
+    A call already made is always recorded; once the limit is reached, no new
+    (uncached) call starts and `BudgetExhausted` tells the caller to stop cleanly.
+    """
+
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    tokens: int = 0
+    cost: float = 0.0
+
+    def spend(self, tokens: int, cost: float) -> None:
+        self.tokens += tokens
+        self.cost += cost
+
+    @property
+    def exhausted(self) -> bool:
+        return (self.max_tokens is not None and self.tokens >= self.max_tokens) or (
+            self.max_cost is not None and self.cost >= self.max_cost
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_tokens is not None:
+            parts.append(f"{self.tokens:,} of {self.max_tokens:,} tokens")
+        if self.max_cost is not None:
+            parts.append(f"cost {self.cost:.4f} of {self.max_cost:.4f}")
+        return ", ".join(parts) or "unlimited"
+
+
+class BudgetExhausted(GlossError):
+    """The run's token or cost budget is spent: stop starting new LLM calls."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """One parsed LLM answer plus where it came from."""
@@ -172,8 +208,10 @@ class LLMClient:
         run_id: int | None = None,
         semaphore: asyncio.Semaphore | None = None,
         db: StoreWorker | None = None,
+        budget: Budget | None = None,
     ):
         self.endpoint = endpoint
+        self.budget = budget
         self.role = role
         self.store = store
         self.db = db or (StoreWorker(store) if store is not None else None)
@@ -288,6 +326,8 @@ class LLMClient:
         standard = _STANDARD_PARAMS[self.endpoint.api]
         extra = {k: body.pop(k) for k in list(body) if k not in standard}
         async with self.semaphore:
+            if self.budget is not None and self.budget.exhausted:
+                raise BudgetExhausted(f"LLM budget reached ({self.budget.describe()})")
             self.stats.calls += 1
             try:
                 raw = await create(**body, extra_body=extra or None)
@@ -343,6 +383,8 @@ class LLMClient:
         self.stats.tokens_in += tokens_in
         self.stats.tokens_out += tokens_out
         self.stats.cost += cost
+        if self.budget is not None:
+            self.budget.spend(tokens_in + tokens_out, cost)
         if self.store is None or self.db is None:
             return None
         return await self.db(
@@ -400,6 +442,7 @@ def make_clients(
     store: Store | None = None,
     run_id: int | None = None,
     db: StoreWorker | None = None,
+    budget: Budget | None = None,
 ) -> tuple[LLMClient, LLMClient]:
     """Explainer and simulator clients; roles on the same endpoint share one concurrency limit."""
     explainer, simulator = config.explainer, config.simulator
@@ -408,8 +451,14 @@ def make_clients(
     first = asyncio.Semaphore(limit or explainer.concurrency)
     second = first if shared else asyncio.Semaphore(simulator.concurrency)
     return (
-        LLMClient(explainer, role="explainer", store=store, run_id=run_id, semaphore=first, db=db),
-        LLMClient(simulator, role="simulator", store=store, run_id=run_id, semaphore=second, db=db),
+        LLMClient(
+            explainer, role="explainer", store=store, run_id=run_id, semaphore=first, db=db,
+            budget=budget,
+        ),
+        LLMClient(
+            simulator, role="simulator", store=store, run_id=run_id, semaphore=second, db=db,
+            budget=budget,
+        ),
     )
 
 

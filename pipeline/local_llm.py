@@ -40,7 +40,7 @@ class LocalServerConfig:
 
     model_path: str | None = None
     host: str = "127.0.0.1"
-    port: int = field(default_factory=lambda: int(os.environ.get("GLOSS_LOCAL_LLM_PORT", "8765")))
+    port: int = field(default_factory=lambda: int(os.environ.get("GLOSS_LOCAL_LLM_PORT", "8767")))
     alias: str = LOCAL_MODEL
     n_ctx: int = 2048
     n_threads: int | None = None

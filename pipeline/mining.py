@@ -281,8 +281,21 @@ def choose_examples(
         acts = res.acts[f, slot, : lengths[window]].numpy()
         picks.append(Pick(window, split, kind, rank, float(res.maxes[f, slot]), acts))
 
+    def by_key(res: Reservoir) -> list[int]:
+        """Filled slots, largest key first (slots themselves are unordered)."""
+        order = torch.argsort(res.keys[f], descending=True).tolist()
+        return [s for s in order if res.keys[f, s] > -math.inf]
+
+    def add_random(split: str, count: int) -> None:
+        for slot in by_key(miner.random):
+            if count <= 0:
+                return
+            if int(miner.random.windows[f, slot]) not in used:
+                add(miner.random, slot, split, "random")
+                count -= 1
+
     # Top windows: every k-th rank is held out, so both splits span the top range.
-    top = [s for s in range(miner.top.size) if miner.top.keys[f, s] > 0]
+    top = [s for s in by_key(miner.top) if miner.top.keys[f, s] > 0]
     stride = max(2, (c.top_explain + c.top_holdout) // max(c.top_holdout, 1))
     holdout_left = c.top_holdout
     for rank, slot in enumerate(top):
@@ -291,30 +304,19 @@ def choose_examples(
             holdout_left -= 1
         else:
             add(miner.top, slot, "explain", "top")
+    # Random held-out windows (silent ones included) come before quantiles: on a small
+    # corpus, scoring needs them more than the explainer needs more examples.
+    add_random("holdout", c.random_holdout)
     # Quantiles: equal-count bins of the sampled active windows, lowest first.
     if miner.pool.size and c.quantiles:
-        slots = [
-            s
-            for s in range(miner.pool.size)
-            if miner.pool.keys[f, s] > -math.inf and int(miner.pool.windows[f, s]) not in used
-        ]
+        slots = [s for s in by_key(miner.pool) if int(miner.pool.windows[f, s]) not in used]
         slots.sort(key=lambda s: float(miner.pool.maxes[f, s]))
         for q, group in enumerate(np.array_split(np.array(slots, dtype=int), c.quantiles), 1):
             chosen = rng.permutation(group)
             for i, slot in enumerate(chosen[: c.quantile_explain + c.quantile_holdout]):
                 split = "explain" if i < c.quantile_explain else "holdout"
                 add(miner.pool, int(slot), split, f"quantile:{q}")
-    # Random windows, silent ones included; the reservoir is in random order already.
-    wanted = [("holdout", c.random_holdout), ("explain", c.random_explain)]
-    for slot in range(miner.random.size):
-        window = int(miner.random.windows[f, slot])
-        if window < 0 or window in used or not wanted:
-            continue
-        split, left = wanted[0]
-        add(miner.random, slot, split, "random")
-        wanted[0] = (split, left - 1)
-        while wanted and wanted[0][1] <= 0:
-            wanted.pop(0)
+    add_random("explain", c.random_explain)
     return picks
 
 

@@ -235,8 +235,10 @@ def load_subject(
             f"no model {name!r}: give a built-in name ({', '.join(BUILTIN)}), "
             "a local model folder, a .gguf file or a Hugging Face hub id"
         )
+    origin = path  # what the store records: a built-in name resolves, a path reloads
     if gguf_file is not None:
-        path, revision_hash = _gguf_as_transformers(Path(path) / gguf_file)
+        origin = str(Path(path) / gguf_file)
+        path, revision_hash = _gguf_as_transformers(Path(origin))
         revision = revision or f"sha256:{revision_hash}"
     kwargs = {"revision": revision} if revision and gguf_file is None else {}
     try:
@@ -259,7 +261,7 @@ def load_subject(
         revision = getattr(config, "_commit_hash", None) or f"sha256:{_folder_hash(Path(path))}"
     return Subject(
         name=display,
-        path=str(path),
+        path=str(origin),
         revision=revision,
         architecture=type(model).__name__,
         model=model,

@@ -112,6 +112,11 @@ def test_mining_matches_brute_force(minilm, corpus_dir, sqlite_store):
         assert kinds[("holdout", "random")] == 2 and kinds[("explain", "random")] == 1
         if len(expected) == 6:
             assert kinds[("holdout", "top")] == 2 and kinds[("explain", "top")] == 4
+            # Every third top rank is held out; ranks within a split follow the activation.
+            assert [e.split for e in tops] == ["explain", "holdout", "explain"] * 2
+            for split in ("explain", "holdout"):
+                ranked = sorted((e for e in tops if e.split == split), key=lambda e: e.rank)
+                assert ranked == [e for e in tops if e.split == split]
         active = sum(1 for m in maxes if m[0] > 0)
         n_quantile = kinds[("explain", "quantile")] + kinds[("holdout", "quantile")]
         assert (n_quantile > 0) == (active > 6)  # quantile windows are never top windows

@@ -143,6 +143,7 @@ def test_gemma_270m_gguf_hook_points():
     gemma = load_subject("gemma-3-270m")
     assert gemma.architecture.startswith("Gemma3")
     assert gemma.revision.startswith("sha256:a5fd3b62")
+    assert gemma.path.endswith(".gguf")  # the file itself, not the conversion cache
     assert gemma.n_layers == 18
     assert gemma.hook_width("layer.3.mlp") == 2048 and gemma.hook_width("layer.3.resid") == 640
     assert gemma.prefix_ids == [2]  # <bos>, stripped from results

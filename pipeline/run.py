@@ -1,0 +1,370 @@
+"""`gloss run`: the nightly job. Mine what is not mined, explain what has no label from
+this explainer, score what has no score from this simulator — and nothing else.
+
+Every feature's result is committed as soon as it is done, so a run killed at any
+moment loses only the features in flight; the next run picks up the rest. One run
+holds the database's `run` lock at a time. The run's row in `runs` says what
+happened: stages, counts, failures, tokens, cost, duration, code version, config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import GlossConfig
+from pipeline.explainer import ExplainerConfig, aexplain_features, ascore_features, explain_prompt
+from pipeline.llm import Budget, LLMConfig
+from pipeline.local_llm import endpoints
+from pipeline.simulator import SimulatorConfig
+from store import LockedError, Store, open_store
+
+log = logging.getLogger(__name__)
+
+LOCK = "run"
+HEARTBEAT_S = 30.0
+
+# Exit codes: 0 all done; PARTIAL when work is left (budget, limit, failures);
+# LockedError.exit_code (75) when another run holds the lock; 130 when interrupted.
+EXIT_OK, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 10, 130
+
+
+@dataclass
+class Plan:
+    """What a run would do: features per stage and the LLM work that implies."""
+
+    mine: int = 0
+    explain: int = 0
+    score: int = 0
+    explain_calls: int = 0
+    score_calls: int = 0
+    est_prompt_tokens: int = 0
+
+    def lines(self) -> list[str]:
+        return [
+            f"mine:    {self.mine} features",
+            f"explain: {self.explain} features ({self.explain_calls} explainer calls)",
+            f"score:   {self.score} labels ({self.score_calls} simulator calls)",
+            f"LLM:     {self.explain_calls + self.score_calls} calls, "
+            f"~{self.est_prompt_tokens:,} prompt tokens (estimated)",
+        ]
+
+
+@dataclass
+class Report:
+    run_id: int | None
+    status: str  # done, partial, interrupted, failed
+    counts: dict[str, Any] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    seconds: float = 0.0
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return {"done": EXIT_OK, "partial": EXIT_PARTIAL, "interrupted": EXIT_INTERRUPTED}.get(
+            self.status, 1
+        )
+
+    def lines(self) -> list[str]:
+        out = [f"run {self.run_id}: {self.status} in {self.seconds:.1f} s"]
+        for stage, counts in self.counts.items():
+            shown = ", ".join(
+                f"{k} {v}" for k, v in counts.items() if not isinstance(v, dict | list)
+            )
+            out.append(f"  {stage}: {shown}")
+        out.append(
+            f"  LLM tokens {self.tokens_in:,} in / {self.tokens_out:,} out, cost {self.cost:.4f}"
+        )
+        if self.failures:
+            out.append(
+                f"  {len(self.failures)} failures, e.g. {self.failures[0].get('error', '')[:160]}"
+            )
+        if self.message:
+            out.append(f"  {self.message}")
+        return out
+
+
+def code_version() -> str:
+    """The git commit of the code, or the package version when not in a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gloss")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------- the lock
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_is_dead(holder: str) -> bool:
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def take_lock(store: Store, config: GlossConfig) -> str:
+    """The run lock; a lock left by a dead process on this host is taken over at once."""
+    holder = holder_name()
+    try:
+        store.acquire_lock(LOCK, holder, stale_after_s=config.run.lock_stale_s)
+        return holder
+    except LockedError:
+        lock = store.lock(LOCK)
+        if lock is None or not _holder_is_dead(lock.holder):
+            raise
+        log.warning("taking over the run lock of %s, which is no longer running", lock.holder)
+        if lock.run_id is not None:
+            store.finish_run(lock.run_id, "abandoned", f"its process {lock.holder} died")
+        store.release_lock(LOCK, lock.holder)
+        store.acquire_lock(LOCK, holder, stale_after_s=config.run.lock_stale_s)
+        return holder
+
+
+class Heartbeat(threading.Thread):
+    """Keeps the lock fresh while the run works, so only a dead run's lock goes stale."""
+
+    def __init__(self, store: Store, holder: str):
+        super().__init__(daemon=True, name="gloss-heartbeat")
+        self.store, self.holder = store, holder
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            try:
+                self.store.heartbeat_lock(LOCK, self.holder)
+            except Exception as error:  # noqa: BLE001 - a missed beat is only logged
+                log.warning("lock heartbeat failed: %s", error)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _open_source(store: Store, config: GlossConfig) -> tuple[Any, Any, int]:
+    """Load the subject model and feature source, and register them in the store."""
+    from pipeline.sources import load_source
+    from pipeline.subjects import load_subject
+
+    s = config.subject
+    subject = load_subject(s.model, gguf_file=s.gguf_file, device=s.device)
+    source = load_source(s.source, subject.hook_width(s.hook))
+    subject_id = store.get_or_create_subject(**subject.identity())
+    source_id = store.get_or_create_source(
+        subject_id,
+        s.hook,
+        source.kind,
+        source.width,
+        source.params_hash,
+        path=source.path,
+        config=source.config,
+    )
+    return subject, source, source_id
+
+
+def _unmined(store: Store, source_id: int, width: int, indices: list[int] | None) -> list[int]:
+    done = store.feature_statuses(source_id)
+    wanted = range(width) if indices is None else [i for i in indices if i < width]
+    return [i for i in wanted if done.get(i) not in ("mined", "dead")]
+
+
+def _templates(config: GlossConfig, llm: LLMConfig) -> tuple[ExplainerConfig, SimulatorConfig]:
+    """The explainer and simulator settings as they apply to these endpoints."""
+    return config.explainer.for_endpoint(llm.explainer), config.simulator.for_endpoint(
+        llm.simulator
+    )
+
+
+def plan(store: Store, config: GlossConfig) -> Plan:
+    """The dry run: what `gloss run` would do now, without mining or calling an LLM."""
+    _, source, source_id = _open_source(store, config)
+    indices = config.subject.indices()
+    to_mine = _unmined(store, source_id, source.width, indices)
+    explainer, simulator = _templates(config, config.llm)
+    to_explain = store.features_to_explain(
+        source_id,
+        model=config.llm.explainer.model,
+        prompt=explainer.template().ref,
+        max_failures=explainer.max_failures,
+        relabel_human=config.run.relabel_human,
+        indices=indices,
+    )
+    cap = config.run.limit if config.run.limit is not None else 10**9
+    n_explain = min(len(to_explain) + len(to_mine), cap)
+    to_score = store.features_to_score(
+        source_id,
+        simulator_model=config.llm.simulator.model,
+        prompt=simulator.template().ref,
+        max_failures=explainer.max_failures,
+        indices=indices,
+    )
+    out = Plan(
+        mine=len(to_mine),
+        explain=n_explain,
+        score=min(len(set(to_score) - set(to_explain)), cap),
+        explain_calls=n_explain * explainer.candidates,
+    )
+    out.score_calls = out.score + (out.explain_calls if explainer.score else 0)
+    out.est_prompt_tokens = _estimate_prompt_tokens(store, config, explainer, to_explain, out)
+    return out
+
+
+def _estimate_prompt_tokens(
+    store: Store, config: GlossConfig, explainer: ExplainerConfig, sample: list[int], p: Plan
+) -> int:
+    """Prompt tokens from rendering the explain prompt of a few mined features (~4 chars a token)."""
+    template = explainer.template()
+    sizes = []
+    for feature_id in sample[:5]:
+        examples = store.examples(feature_id, "explain")
+        if examples:
+            sizes.append(len(explain_prompt(template, examples, explainer)) / 4)
+    per_call = (
+        sum(sizes) / len(sizes) if sizes else explainer.max_examples * config.corpus.ctx_len * 3
+    )
+    return int(per_call * (p.explain_calls + p.score_calls))
+
+
+def nightly(config: GlossConfig, *, store: Store | None = None) -> Report:
+    """Run every stage once, incrementally, under the run lock and the budget."""
+    own_store = store is None
+    store = store or open_store(config.database)
+    started = time.perf_counter()
+    holder = take_lock(store, config)
+    run_id = store.start_run("run", _config_record(config), code_version())
+    store.set_lock_run(LOCK, holder, run_id)
+    heartbeat = Heartbeat(store, holder)
+    heartbeat.start()
+    report = Report(run_id, "failed")
+    budget = Budget(config.run.max_llm_tokens, config.run.max_cost)
+    try:
+        report.status = _stages(store, config, run_id, report, budget)
+    except KeyboardInterrupt:
+        report.status = "interrupted"
+        report.message = "interrupted; the next run finishes the rest"
+    except Exception as error:
+        report.message = str(error)[:2000] or type(error).__name__
+        raise
+    finally:
+        heartbeat.stopped.set()
+        report.seconds = time.perf_counter() - started
+        run = store.run(run_id)
+        report.counts = dict(run.counts)
+        report.failures = list(run.failures)
+        report.tokens_in, report.tokens_out, report.cost = run.tokens_in, run.tokens_out, run.cost
+        store.finish_run(run_id, report.status, report.message or None)
+        store.release_lock(LOCK, holder)
+        if own_store:
+            store.close()
+    return report
+
+
+def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budget: Budget) -> str:
+    from pipeline.corpus import Corpus
+    from pipeline.mining import mine
+
+    reasons: list[str] = []
+    indices = config.subject.indices()
+    subject, source, source_id = _open_source(store, config)
+    to_mine = _unmined(store, source_id, source.width, indices)
+    if to_mine:
+        corpus = Corpus(config.corpus, subject.encode)
+        result = mine(store, subject, source, config.subject.hook, corpus, config.mining, to_mine)
+        mined = {"features": result.features, "dead": result.dead, "tokens": result.tokens}
+    else:
+        mined = {"features": 0, "dead": 0, "tokens": 0}
+    store.update_run(run_id, counts={"mine": mined})
+    del subject, source  # the subject model is not needed past mining
+
+    limit = config.run.limit
+    with endpoints(config.llm, config.local_server) as llm:
+        explainer, simulator = _templates(config, llm)
+        to_explain = store.features_to_explain(
+            source_id,
+            model=llm.explainer.model,
+            prompt=explainer.template().ref,
+            max_failures=explainer.max_failures,
+            relabel_human=config.run.relabel_human,
+            indices=indices,
+        )
+        if limit is not None and len(to_explain) > limit:
+            reasons.append(f"limit {limit} left {len(to_explain) - limit} features unlabeled")
+            to_explain = to_explain[:limit]
+        if to_explain:
+            summary = asyncio.run(
+                aexplain_features(
+                    store, to_explain, llm, explainer, simulator, run_id, force=True, budget=budget
+                )
+            )
+            if summary.failed:
+                reasons.append(f"{summary.failed} features failed (retried by the next run)")
+        to_score = []
+        if not budget.exhausted:
+            to_score = store.features_to_score(
+                source_id,
+                simulator_model=llm.simulator.model,
+                prompt=simulator.template().ref,
+                max_failures=explainer.max_failures,
+                indices=indices,
+            )
+        if limit is not None and len(to_score) > limit:
+            reasons.append(f"limit {limit} left {len(to_score) - limit} labels unscored")
+            to_score = to_score[:limit]
+        if to_score:
+            summary = asyncio.run(
+                ascore_features(store, to_score, llm, simulator, run_id, budget=budget)
+            )
+            if summary.failed:
+                reasons.append(f"{summary.failed} scores failed (retried by the next run)")
+    if budget.exhausted:
+        reasons.insert(0, f"budget reached ({budget.describe()}): stopped cleanly")
+    report.message = "; ".join(reasons)
+    return "partial" if reasons else "done"
+
+
+def _config_record(config: GlossConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    for role in ("explainer", "simulator"):
+        data["llm"][role].pop("api_key", None)
+    return data
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM stops a run the way Ctrl-C does: gracefully, marking it interrupted."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -1,0 +1,320 @@
+"""`gloss run`, the nightly job: real MiniLM, a real SQLite file, a scripted LLM server,
+and real subprocesses for SIGKILL, SIGTERM and lock contention."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import config as cfg
+from pipeline.cli import main
+from pipeline.run import EXIT_INTERRUPTED, EXIT_PARTIAL, LOCK, holder_name
+from store import LockedError, open_store
+from tests.scripted_llm import ScriptedLLM
+
+ROOT = Path(__file__).resolve().parent.parent
+N_FEATURES = 6
+
+TEXT = """The river ran past the mill and under the old stone bridge.
+Three kilometres is a little less than two miles, and a mile is 1.6 kilometres.
+She said: "Never again, never again," and then she laughed again.
+In 1848 the city of Paris saw revolution; in 1871 the Commune rose.
+The cat sat on the mat. The dog sat on the log. The bird sat on the word.
+Water boils at 100 degrees Celsius, which is 212 degrees Fahrenheit.
+"""
+
+
+@pytest.fixture
+def llm():
+    with ScriptedLLM() as server:
+        yield server
+
+
+@pytest.fixture
+def workdir(tmp_path, llm):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"doc{i}.txt").write_text(TEXT * (1 + i % 3), encoding="utf-8")
+    toml = (
+        f'database = "sqlite:///{tmp_path / "gloss.db"}"\n'
+        '[subject]\nmodel = "minilm"\nhook = "layer.1.mlp"\n'
+        f'features = "0:{N_FEATURES}"\n'
+        f'[corpus]\npaths = ["{corpus}"]\nctx_len = 16\n'
+        "[mining]\ntop_explain = 4\ntop_holdout = 2\nquantiles = 2\nquantile_explain = 1\n"
+        "quantile_holdout = 1\nrandom_holdout = 2\nbatch_size = 16\n"
+        '[explainer]\nstyle = "openai"\nmax_examples = 4\n'
+        '[simulator]\nmethod = "logprobs"\n'
+        f'[llm.explainer]\nmodel = "scripted"\nbase_url = "{llm.base_url}"\nmax_attempts = 2\nbackoff_s = 0.01\nconcurrency = 2\n'
+        f'[llm.simulator]\nmodel = "scripted"\nbase_url = "{llm.base_url}"\nmax_attempts = 2\nbackoff_s = 0.01\nconcurrency = 2\n'
+    )
+    (tmp_path / "gloss.toml").write_text(toml, encoding="utf-8")
+    return tmp_path
+
+
+def gloss(workdir: Path, *args: str) -> int:
+    return main(["run", "--config", str(workdir / "gloss.toml"), *args])
+
+
+def db(workdir: Path) -> sqlite3.Connection:
+    return sqlite3.connect(workdir / "gloss.db")
+
+
+def counts(workdir: Path) -> dict[str, int]:
+    con = db(workdir)
+    out = {
+        table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        for table in ("features", "examples", "windows", "explanations", "scores", "llm_calls")
+    }
+    out["labeled"] = con.execute(
+        "SELECT count(*) FROM feature_labels WHERE label IS NOT NULL"
+    ).fetchone()[0]
+    out["scored"] = con.execute(
+        "SELECT count(*) FROM feature_labels l WHERE EXISTS "
+        "(SELECT 1 FROM scores s WHERE s.explanation_id = l.explanation_id AND s.method = 'simulation')"
+    ).fetchone()[0]
+    con.close()
+    return out
+
+
+def assert_no_duplicates(workdir: Path) -> None:
+    con = db(workdir)
+    assert (
+        con.execute(
+            "SELECT count(*) FROM (SELECT feature_id FROM explanations WHERE author_kind = 'model' "
+            "GROUP BY feature_id HAVING count(*) > 1)"
+        ).fetchone()[0]
+        == 0
+    )
+    assert (
+        con.execute(
+            "SELECT count(*) FROM (SELECT explanation_id FROM scores GROUP BY explanation_id, simulator_model "
+            "HAVING count(*) > 1)"
+        ).fetchone()[0]
+        == 0
+    )
+    assert (
+        con.execute(
+            "SELECT count(*) FROM (SELECT feature_id, window_id FROM examples GROUP BY 1, 2 HAVING count(*) > 1)"
+        ).fetchone()[0]
+        == 0
+    )
+    con.close()
+
+
+def test_a_run_labels_and_scores_then_a_second_run_is_a_no_op(workdir, llm, capsys):
+    assert gloss(workdir) == 0
+    out = capsys.readouterr().out
+    assert "done" in out
+    first = counts(workdir)
+    live = (
+        first["features"]
+        - db(workdir).execute("SELECT count(*) FROM features WHERE status='dead'").fetchone()[0]
+    )
+    assert first["features"] == N_FEATURES
+    assert first["labeled"] == live and first["scored"] == live
+    calls = len(llm.requests)
+    assert calls == 2 * live  # one explain and one simulation call per feature
+
+    assert gloss(workdir) == 0
+    assert counts(workdir) == first
+    assert len(llm.requests) == calls
+    with open_store(f"sqlite:///{workdir / 'gloss.db'}") as store:
+        runs = store.runs()
+    assert [r.status for r in runs if r.kind == "run"] == ["done", "done"]
+    assert runs[0].code_version and runs[0].config["subject"]["hook"] == "layer.1.mlp"
+
+
+def test_dry_run_plans_and_does_nothing(workdir, llm, capsys):
+    assert main(["run", "--config", str(workdir / "gloss.toml"), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert plan["mine"] == N_FEATURES and plan["explain"] == N_FEATURES
+    assert plan["explain_calls"] == N_FEATURES and plan["est_prompt_tokens"] > 0
+    assert counts(workdir)["explanations"] == 0 and llm.requests == []
+
+
+def test_a_human_label_survives_a_run(workdir, llm):
+    assert gloss(workdir, "--features", "0:2") == 0
+    url = f"sqlite:///{workdir / 'gloss.db'}"
+    with open_store(url) as store:
+        feature = store.search("", status="proposed")[0].feature_id
+        store.review(feature, "edit", "ann", text="a label ann wrote")
+    assert gloss(workdir) == 0
+    with open_store(url) as store:
+        current = store.current_explanation(feature)
+        assert (current.text, current.author_kind) == ("a label ann wrote", "human")
+    assert gloss(workdir, "--relabel-human") == 0
+    with open_store(url) as store:
+        assert store.current_explanation(feature).author_kind == "model"
+
+
+def test_budget_stops_cleanly_and_the_next_run_finishes(workdir, llm, capsys):
+    assert gloss(workdir, "--max-tokens", "1") == EXIT_PARTIAL
+    out = capsys.readouterr().out
+    assert "budget reached" in out
+    after = counts(workdir)
+    # calls already in flight finish (at most `concurrency` of them); no new one starts
+    assert after["llm_calls"] <= 2 and after["labeled"] <= 2
+    assert gloss(workdir) == 0
+    final = counts(workdir)
+    assert final["labeled"] == final["scored"] > after["labeled"]
+    assert_no_duplicates(workdir)
+
+
+def test_failed_features_are_retried_then_left_flagged(workdir, llm):
+    llm.label_override = "   "  # an answer with no label: a recorded failure, never a label
+    assert gloss(workdir, "--features", "0:2") == EXIT_PARTIAL
+    con = db(workdir)
+    assert con.execute("SELECT count(*) FROM explanations").fetchone()[0] == 0
+    assert con.execute("SELECT max(failures) FROM features").fetchone()[0] == 1
+    con.close()
+    for _ in range(3):
+        gloss(workdir, "--features", "0:2")
+    con = db(workdir)
+    assert con.execute("SELECT max(failures) FROM features").fetchone()[0] == 3  # max_failures
+    calls = con.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
+    con.close()
+    llm.label_override = None
+    assert gloss(workdir, "--features", "0:2") == 0  # flagged features are left alone
+    assert db(workdir).execute("SELECT count(*) FROM llm_calls").fetchone()[0] == calls
+
+
+def test_lock_contention_gives_a_clear_message_and_exit_code(workdir, llm, capsys):
+    url = f"sqlite:///{workdir / 'gloss.db'}"
+    with open_store(url) as store:
+        store.acquire_lock(LOCK, holder_name())  # held by a live process: this one
+    assert gloss(workdir) == LockedError.exit_code
+    assert "another gloss run holds" in capsys.readouterr().err
+    with open_store(url) as store:
+        store.release_lock(LOCK, holder_name())
+    assert gloss(workdir) == 0
+
+
+def test_config_errors_name_the_key(workdir, capsys):
+    path = workdir / "gloss.toml"
+    path.write_text(path.read_text() + "\n[run]\nlimt = 3\n")
+    assert gloss(workdir) == 2
+    assert "limt" in capsys.readouterr().err
+
+
+def _start(workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(workdir / "gloss.toml")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_labels(workdir: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if (workdir / "gloss.db").exists() and counts(workdir)["explanations"] >= n:
+                return
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the run made no progress")
+
+
+def test_sigkill_mid_run_loses_only_work_in_flight(workdir, llm):
+    llm.latency_s = 0.4
+    proc = _start(workdir)
+    _wait_for_labels(workdir, proc, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = counts(workdir)
+    assert 2 <= before["explanations"] < N_FEATURES
+    llm.latency_s = 0.0
+    done = _start(workdir)  # takes over the dead run's lock at once
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    after = counts(workdir)
+    assert after["labeled"] == after["scored"] >= before["explanations"]
+    assert after["examples"] == before["examples"] and after["windows"] == before["windows"]
+    assert_no_duplicates(workdir)
+    con = db(workdir)
+    statuses = [r[0] for r in con.execute("SELECT status FROM runs WHERE kind = 'run' ORDER BY id")]
+    con.close()
+    assert statuses == ["abandoned", "done"]
+
+
+def test_sigterm_stops_gracefully_and_marks_the_run_interrupted(workdir, llm):
+    llm.latency_s = 0.4
+    proc = _start(workdir)
+    _wait_for_labels(workdir, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "interrupted" in out
+    con = db(workdir)
+    assert con.execute("SELECT status FROM runs WHERE kind = 'run'").fetchone()[0] == "interrupted"
+    assert con.execute("SELECT count(*) FROM locks").fetchone()[0] == 0
+    con.close()
+    assert_no_duplicates(workdir)
+
+
+def test_template_names_every_setting_and_parses():
+    config = cfg.load()  # no gloss.toml here: the template is used
+    text = cfg.template()
+    import dataclasses
+
+    def walk(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from walk(value, f"{prefix}{f.name}.")
+            else:
+                yield f.name
+
+    missing = [name for name in walk(config) if f"{name} =" not in text]
+    assert missing == []
+
+
+def test_config_file_checks(tmp_path, monkeypatch):
+    path = tmp_path / "gloss.toml"
+    path.write_text('[explainer]\nstyle = "openai"\nmax_examples = "ten"\n')
+    with pytest.raises(cfg.ConfigError, match="max_examples must be int"):
+        cfg.load(path)
+    path.write_text("[nope]\n")
+    with pytest.raises(cfg.ConfigError, match="unknown key 'nope'"):
+        cfg.load(path)
+    path.write_text("this is = not toml = at all")
+    with pytest.raises(cfg.ConfigError, match="not valid TOML"):
+        cfg.load(path)
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.load(tmp_path / "missing.toml")
+    path.write_text('[llm.explainer]\nmodel = "from-file"\n[run]\nlimit = 5\n')
+    monkeypatch.setenv("GLOSS_EXPLAINER_MODEL", "from-env")
+    monkeypatch.setenv("GLOSS_DATABASE_URL", "sqlite:///env.db")
+    config = cfg.load(path)
+    assert config.llm.explainer.model == "from-env" and config.database == "sqlite:///env.db"
+    assert config.run.limit == 5 and config.llm.simulator.model == "gemma-3-270m"
+
+
+def test_gloss_init_writes_the_template_once(tmp_path, capsys):
+    target = tmp_path / "gloss.toml"
+    assert main(["init", str(target)]) == 0
+    assert target.read_text() == cfg.template()
+    assert main(["init", str(target)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert cfg.load(target).subject.model == "minilm"
+
+
+def test_runs_lists_runs(workdir, llm, capsys):
+    assert gloss(workdir, "--features", "0:1") == 0
+    capsys.readouterr()
+    assert main(["--database", f"sqlite:///{workdir / 'gloss.db'}", "runs", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert {r["kind"] for r in runs} >= {"run", "mine"}
