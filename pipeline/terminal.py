@@ -15,6 +15,7 @@ from store import ExampleOut, ExplanationInfo, FeatureCard, FeatureRow
 
 KIND_ORDER = {"top": 0, "quantile": 1, "random": 2}
 BAR = "█"
+HISTOGRAM_ROWS = 12
 
 
 def to_json(value: Any) -> str:
@@ -89,19 +90,36 @@ def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
     return "\n".join(out)
 
 
+def spell(tokens: list[str]) -> list[tuple[str, str]]:
+    """(gap, text) per token, so a window reads as text.
+
+    Byte-level BPE tokens carry their own leading spaces; WordPiece tokens (BERT)
+    do not, so those get a space before each word and `##` continuations are glued on.
+    """
+    if any(t[:1].isspace() for t in tokens):
+        return [("", t) for t in tokens]
+    spelled = []
+    for i, token in enumerate(tokens):
+        if token.startswith("##") and len(token) > 2:
+            spelled.append(("", token[2:]))
+        else:
+            spelled.append(("" if i == 0 else " ", token))
+    return spelled
+
+
 def highlight(ex: ExampleOut, *, color: bool) -> str:
     """One context with its activating tokens marked; strength shown by colour on a TTY."""
     top = max(ex.acts, default=0.0) or 1.0
     parts = []
-    for token, act in zip(ex.tokens, ex.acts, strict=False):
+    for (gap, token), act in zip(spell(ex.tokens), ex.acts, strict=False):
         token = token.replace("\n", "\\n")
         if act <= 0:
-            parts.append(token)
+            parts.append(gap + token)
         elif color:
             shade = "\033[1;31m" if act >= 0.5 * top else "\033[1;33m"
-            parts.append(f"{shade}{token}\033[0m")
+            parts.append(f"{gap}{shade}{token}\033[0m")
         else:
-            parts.append(f"<<{token}>>")
+            parts.append(f"{gap}<<{token}>>")
     return "".join(parts)
 
 
@@ -113,15 +131,27 @@ def group_examples(examples: list[ExampleOut]) -> list[tuple[str, list[ExampleOu
         groups.setdefault(key, []).append(ex)
     titled = []
     for (_, family, split), items in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0])):
-        items.sort(key=lambda e: (e.kind, e.rank) if family != "top" else (e.rank, 0))
+        items.sort(key=lambda e: (-e.max_act, e.rank) if family == "top" else (_q(e.kind), e.rank))
         titled.append((f"{family} contexts ({split} split, {len(items)})", items))
     return titled
+
+
+def _q(kind: str) -> float:
+    """The quantile of a `quantile:Q` kind, so quantile 10 sorts after 9."""
+    try:
+        return float(kind.partition(":")[2] or 0)
+    except ValueError:
+        return 0.0
 
 
 def _histogram(histogram: dict[str, Any] | None) -> list[str]:
     if not histogram or not histogram.get("counts"):
         return []
     counts, edges = histogram["counts"], histogram.get("edges", [])
+    step = -(-len(counts) // HISTOGRAM_ROWS)
+    if step > 1:  # merge neighbouring bins so the histogram stays a glance
+        counts = [sum(counts[i : i + step]) for i in range(0, len(counts), step)]
+        edges = edges[::step] + ([edges[-1]] if edges and (len(edges) - 1) % step else [])
     peak = max(counts) or 1
     lines = ["activation histogram (nonzero):"]
     for i, count in enumerate(counts):

@@ -386,13 +386,16 @@ def _card_context(card, queue: int | None) -> dict[str, Any]:
 
 def _shaded(ex, scale: float) -> dict[str, Any]:
     """Tokens with an opacity in 0..1 for their activation relative to the feature's max."""
+    from pipeline.terminal import spell
+
     tokens = [
         {
-            "text": tok,
+            "gap": gap,
+            "text": text,
             "act": act,
             "alpha": round(min(1.0, max(0.0, act) / scale), 3) if scale else 0,
         }
-        for tok, act in zip(ex.tokens, ex.acts, strict=False)
+        for (gap, text), act in zip(spell(ex.tokens), ex.acts, strict=False)
     ]
     return {"example": ex, "tokens": tokens}
 

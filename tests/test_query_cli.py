@@ -113,3 +113,13 @@ def test_errors_are_one_line(db, capsys):
         returned = main(["--database", url, *args])
         err = capsys.readouterr().err
         assert returned == code and text in err, (args, err)
+
+
+def test_windows_read_as_text_for_bpe_and_wordpiece_tokens():
+    from pipeline.terminal import spell
+
+    bpe = ["The", " apple", " pie", "."]
+    assert "".join(g + t for g, t in spell(bpe)) == "The apple pie."
+    wordpiece = ["she", "dot", "##es", "on", "him"]
+    assert "".join(g + t for g, t in spell(wordpiece)) == "she dotes on him"
+    assert spell(["##"]) == [("", "##")]

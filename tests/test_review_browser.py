@@ -189,11 +189,10 @@ def test_keyboard_review_queue(server, page):
     assert page.evaluate("document.activeElement.id") == "edit-text"
 
 
-def test_screenshot_of_the_feature_page(server, page):
+def test_screenshot_of_the_feature_page(server, page, tmp_path):
     base, _, seeded = server
     page.goto(f"{base}/features/{seeded.feature_ids[1]}")
-    out = ROOT / "docs" / "feature-page.png"
-    out.parent.mkdir(exist_ok=True)
+    out = tmp_path / "feature-page.png"
     page.screenshot(path=str(out), full_page=True)
     assert out.stat().st_size > 10_000
     assert page.inner_text("#current-label") == "miles <-> km conversions"
