@@ -70,6 +70,7 @@ class RunConfig:
     max_llm_tokens: int | None = None  # stop cleanly once prompt + completion tokens reach this
     max_cost: float | None = None  # stop cleanly at this cost (needs prices in [llm.*])
     relabel_human: bool = False  # relabel features whose label a human wrote or accepted
+    baseline: bool = True  # store the no-LLM baseline label; current until an LLM label exists
     lock_stale_s: float = 900.0  # a lock without heartbeat this long belongs to a dead run
     log_file: str | None = None
 

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import GlossConfig
-from pipeline.explainer import ExplainerConfig, aexplain_features, ascore_features, explain_prompt
+from pipeline.explainer import (
+    ExplainerConfig,
+    aexplain_features,
+    ascore_features,
+    baseline_explain,
+    explain_prompt,
+)
 from pipeline.llm import Budget, LLMConfig
 from pipeline.local_llm import endpoints
 from pipeline.simulator import SimulatorConfig
@@ -311,6 +317,9 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
         mined = {"features": 0, "dead": 0, "tokens": 0}
     store.update_run(run_id, counts={"mine": mined})
     del subject, source  # the subject model is not needed past mining
+    mined_ids = [f.id for f in store.features(source_id, status="mined", indices=indices)]
+    if config.run.baseline:
+        baseline_explain(store, mined_ids, run_id)
 
     limit = config.run.limit
     with endpoints(config.llm, config.local_server) as llm:
@@ -334,6 +343,10 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
             )
             if summary.failed:
                 reasons.append(f"{summary.failed} features failed (retried by the next run)")
+        if config.run.baseline:
+            promoted = _promote_baselines(store, mined_ids)
+            counts = store.run(run_id).counts
+            store.update_run(run_id, counts={**counts, "baseline": {"promoted": promoted}})
         to_score = []
         if not budget.exhausted:
             to_score = store.features_to_score(
@@ -356,6 +369,21 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
         reasons.insert(0, f"budget reached ({budget.describe()}): stopped cleanly")
     report.message = "; ".join(reasons)
     return "partial" if reasons else "done"
+
+
+def _promote_baselines(store: Store, feature_ids: list[int]) -> int:
+    """A feature with no current label gets its baseline label until an LLM label succeeds."""
+    promoted = 0
+    for feature_id in feature_ids:
+        if store.current_explanation(feature_id) is not None:
+            continue
+        baseline = next(
+            (e for e in store.explanations(feature_id) if e.author_kind == "baseline"), None
+        )
+        if baseline is not None and baseline.status == "candidate":
+            store.make_current(baseline.id)
+            promoted += 1
+    return promoted
 
 
 def _config_record(config: GlossConfig) -> dict[str, Any]:

@@ -68,44 +68,35 @@ def db(workdir: Path) -> sqlite3.Connection:
 
 
 def counts(workdir: Path) -> dict[str, int]:
-    con = db(workdir)
-    out = {
-        table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    queries = {
+        table: f"SELECT count(*) FROM {table}"
         for table in ("features", "examples", "windows", "explanations", "scores", "llm_calls")
     }
-    out["labeled"] = con.execute(
-        "SELECT count(*) FROM feature_labels WHERE label IS NOT NULL"
-    ).fetchone()[0]
-    out["scored"] = con.execute(
-        "SELECT count(*) FROM feature_labels l WHERE EXISTS "
-        "(SELECT 1 FROM scores s WHERE s.explanation_id = l.explanation_id AND s.method = 'simulation')"
-    ).fetchone()[0]
+    queries.update(
+        labeled="SELECT count(*) FROM feature_labels WHERE label IS NOT NULL",
+        model_labels="SELECT count(*) FROM explanations WHERE author_kind = 'model'",
+        model_labeled="SELECT count(*) FROM feature_labels WHERE author_kind = 'model'",
+        scored="SELECT count(*) FROM feature_labels l WHERE EXISTS (SELECT 1 FROM scores s "
+        "WHERE s.explanation_id = l.explanation_id AND s.method = 'simulation')",
+    )
+    con = db(workdir)
+    out = {name: con.execute(sql).fetchone()[0] for name, sql in queries.items()}
     con.close()
     return out
 
 
+DUPLICATES = [
+    "SELECT feature_id FROM explanations WHERE author_kind = 'model' GROUP BY 1 HAVING count(*) > 1",
+    "SELECT feature_id FROM explanations WHERE author_kind = 'baseline' GROUP BY 1 HAVING count(*) > 1",
+    "SELECT explanation_id FROM scores GROUP BY explanation_id, simulator_model HAVING count(*) > 1",
+    "SELECT feature_id FROM examples GROUP BY feature_id, window_id HAVING count(*) > 1",
+]
+
+
 def assert_no_duplicates(workdir: Path) -> None:
     con = db(workdir)
-    assert (
-        con.execute(
-            "SELECT count(*) FROM (SELECT feature_id FROM explanations WHERE author_kind = 'model' "
-            "GROUP BY feature_id HAVING count(*) > 1)"
-        ).fetchone()[0]
-        == 0
-    )
-    assert (
-        con.execute(
-            "SELECT count(*) FROM (SELECT explanation_id FROM scores GROUP BY explanation_id, simulator_model "
-            "HAVING count(*) > 1)"
-        ).fetchone()[0]
-        == 0
-    )
-    assert (
-        con.execute(
-            "SELECT count(*) FROM (SELECT feature_id, window_id FROM examples GROUP BY 1, 2 HAVING count(*) > 1)"
-        ).fetchone()[0]
-        == 0
-    )
+    for sql in DUPLICATES:
+        assert con.execute(sql).fetchall() == [], sql
     con.close()
 
 
@@ -119,7 +110,7 @@ def test_a_run_labels_and_scores_then_a_second_run_is_a_no_op(workdir, llm, caps
         - db(workdir).execute("SELECT count(*) FROM features WHERE status='dead'").fetchone()[0]
     )
     assert first["features"] == N_FEATURES
-    assert first["labeled"] == live and first["scored"] == live
+    assert first["labeled"] == first["model_labeled"] == live and first["scored"] == live
     calls = len(llm.requests)
     assert calls == 2 * live  # one explain and one simulation call per feature
 
@@ -161,10 +152,10 @@ def test_budget_stops_cleanly_and_the_next_run_finishes(workdir, llm, capsys):
     assert "budget reached" in out
     after = counts(workdir)
     # calls already in flight finish (at most `concurrency` of them); no new one starts
-    assert after["llm_calls"] <= 2 and after["labeled"] <= 2
+    assert after["llm_calls"] <= 2 and after["model_labels"] <= 2
     assert gloss(workdir) == 0
     final = counts(workdir)
-    assert final["labeled"] == final["scored"] > after["labeled"]
+    assert final["labeled"] == final["scored"] == final["model_labeled"] > after["model_labels"]
     assert_no_duplicates(workdir)
 
 
@@ -172,7 +163,15 @@ def test_failed_features_are_retried_then_left_flagged(workdir, llm):
     llm.label_override = "   "  # an answer with no label: a recorded failure, never a label
     assert gloss(workdir, "--features", "0:2") == EXIT_PARTIAL
     con = db(workdir)
-    assert con.execute("SELECT count(*) FROM explanations").fetchone()[0] == 0
+    assert (
+        con.execute("SELECT count(*) FROM explanations WHERE author_kind = 'model'").fetchone()[0]
+        == 0
+    )
+    # until an LLM label succeeds, the baseline label is the current one
+    kinds = con.execute(
+        "SELECT DISTINCT author_kind FROM feature_labels WHERE label IS NOT NULL"
+    ).fetchall()
+    assert kinds == [("baseline",)]
     assert con.execute("SELECT max(failures) FROM features").fetchone()[0] == 1
     con.close()
     for _ in range(3):
@@ -219,7 +218,7 @@ def _wait_for_labels(workdir: Path, proc: subprocess.Popen, n: int, timeout: flo
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         try:
-            if (workdir / "gloss.db").exists() and counts(workdir)["explanations"] >= n:
+            if (workdir / "gloss.db").exists() and counts(workdir)["model_labels"] >= n:
                 return
         except sqlite3.OperationalError:
             pass
@@ -235,13 +234,13 @@ def test_sigkill_mid_run_loses_only_work_in_flight(workdir, llm):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     before = counts(workdir)
-    assert 2 <= before["explanations"] < N_FEATURES
+    assert 2 <= before["model_labels"] < N_FEATURES
     llm.latency_s = 0.0
     done = _start(workdir)  # takes over the dead run's lock at once
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err
     after = counts(workdir)
-    assert after["labeled"] == after["scored"] >= before["explanations"]
+    assert after["labeled"] == after["scored"] == after["model_labeled"] >= before["model_labels"]
     assert after["examples"] == before["examples"] and after["windows"] == before["windows"]
     assert_no_duplicates(workdir)
     con = db(workdir)
