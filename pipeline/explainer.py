@@ -242,9 +242,19 @@ def parse_label(text: str, copies: set[str] = frozenset()) -> str:
         raise UnusableAnswer(f"the explainer answer has no label: {text[:300]!r}")
     if len(label) > 300:
         raise UnusableAnswer(f"the explainer answer is too long for a label: {text[:300]!r}")
-    if label.lower() in copies:
+    if _copied(label, copies):
         raise UnusableAnswer(f"the explainer copied the prompt's worked example: {label!r}")
     return label
+
+
+def _copied(label: str, copies: set[str]) -> bool:
+    """A label is a copy when most of its words are a worked example's (a word dropped or swapped)."""
+    words = set(re.findall(r"\w+", label.lower()))
+    for copy in copies:
+        theirs = set(re.findall(r"\w+", copy.lower()))
+        if words and len(words & theirs) / len(words | theirs) >= 0.6:
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- the work

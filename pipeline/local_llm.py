@@ -96,8 +96,8 @@ def server_command(config: LocalServerConfig) -> list[str]:
         "--logits_all",
         "true" if config.logits_all else "false",
     ]
-    if config.n_threads:
-        command += ["--n_threads", str(config.n_threads)]
+    # llama-cpp-python's own default is half the cores: on a small machine, too few
+    command += ["--n_threads", str(config.n_threads or os.cpu_count() or 1)]
     return command
 
 

@@ -476,3 +476,13 @@ def test_copied_worked_example_is_a_failure_not_a_label(sqlite_store, server):
     summary = explain_features(store, ids, config(server))
     assert summary.failed == 1 and store.current_explanation(ids[0]) is None
     assert "copied the prompt's worked example" in store.feature(ids[0]).last_error
+
+
+def test_a_near_copy_of_the_worked_example_is_refused_too():
+    from pipeline.explainer import parse_label
+    from pipeline.llm import UnusableAnswer
+
+    copies = {"pets, the words 'cat', 'kitten', 'dog' and 'mouse'"}
+    with pytest.raises(UnusableAnswer, match="copied"):
+        parse_label("pets, the words 'cat', 'kitten' and 'mouse'.", copies)
+    assert parse_label("the words 'it', 'his' and 'he'", copies) == "the words 'it', 'his' and 'he'"
