@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     bindparam,
     delete,
+    false,
     func,
     or_,
     select,
@@ -465,12 +466,18 @@ class Store:
             id_of = dict(
                 s.execute(
                     select(Feature.index, Feature.id).where(
-                        Feature.source_id == source_id, Feature.index.in_(indices)
+                        Feature.source_id == source_id, _index_in(indices)
                     )
                 ).all()
             )
             feature_ids = list(id_of.values())
-            s.execute(delete(Example).where(Example.feature_id.in_(feature_ids)))
+            s.execute(
+                delete(Example).where(
+                    Example.feature_id.in_(
+                        bindparam("ids", feature_ids, expanding=True, literal_execute=True)
+                    )
+                )
+            )
             s.execute(
                 update(Feature.__table__).where(Feature.id == bindparam("feature_id")),
                 [
@@ -564,7 +571,7 @@ class Store:
         if status is not None:
             query = query.where(Feature.status == status)
         if indices is not None:
-            query = query.where(Feature.index.in_(list(indices)))
+            query = query.where(_index_in(indices))
         with self.session() as s:
             return [_feature_info(f, name) for f, name in s.execute(query).all()]
 
@@ -680,7 +687,7 @@ class Store:
         if max_failures is not None:
             query = query.where(Feature.failures < max_failures)
         if indices is not None:
-            query = query.where(Feature.index.in_(list(indices)))
+            query = query.where(_index_in(indices))
         return query.order_by(Feature.index)
 
     def _ids(self, query, limit: int | None) -> list[int]:
@@ -1287,6 +1294,25 @@ class Store:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _index_in(indices: Sequence[int]):
+    """`features.index IN (...)` for any number of indices: ranges where contiguous, and
+    literals otherwise, so PostgreSQL's 65,535-parameter limit never applies."""
+    ordered = sorted(set(indices))
+    runs: list[tuple[int, int]] = []
+    for i in ordered:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    if not runs:
+        return false()
+    if len(runs) <= 50:
+        return or_(
+            *(Feature.index.between(a, b) if a != b else Feature.index == a for a, b in runs)
+        )
+    return Feature.index.in_(bindparam("indices", ordered, expanding=True, literal_execute=True))
 
 
 def _window_hash(token_ids: Sequence[int]) -> str:

@@ -501,3 +501,21 @@ def test_incremental_work_queries(store):
         store.current_explanation(ids[2]).id, "simulation", 0.5, simulator_model="other", prompt=sim
     )
     assert store.features_to_score(source, simulator_model="sim", prompt=sim) == [ids[2], ids[3]]
+
+
+def test_large_feature_batches_and_selections(store):
+    """Past PostgreSQL's 65,535 bound parameters: ranges and scattered indices alike."""
+    source, _ = make_source(store, width=70_000)
+    store.write_mined_features(
+        source, [MinedFeature(i, 1.0, 0.1, 0.1, 10, None) for i in range(70_000)]
+    )
+    assert len(store.features(source, indices=range(0, 70_000))) == 70_000
+    scattered = list(range(0, 70_000, 3))
+    assert len(store.features(source, indices=scattered)) == len(scattered)
+    prompt = PromptRef("p", "1", "h")
+    assert len(
+        store.features_to_explain(source, model="m", prompt=prompt, indices=scattered)
+    ) == len(scattered)
+    store.write_mined_features(
+        source, [MinedFeature(i, 1.0, 0.1, 0.1, 10, None) for i in range(70_000)]
+    )
