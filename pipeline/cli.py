@@ -37,21 +37,6 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- mining (gloss mine)
 
 
-def _feature_range(text: str | None) -> range | None:
-    """`0:512` -> range(0, 512); `7` -> range(7, 8); None -> all features."""
-    if text is None:
-        return None
-    start, colon, stop = text.partition(":")
-    try:
-        if not colon:
-            return range(int(start), int(start) + 1)
-        return range(int(start or 0), int(stop))
-    except ValueError:
-        from store.errors import InputError
-
-        raise InputError(f"bad --features {text!r}: use START:STOP (0:512) or one index") from None
-
-
 def cmd_mine(args: argparse.Namespace) -> int:
     import time
 
@@ -62,7 +47,9 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from store import open_store
 
     started = time.perf_counter()
-    features = _feature_range(args.features)
+    from pipeline.config import parse_features
+
+    features = parse_features(args.features)
     mining = MiningConfig(top_explain=args.top_k, batch_size=args.batch_size, seed=args.seed)
     corpus_config = CorpusConfig(
         paths=tuple(args.corpus or [DEFAULT_CORPUS]),
@@ -128,28 +115,12 @@ def add_mine_parser(sub) -> None:
 # ---------------------------------------------------------------- explain / score / llm (issue 4)
 
 
-def parse_indices(spec: str) -> list[int]:
-    """Feature indices from `0:100` (half-open), `7`, or a comma list of both."""
-    from store import InputError
-
-    indices: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            if ":" in part:
-                start, _, stop = part.partition(":")
-                indices.extend(range(int(start or 0), int(stop)))
-            elif part:
-                indices.append(int(part))
-        except ValueError:
-            raise InputError(f"bad feature selector {part!r}: use 0:100, 7 or 1,2,5:9") from None
-    return indices
-
-
 def select_features(store, args: argparse.Namespace) -> list[int]:
     """Mined feature ids matching --source, --features and --limit, in id order."""
     source_id = store.source(args.source).id if args.source else None
-    indices = parse_indices(args.features) if args.features else None
+    from pipeline.config import parse_features
+
+    indices = parse_features(args.features)
     ids = [f.id for f in store.features(source_id, status="mined", indices=indices)]
     return ids[: args.limit] if args.limit else ids
 

@@ -43,7 +43,9 @@ def parse_features(spec: str | None) -> list[int] | None:
             elif part:
                 indices.add(int(part))
         except ValueError:
-            raise InputError(f"bad feature selector {part!r}: use 0:100, 7 or 1,2,5:9") from None
+            raise InputError(
+                f"bad --features {part!r} (or [subject] features): use 0:100, 7 or 1,2,5:9"
+            ) from None
     return sorted(indices)
 
 
