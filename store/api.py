@@ -937,7 +937,9 @@ class Store:
         (True) or without (False) a review. `order` is rank (text relevance, else
         score), score (best first), -score (worst first) or id. Every word must
         match (stemmed); any query string is safe: it is reduced to words before
-        it reaches FTS5 or tsquery.
+        it reaches FTS5 or tsquery. Relevance is bm25 on SQLite and ts_rank on
+        PostgreSQL; on SQLite, words found in more than half of all labels give
+        bm25 nothing to rank by, so such a query is ordered by score.
 
         Page with `after=row.cursor` of the last row seen (keyset paging: every
         page costs the same at 100,000 features) or with `offset` (fine for text
@@ -945,13 +947,14 @@ class Store:
         """
         if order not in SEARCH_ORDERS:
             raise InputError(f"unknown order {order!r}: use rank, score, -score or id")
-        stmt, rank = self._feature_rows(query)
-        stmt = _filter_rows(stmt, min_score, max_score, source, status, reviewed)
-        if rank is not None and order == "rank":
+        words = _WORD.findall(query or "")
+        filters = (min_score, max_score, source, status, reviewed)
+        if words and order == "rank":
             if after is not None:
                 raise InputError("text-ranked results page by offset, not by cursor")
-            stmt = stmt.order_by(rank, Feature.id)
-        elif order in ("score", "rank"):
+            return self._ranked(words, filters, limit, offset, self._uninformative(words))
+        stmt = _filter_rows(self._feature_rows(words), *filters)
+        if order in ("score", "rank"):
             stmt = _after(stmt, after, descending=True)
             stmt = stmt.order_by(Explanation.score.desc().nulls_last(), Feature.id)
         elif order == "-score":
@@ -964,6 +967,97 @@ class Store:
         stmt = stmt.limit(limit).offset(offset)
         with self.session() as s:
             return [_feature_row(row) for row in s.execute(stmt).all()]
+
+    def _ranked(
+        self, words: list[str], filters: tuple, limit: int, offset: int, by_score: bool
+    ) -> list[FeatureRow]:
+        """Rank the matching labels first, then join and filter only the best of them.
+
+        Ranking label ids alone is several times cheaper than ranking joined rows.
+        When labels that are no longer current, or the filters, leave too few of the
+        best, the ranking is redone over all matches, so results are always exact.
+        """
+        for k in (max(4 * (offset + limit), 200), None):
+            hits, order = self._text_hits(words, k, by_score)
+            stmt = (
+                self._feature_rows([], labeled=True)
+                .join(hits, hits.c.id == Explanation.id)
+                .order_by(*order)
+                .limit(limit)
+                .offset(offset)
+            )
+            with self.session() as s:
+                rows = [_feature_row(row) for row in s.execute(_filter_rows(stmt, *filters))]
+            if len(rows) == limit:
+                break
+        return rows
+
+    def _text_hits(self, words: list[str], k: int | None, by_score: bool):
+        """The best `k` labels containing every word, as a subquery (id, rank) and its order.
+
+        Relevance is bm25 (SQLite) or ts_rank (PostgreSQL); `by_score` orders by label
+        score instead. On SQLite the hits may include labels that are no longer
+        current: FTS5 ranks faster alone than joined, and the caller's join drops them.
+        """
+        params = self._match_params(words)
+        if by_score:  # SQLite only; this order walks ix_explanations_status_score backwards
+            sql = (
+                "SELECT id, score AS rank FROM explanations "
+                "WHERE status IN ('proposed', 'accepted') "
+                f"AND id IN ({self._matching_sql}) ORDER BY score DESC, id DESC"
+            )
+        elif self.dialect == "sqlite":
+            sql = (
+                "SELECT rowid AS id, bm25(explanations_fts) AS rank FROM explanations_fts "
+                "WHERE explanations_fts MATCH :match ORDER BY rank, rowid"
+            )
+        else:
+            sql = (
+                "SELECT id, ts_rank(search_vector, q) AS rank "
+                "FROM explanations, websearch_to_tsquery('english', :words) AS q "
+                "WHERE search_vector @@ q AND status IN ('proposed', 'accepted') "
+                "ORDER BY rank DESC, id"
+            )
+        if k is not None:
+            sql += " LIMIT :k"
+            params["k"] = k
+        hits = text(sql).bindparams(**params).columns(id=Integer, rank=Float).subquery("hits")
+        if by_score:
+            return hits, (hits.c.rank.desc(), hits.c.id.desc())
+        if self.dialect == "sqlite":
+            return hits, (hits.c.rank, hits.c.id)
+        return hits, (hits.c.rank.desc(), hits.c.id)
+
+    @property
+    def _matching_sql(self) -> str:
+        """Ids of labels containing every word; its parameters come from `_match_params`."""
+        if self.dialect == "sqlite":
+            return "SELECT rowid FROM explanations_fts WHERE explanations_fts MATCH :match"
+        return (
+            "SELECT id FROM explanations "
+            "WHERE search_vector @@ websearch_to_tsquery('english', :words)"
+        )
+
+    def _match_params(self, words: Sequence[str]) -> dict[str, Any]:
+        if self.dialect == "sqlite":
+            return {"match": _fts_match(words)}
+        return {"words": " ".join(words)}
+
+    def _uninformative(self, words: list[str]) -> bool:
+        """True when the words are in more than half of all labels (SQLite only).
+
+        bm25 then gives every word an IDF of ~0: relevance cannot tell the matches
+        apart, and ranking tens of thousands of them costs tens of milliseconds, so
+        such a query is ordered by score instead.
+        """
+        if self.dialect != "sqlite":
+            return False
+        with self.session() as s:
+            matches = s.scalar(
+                text(f"SELECT count(*) FROM ({self._matching_sql})"), self._match_params(words)
+            )
+            total = s.scalar(select(func.count()).select_from(Explanation))
+        return 2 * (matches or 0) > (total or 0)
 
     def next_to_review(self, *, source: str | None = None, skip: int = 0) -> FeatureRow | None:
         """The review queue's head: a labeled, never-reviewed feature, lowest score first.
@@ -997,12 +1091,19 @@ class Store:
                 stmt = stmt.where(has_review if reviewed else ~has_review)
             with self.session() as s:
                 return s.scalar(stmt) or 0
-        stmt, _ = self._feature_rows(query)
-        stmt = _filter_rows(stmt, min_score, max_score, source, status, reviewed)
+        stmt = _filter_rows(
+            self._feature_rows(_WORD.findall(query or "")),
+            min_score,
+            max_score,
+            source,
+            status,
+            reviewed,
+        )
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
 
-    def _feature_rows(self, query: str):
+    def _feature_rows(self, words: Sequence[str], *, labeled: bool = False):
+        """Every feature with its current label, kept to labels containing all `words`."""
         stmt = (
             select(
                 Feature.id,
@@ -1019,36 +1120,22 @@ class Store:
             )
             .select_from(Feature)
             .join(FeatureSource, FeatureSource.id == Feature.source_id)
-            .outerjoin(
+            .join(
                 Explanation,
                 (Explanation.feature_id == Feature.id) & Explanation.status.in_(CURRENT_STATUSES),
+                isouter=not labeled,
             )
         )
-        words = _WORD.findall(query or "")
         if not words:
-            return stmt, None
-        if self.dialect == "sqlite":
-            match = " ".join(f'"{w}"' for w in words)
-            fts = (
-                text(
-                    "SELECT rowid AS id, bm25(explanations_fts) AS rank FROM explanations_fts "
-                    "WHERE explanations_fts MATCH :match"
-                )
-                .bindparams(match=match)
-                .columns(id=Integer, rank=Float)
-                .subquery("fts")
-            )
-            stmt = stmt.join(fts, fts.c.id == Explanation.id)
-            return stmt, fts.c.rank
-        tsquery = func.websearch_to_tsquery("english", " ".join(words))
-        vector = func.to_tsvector("english", Explanation.text)
-        stmt = stmt.where(vector.op("@@")(tsquery))
-        return stmt, func.ts_rank(vector, tsquery).desc()
+            return stmt
+        matching = text(self._matching_sql).bindparams(**self._match_params(words))
+        return stmt.where(Explanation.id.in_(matching.columns(id=Integer)))
 
     def current_labels(self, source_id: int) -> dict[int, FeatureRow]:
         """Every feature of a source that has a current label, by feature index."""
-        stmt, _ = self._feature_rows("")
-        stmt = stmt.where(Feature.source_id == source_id, Explanation.id.is_not(None))
+        stmt = self._feature_rows([]).where(
+            Feature.source_id == source_id, Explanation.id.is_not(None)
+        )
         with self.session() as s:
             return {row.index: row for row in map(_feature_row, s.execute(stmt).all())}
 
@@ -1450,6 +1537,11 @@ def _feature_info(f: Feature, source_name: str) -> FeatureInfo:
 
 def _feature_row(row) -> FeatureRow:
     return FeatureRow(*row)
+
+
+def _fts_match(words: Sequence[str]) -> str:
+    """An FTS5 query that requires every word, each quoted so no word is syntax."""
+    return " ".join(f'"{w}"' for w in words)
 
 
 def _score_info(sc: Score) -> ScoreInfo:

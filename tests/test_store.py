@@ -219,6 +219,53 @@ def test_search_ranks_better_matches_first(store):
     assert [h.label for h in store.search("", order="score")][0] == texts[4]
 
 
+def labeled_features(store, hook, texts, scores=None):
+    """One mined feature per text on its own source, labeled with it; returns the source name."""
+    subject = store.get_or_create_subject("tiny", "/models/tiny", "rev1", "bert")
+    source = store.get_or_create_source(subject, hook, "neurons", len(texts), "p0")
+    store.write_mined_features(
+        source, [MinedFeature(i, 1.0, 0.1, 0.1, 10, None, []) for i in range(len(texts))]
+    )
+    for i, (feature, text_) in enumerate(zip(store.features(source), texts, strict=True)):
+        label(store, feature.id, text_, score=None if scores is None else scores[i])
+    return f"tiny/{hook}/neurons"
+
+
+def test_ranked_search_stays_exact_when_filters_drop_the_best_matches(store):
+    """Search ranks a few hundred best matches before joining; filters must not lose rows."""
+    best = labeled_features(store, "layer.0.mlp", [f"apple {i}" for i in range(250)])
+    rest = labeled_features(
+        store, "layer.1.mlp", [f"apple pie and crumble number {i} of many" for i in range(40)]
+    )
+    labeled_features(store, "layer.2.mlp", [f"pear {i}" for i in range(300)])
+    everything = store.search("apple", limit=1000)
+    assert len(everything) == 290
+    assert {r.source for r in everything[:250]} == {best}  # shorter labels rank first
+    wanted = [r for r in everything if r.source == rest]
+    assert store.search("apple", source=rest, limit=10) == wanted[:10]
+    assert store.search("apple", source=rest, limit=10, offset=35) == wanted[35:]
+    pages = [store.search("apple", limit=100, offset=o) for o in (0, 100, 200)]
+    assert [r for page in pages for r in page] == everything
+    relabeled = everything[0].feature_id
+    label(store, relabeled, "no longer about fruit")
+    assert relabeled not in {r.feature_id for r in store.search("apple", limit=1000)}
+    assert len(store.search("apple", limit=1000)) == 289
+
+
+def test_words_in_most_labels_are_ordered_by_score(store):
+    """On SQLite, bm25 gives words in more than half of all labels an IDF of ~0."""
+    if store.dialect != "sqlite":
+        pytest.skip("PostgreSQL ranks by ts_rank, which has no IDF; its ranking stands")
+    source = labeled_features(
+        store,
+        "layer.0.mlp",
+        ["the token a", "the token b", "the token c", "months"],
+        scores=[0.2, 0.9, None, 0.5],
+    )
+    assert [r.label for r in store.search("token")] == ["the token b", "the token a", "the token c"]
+    assert store.search("token", source=source, limit=1)[0].label == "the token b"
+
+
 def test_search_only_sees_current_labels(store):
     source, subject = make_source(store)
     ids = mine(store, source, subject)
