@@ -139,6 +139,7 @@ class Reservoir:
 
     Slots are unordered: a batch's winners overwrite exactly the slots they evict, so
     the work per batch is proportional to how many windows enter, not to the reservoir.
+    While every row still has room for a whole batch, the batch is appended as a block.
     """
 
     def __init__(self, n_features: int, size: int, ctx_len: int, device: torch.device):
@@ -147,21 +148,39 @@ class Reservoir:
         self.maxes = torch.zeros((n_features, size), device=device)
         self.windows = torch.full((n_features, size), -1, dtype=torch.long, device=device)
         self.acts = torch.zeros((n_features, size, ctx_len), dtype=torch.float16, device=device)
+        self.filled = 0  # slots taken by whole-batch appends; merges take over after
 
     def update(
-        self, keys: torch.Tensor, maxes: torch.Tensor, acts: torch.Tensor, window_ids: torch.Tensor
+        self,
+        keys: torch.Tensor,
+        maxes: torch.Tensor,
+        strips: torch.Tensor,
+        window_ids: torch.Tensor,
     ) -> None:
-        """Merge a batch: keys and maxes [F, B], acts [B, T, F], window_ids [B]."""
+        """Merge a batch: keys and maxes [F, B], strips [B, F, T] float16, window_ids [B]."""
         if self.size == 0:
             return
+        n_features, batch = keys.shape
+        if self.filled + batch <= self.size:  # windows with key -inf are evicted first later
+            block = slice(self.filled, self.filled + batch)
+            self.keys[:, block] = keys
+            self.maxes[:, block] = maxes
+            self.windows[:, block] = window_ids
+            self.acts[:, block, : strips.shape[2]] = strips.transpose(0, 1)
+            self.filled += batch
+            return
+        self.filled = self.size
         floor = self.keys.amin(dim=1, keepdim=True)
         if not (keys > floor).any():
             return
-        winners = torch.cat([self.keys, keys], dim=1).topk(self.size, dim=1).indices
-        n_features = keys.shape[0]
-        chosen = torch.zeros(n_features, self.size + keys.shape[1], dtype=torch.bool,
-                             device=keys.device)  # fmt: skip
-        chosen.scatter_(1, winners, True)
+        merged = torch.cat([self.keys, keys], dim=1)
+        # Mark whichever side is smaller, the kept or the evicted: topk costs grow with k.
+        if self.size <= batch:
+            chosen = torch.zeros(merged.shape, dtype=torch.bool, device=keys.device)
+            chosen.scatter_(1, merged.topk(self.size, dim=1).indices, True)
+        else:
+            chosen = torch.ones(merged.shape, dtype=torch.bool, device=keys.device)
+            chosen.scatter_(1, merged.topk(batch, dim=1, largest=False).indices, False)
         # Row-major nonzero pairs each row's evicted slots with its entering windows.
         rows, slots = (~chosen[:, : self.size]).nonzero(as_tuple=True)
         new_rows, columns = chosen[:, self.size :].nonzero(as_tuple=True)
@@ -170,10 +189,10 @@ class Reservoir:
         self.keys[rows, slots] = keys[new_rows, columns]
         self.maxes[rows, slots] = maxes[new_rows, columns]
         self.windows[rows, slots] = window_ids[columns]
-        width = acts.shape[1]
+        width = strips.shape[2]
         if width < self.acts.shape[2]:
             self.acts[rows, slots] = 0
-        self.acts[rows, slots, :width] = acts[columns, :, rows].half()
+        self.acts[rows, slots, :width] = strips[columns, rows]
 
 
 class FeatureMiner:
@@ -202,26 +221,28 @@ class FeatureMiner:
         padded = not bool(valid.all())
         masked = acts.masked_fill(~valid[..., None], -math.inf) if padded else acts
         window_max = masked.amax(dim=1).T.contiguous()  # [F, B]
-        self.top.update(window_max, window_max, acts, window_ids)
+        # Each feature's activations along a window, contiguous: reservoirs copy whole strips.
+        strips = acts.transpose(1, 2).to(torch.float16, memory_format=torch.contiguous_format)
+        self.top.update(window_max, window_max, strips, window_ids)
         if self.pool.size:
             keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
             keys = keys.masked_fill(window_max <= 0, -math.inf)
-            self.pool.update(keys, window_max, acts, window_ids)
+            self.pool.update(keys, window_max, strips, window_ids)
         if self.random.size:
             keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
-            self.random.update(keys, window_max, acts, window_ids)
-        self.max = torch.maximum(self.max, window_max.amax(dim=1))
+            self.random.update(keys, window_max, strips, window_ids)
+        batch_max = window_max.amax(dim=1)
+        self.max = torch.maximum(self.max, batch_max)
         flat = masked.reshape(-1, n_features)
         summed = acts.masked_fill(~valid[..., None], 0) if padded else acts
         ones = torch.ones(1, flat.shape[0], device=acts.device, dtype=acts.dtype)
         self.sum += (ones @ summed.reshape(-1, n_features))[0].double()  # a GEMV: fastest sum
         positive = flat > 0
         self.tokens += int(valid.sum())
-        self._histogram(flat, positive)
+        self._histogram(flat, positive, batch_max)
 
-    def _histogram(self, flat: torch.Tensor, positive: torch.Tensor) -> None:
+    def _histogram(self, flat: torch.Tensor, positive: torch.Tensor, batch_max: torch.Tensor):
         """Count positive activations into bins of [0, hist_top], doubling hist_top as needed."""
-        batch_max = flat.amax(dim=0)
         fresh = (self.hist_top == 0) & (batch_max > 0)
         self.hist_top[fresh] = torch.exp2(torch.ceil(torch.log2(batch_max[fresh])))
         while True:
@@ -231,14 +252,13 @@ class FeatureMiner:
             halves = self.hist[grow].view(-1, self.bins // 2, 2).sum(dim=2)
             self.hist[grow] = torch.cat([halves, torch.zeros_like(halves)], dim=1)
             self.hist_top[grow] *= 2
-        n_features = flat.shape[1]
         scale = self.bins / self.hist_top.clamp(min=1e-30)
-        # Bin index plus the feature's offset, in float then truncated once: fewer passes.
-        index = (flat * scale).clamp_(max=self.bins - 0.5)
-        index += torch.arange(n_features, device=flat.device) * float(self.bins)
-        index.masked_fill_(~positive, n_features * self.bins)  # non-positive: a dropped bin
-        counts = torch.bincount(index.view(-1).int(), minlength=n_features * self.bins + 1)
-        self.hist += counts[:-1].view(n_features, self.bins)
+        # Only positive activations are counted: gather them first (a fifth of all, or less).
+        tokens, features = positive.nonzero(as_tuple=True)
+        index = (flat[tokens, features] * scale[features]).clamp_(max=self.bins - 0.5).long()
+        index += features * self.bins
+        counts = torch.bincount(index, minlength=flat.shape[1] * self.bins)
+        self.hist += counts.view(flat.shape[1], self.bins)
 
     def histogram(self, f: int) -> dict[str, Any] | None:
         counts = self.hist[f].tolist()

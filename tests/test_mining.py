@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from pipeline.cli import main
 from pipeline.corpus import Corpus, CorpusConfig
-from pipeline.mining import MiningConfig, feature_activations, mine
+from pipeline.mining import FeatureMiner, MiningConfig, Reservoir, feature_activations, mine
 from pipeline.sources import load_source
 from store import open_store
 from store.models import Example, Window
@@ -128,6 +128,50 @@ def test_mining_matches_brute_force(minilm, corpus_dir, sqlite_store):
     run = sqlite_store.run(result.run_id)
     assert run.status == "done" and run.counts["features"] == 40
     assert run.config["corpus"]["ctx_len"] == 16 and run.config["mining"]["top_explain"] == 4
+
+
+@pytest.mark.parametrize("size", [3, 8, 20])
+def test_reservoir_keeps_the_largest_keys_with_their_strips(size):
+    """Block appends while there is room, then merges: always the top `size` keys per row."""
+    g = torch.Generator().manual_seed(size)
+    n_features, ctx = 5, 6
+    reservoir = Reservoir(n_features, size, ctx, torch.device("cpu"))
+    seen_keys, seen_strips, start = [], [], 0
+    for batch, width in [(4, 6), (4, 6), (7, 5), (1, 6), (9, 6), (4, 3)]:
+        keys = torch.rand(n_features, batch, generator=g)
+        keys[keys < 0.2] = -torch.inf  # windows that may not enter, as in the quantile pool
+        strips = torch.randn(batch, n_features, width, generator=g).half()
+        reservoir.update(keys, keys * 10, strips, torch.arange(start, start + batch))
+        start += batch
+        seen_keys.append(keys)
+        seen_strips.append(torch.nn.functional.pad(strips, (0, ctx - width)))
+    all_keys, all_strips = torch.cat(seen_keys, dim=1), torch.cat(seen_strips)
+    for f in range(n_features):
+        kept = reservoir.keys[f] > -torch.inf
+        expected = all_keys[f][all_keys[f] > -torch.inf].sort(descending=True).values[:size]
+        assert torch.equal(reservoir.keys[f][kept].sort(descending=True).values, expected)
+        for slot in kept.nonzero().flatten().tolist():
+            window = int(reservoir.windows[f, slot])
+            assert reservoir.keys[f, slot] == all_keys[f, window]
+            assert reservoir.maxes[f, slot] == all_keys[f, window] * 10
+            assert torch.equal(reservoir.acts[f, slot], all_strips[window, f])
+
+
+def test_histogram_counts_every_positive_activation_in_its_bin():
+    g = torch.Generator().manual_seed(0)
+    miner = FeatureMiner(3, 8, MiningConfig(histogram_bins=8))
+    batches = [torch.randn(4, 8, 3, generator=g) * scale for scale in (0.5, 1, 4, 2)]
+    for i, acts in enumerate(batches):  # the range grows: bins double and merge
+        valid = torch.ones(4, 8, dtype=torch.bool)
+        valid[0, 5:] = False
+        miner.update(acts, valid, torch.arange(4 * i, 4 * i + 4))
+    for f in range(3):
+        values = torch.cat([torch.cat([a[1:, :, f].flatten(), a[0, :5, f]]) for a in batches])
+        positive = values[values > 0].double().numpy()
+        hist = miner.histogram(f)
+        assert np.allclose(np.diff(hist["edges"]), hist["edges"][1])  # equal-width bins
+        assert hist["counts"] == np.histogram(positive, bins=hist["edges"])[0].tolist()
+        assert hist["edges"][-1] >= positive.max() > hist["edges"][-2]
 
 
 def test_quantiles_span_the_active_range(minilm, corpus_dir, sqlite_store):
