@@ -1013,10 +1013,9 @@ class Store:
             )
         else:
             sql = (
-                "SELECT id, ts_rank(search_vector, q) AS rank "
-                "FROM explanations, websearch_to_tsquery('english', :words) AS q "
-                "WHERE search_vector @@ q AND status IN ('proposed', 'accepted') "
-                "ORDER BY rank DESC, id"
+                "SELECT explanation_id AS id, ts_rank(search_vector, q) AS rank "
+                "FROM label_search, websearch_to_tsquery('english', :words) AS q "
+                "WHERE search_vector @@ q ORDER BY rank DESC, id"
             )
         if k is not None:
             sql += " LIMIT :k"
@@ -1034,7 +1033,7 @@ class Store:
         if self.dialect == "sqlite":
             return "SELECT rowid FROM explanations_fts WHERE explanations_fts MATCH :match"
         return (
-            "SELECT id FROM explanations "
+            "SELECT explanation_id FROM label_search "
             "WHERE search_vector @@ websearch_to_tsquery('english', :words)"
         )
 

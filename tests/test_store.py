@@ -273,6 +273,12 @@ def test_search_only_sees_current_labels(store):
     label(store, ids[1], "cherries")
     assert store.search("bananas") == []
     assert store.search("cherries")[0].feature_id == ids[1]
+    store.review(ids[1], "accept", "ann")
+    assert [r.label_status for r in store.search("cherries")] == ["accepted"]
+    store.review(ids[1], "edit", "ann", text="sour cherries")
+    assert [r.label for r in store.search("cherries")] == ["sour cherries"]
+    store.review(ids[1], "reject", "ann")
+    assert store.search("cherries") == [] and store.count("cherries") == 0
 
 
 def test_nasty_search_strings_never_raise(store):
