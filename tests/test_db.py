@@ -8,10 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from pipeline.cli import main
-from store import DatabaseError, SchemaAheadError, SchemaBehindError, db, open_store
+from store import (
+    DatabaseError,
+    MinedFeature,
+    PromptRef,
+    SchemaAheadError,
+    SchemaBehindError,
+    db,
+    open_store,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +74,30 @@ def test_upgrade_from_empty_to_head_and_back(db_url):
     assert db.current_revision(db_url) is None
     db.upgrade(db_url)
     assert db.current_revision(db_url) == db.head_revision()
+
+
+@pytest.mark.empty_database
+def test_labels_survive_a_downgrade_and_upgrade_of_each_revision(db_url):
+    """Revisions apply to databases holding labels: 0002 reindexes them on PostgreSQL."""
+    with open_store(db_url) as store:
+        subject = store.get_or_create_subject("s", "/s", "r", "bert")
+        source = store.get_or_create_source(subject, "layer.0.mlp", "neurons", 2, "p")
+        store.write_mined_features(
+            source, [MinedFeature(i, 1.0, 0.1, 0.1, 1, None, []) for i in (0, 1)]
+        )
+        first, second = (f.id for f in store.features(source))
+        prompt = PromptRef("explain", "1", "h")
+        store.add_explanation(
+            first, "old apples", author_kind="model", author_name="m", prompt=prompt
+        )
+        store.add_explanation(second, "apples", author_kind="model", author_name="m", prompt=prompt)
+        store.review(second, "reject", "ann")
+    script = ScriptDirectory.from_config(db._alembic_config())
+    for revision in [r.revision for r in script.walk_revisions()][1:]:  # all but head
+        db.downgrade(db_url, revision)
+        db.upgrade(db_url)
+        with open_store(db_url) as store:
+            assert [r.label for r in store.search("apples")] == ["old apples"], revision
 
 
 @pytest.mark.empty_database
