@@ -39,31 +39,49 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 def cmd_mine(args: argparse.Namespace) -> int:
     import time
+    from dataclasses import replace
 
-    from pipeline.corpus import DEFAULT_CORPUS, Corpus, CorpusConfig
-    from pipeline.mining import MiningConfig, mine
+    from pipeline.config import DEFAULT_PATH, parse_features
+    from pipeline.corpus import Corpus
+    from pipeline.mining import mine
     from pipeline.sources import load_source
     from pipeline.subjects import load_subject
     from store import open_store
 
     started = time.perf_counter()
-    from pipeline.config import parse_features
-
-    features = parse_features(args.features)
-    mining = MiningConfig(top_explain=args.top_k, batch_size=args.batch_size, seed=args.seed)
-    corpus_config = CorpusConfig(
-        paths=tuple(args.corpus or [DEFAULT_CORPUS]),
-        field=args.field,
-        ctx_len=args.ctx_len,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
+    config = _stage_config(args)
+    s = replace(
+        config.subject,
+        **_given(
+            model=args.model,
+            gguf_file=args.gguf_file,
+            hook=args.hook,
+            source=args.source,
+            device=args.device,
+        ),
     )
-    subject = load_subject(args.model, gguf_file=args.gguf_file, device=args.device)
-    source = load_source(args.source, subject.hook_width(args.hook))
+    # The settings file's selector is what `gloss run` mines; without a file, all features.
+    has_file = args.config is not None or DEFAULT_PATH.exists()
+    features = parse_features(args.features or (s.features if has_file else None))
+    mining = replace(
+        config.mining, **_given(top_explain=args.top_k, batch_size=args.batch_size, seed=args.seed)
+    )
+    corpus_config = replace(
+        config.corpus,
+        **_given(
+            paths=tuple(args.corpus) if args.corpus else None,
+            field=args.field,
+            ctx_len=args.ctx_len,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+        ),
+    )
+    subject = load_subject(s.model, gguf_file=s.gguf_file, device=s.device)
+    source = load_source(s.source, subject.hook_width(s.hook))
     store = open_store(args.database)
     corpus = Corpus(corpus_config, subject.encode)
     result = mine(
-        store, subject, source, args.hook, corpus, mining, features,
+        store, subject, source, s.hook, corpus, mining, features,
         force=args.force, progress=not args.json,
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -91,22 +109,21 @@ def cmd_mine(args: argparse.Namespace) -> int:
 def add_mine_parser(sub) -> None:
     p = sub.add_parser("mine", help="find the top, quantile and random contexts of features")
     p.add_argument(
-        "--model", default="minilm", help="minilm, gemma-3-270m, a folder, .gguf or hub id"
+        "--config", help="settings file (default ./gloss.toml if present); flags override it"
     )
-    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
-    p.add_argument("--hook", required=True, help="layer.N.mlp or layer.N.resid")
-    p.add_argument(
-        "--source", default="neurons", help="neurons, sae:FOLDER, dictionary:FOLDER or FOLDER"
-    )
-    p.add_argument("--features", default=None, help="START:STOP (default: all)")
+    p.add_argument("--model", help="minilm (default), gemma-3-270m, a folder, .gguf or hub id")
+    p.add_argument("--gguf-file", help="GGUF file name inside --model's folder")
+    p.add_argument("--hook", help="layer.N.mlp or layer.N.resid (default layer.3.mlp)")
+    p.add_argument("--source", help="neurons (default), sae:FOLDER, dictionary:FOLDER or FOLDER")
+    p.add_argument("--features", help="START:STOP, 7 or 1,2,5:9 (default: all)")
     p.add_argument("--corpus", action="append", help="file, folder or glob (repeatable)")
-    p.add_argument("--field", default="text", help="text field of JSONL/Parquet records")
-    p.add_argument("--ctx-len", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=None)
-    p.add_argument("--top-k", type=int, default=20, help="top windows to explain from")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--field", help="text field of JSONL/Parquet records (text)")
+    p.add_argument("--ctx-len", type=int, help="tokens per window (64)")
+    p.add_argument("--max-tokens", type=int, help="cap on corpus tokens read")
+    p.add_argument("--top-k", type=int, help="top windows to explain from (20)")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass (32)")
+    p.add_argument("--seed", type=int, help="sampling seed (0)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:1, mps")
     p.add_argument("--force", action="store_true", help="mine again features already mined")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_mine)
@@ -125,24 +142,40 @@ def select_features(store, args: argparse.Namespace) -> list[int]:
     return ids[: args.limit] if args.limit else ids
 
 
-def _llm_config(args: argparse.Namespace):
-    from pipeline.llm import EndpointConfig, LLMConfig
+def _stage_config(args: argparse.Namespace):
+    """Settings for mine, explain and score: --config or ./gloss.toml, then the environment;
+    the caller lays the flags that were given on top."""
+    from pipeline import config as cfg
 
-    def endpoint(model: str | None, url: str | None, api: str | None) -> EndpointConfig:
-        base = EndpointConfig()
-        return EndpointConfig(
-            model=model or args.model or base.model,
-            base_url=url or args.base_url,
-            api=api or args.api or base.api,
-            concurrency=args.concurrency,
-            timeout_s=args.timeout,
-            price_in=args.price_in,
-            price_out=args.price_out,
-        )
+    return cfg.load(args.config, template_if_missing=False)
 
+
+def _given(**flags) -> dict:
+    return {name: value for name, value in flags.items() if value is not None}
+
+
+def _llm_config(args: argparse.Namespace, config):
+    """The config's [llm.*] endpoints under the flags: --model, --base-url and --api set both
+    roles unless --simulator-* says otherwise; limits and prices apply to both."""
+    from dataclasses import replace
+
+    from pipeline.llm import LLMConfig
+
+    both = _given(
+        model=args.model,
+        base_url=args.base_url,
+        api=args.api,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        price_in=args.price_in,
+        price_out=args.price_out,
+    )
+    simulator = both | _given(
+        model=args.simulator_model, base_url=args.simulator_base_url, api=args.simulator_api
+    )
     return LLMConfig(
-        explainer=endpoint(None, None, None),
-        simulator=endpoint(args.simulator_model, args.simulator_base_url, args.simulator_api),
+        explainer=replace(config.llm.explainer, **both),
+        simulator=replace(config.llm.simulator, **simulator),
     )
 
 
@@ -154,10 +187,12 @@ def _print_summary(summary, as_json: bool) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from pipeline.explainer import ExplainerConfig, baseline_explain, explain_features
-    from pipeline.simulator import SimulatorConfig
+    from dataclasses import replace
+
+    from pipeline.explainer import baseline_explain, explain_features
     from store import open_store
 
+    config = _stage_config(args)
     with open_store(args.database) as store:
         ids = select_features(store, args)
         if not ids:
@@ -166,18 +201,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.baseline:
             summary = baseline_explain(store, ids)
         else:
-            summary = explain_features(
-                store,
-                ids,
-                _llm_config(args),
-                explainer=ExplainerConfig(
+            explainer = replace(
+                config.explainer,
+                **_given(
                     style=args.style,
                     prompt=args.prompt,
                     candidates=args.candidates,
                     max_examples=args.max_examples,
-                    score=not args.no_score,
+                    score=False if args.no_score else None,
                 ),
-                simulator=SimulatorConfig(method=args.method),
+            )
+            summary = explain_features(
+                store,
+                ids,
+                _llm_config(args, config),
+                explainer=explainer,
+                simulator=replace(config.simulator, **_given(method=args.method)),
                 force=args.force,
             )
     _print_summary(summary, args.json)
@@ -185,10 +224,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from pipeline.explainer import score_features
-    from pipeline.simulator import SimulatorConfig
     from store import open_store
 
+    config = _stage_config(args)
     with open_store(args.database) as store:
         ids = select_features(store, args)
         if not ids:
@@ -197,8 +238,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         summary = score_features(
             store,
             ids,
-            _llm_config(args),
-            simulator=SimulatorConfig(method=args.method, prompt=args.simulator_prompt),
+            _llm_config(args, config),
+            simulator=replace(
+                config.simulator, **_given(method=args.method, prompt=args.simulator_prompt)
+            ),
             force=args.force,
             baseline=args.baseline,
         )
@@ -226,6 +269,9 @@ def cmd_llm_serve(args: argparse.Namespace) -> int:
 
 
 def _add_llm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", help="settings file (default ./gloss.toml if present); flags override it"
+    )
     p.add_argument("--source", help="feature source name (see gloss sources); default all")
     p.add_argument("--features", help="feature indices: 0:100, 7 or 1,2,5:9")
     p.add_argument("--limit", type=int, help="at most this many features")
@@ -242,14 +288,13 @@ def _add_llm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         choices=["auto", "logprobs", "integers"],
-        default="auto",
         help="simulation: expected values from logprobs (completions + echo) or JSON "
         "integers; auto picks logprobs, or grammar-constrained integers on the local model",
     )
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight per endpoint")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--price-in", type=float, default=0.0, help="$ per million prompt tokens")
-    p.add_argument("--price-out", type=float, default=0.0, help="$ per million answer tokens")
+    p.add_argument("--concurrency", type=int, help="requests in flight per endpoint (8)")
+    p.add_argument("--timeout", type=float, help="seconds per request (120)")
+    p.add_argument("--price-in", type=float, help="$ per million prompt tokens (0)")
+    p.add_argument("--price-out", type=float, help="$ per million answer tokens (0)")
     p.add_argument("--force", action="store_true", help="redo features that already have it")
     p.add_argument("--baseline", action="store_true", help="the no-LLM baseline labels")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -263,13 +308,12 @@ def add_llm_commands(sub) -> None:
     p.add_argument(
         "--style",
         choices=["auto", "openai", "delphi"],
-        default="auto",
         help="explainer prompt: token<TAB>value listing (openai) or <<marked>> text (delphi); "
         "auto: delphi on the local model, openai elsewhere",
     )
     p.add_argument("--prompt", help="explainer template name or path (default per style)")
-    p.add_argument("--candidates", type=int, default=1, help="best-of-n labels by simulation score")
-    p.add_argument("--max-examples", type=int, default=10, help="explain windows shown")
+    p.add_argument("--candidates", type=int, help="best-of-n labels by simulation score (1)")
+    p.add_argument("--max-examples", type=int, help="explain windows shown (10)")
     p.add_argument("--no-score", action="store_true", help="label only; score later")
     p.set_defaults(func=cmd_explain)
 
@@ -619,13 +663,23 @@ def add_run_commands(sub) -> None:
     p.set_defaults(func=cmd_runs)
 
 
+def _configured_database(path: str | None) -> str | None:
+    """The database a settings file names, so every command opens the one `gloss run` fills."""
+    from pipeline import config as cfg
+
+    if path is None and not cfg.DEFAULT_PATH.exists():
+        return None
+    return cfg.load(path).database
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gloss", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--database",
         "--db",
         default=None,
-        help="SQLAlchemy URL; default $GLOSS_DATABASE_URL or sqlite:///gloss.db",
+        help="SQLAlchemy URL; default $GLOSS_DATABASE_URL, else ./gloss.toml's, else "
+        "sqlite:///gloss.db",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -656,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("httpx", "httpx2", "httpcore", "alembic", "openai"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
+        if args.database is None and args.command not in ("init", "run"):
+            args.database = _configured_database(getattr(args, "config", None))
         return args.func(args)
     except GlossError as error:
         print(f"gloss: {error}", file=sys.stderr)

@@ -100,8 +100,12 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
 }
 
 
-def load(path: str | Path | None = None) -> GlossConfig:
-    """Read `path` (default ./gloss.toml, else the `gloss init` template), then the environment."""
+def load(path: str | Path | None = None, *, template_if_missing: bool = True) -> GlossConfig:
+    """Read `path` (default ./gloss.toml), then the environment.
+
+    Without a file, `gloss run` starts from the `gloss init` template (sized for the
+    bundled models); the single-stage commands start from the dataclass defaults.
+    """
     explicit = path is not None
     path = Path(path) if path is not None else DEFAULT_PATH
     data: dict[str, Any] = {}
@@ -114,7 +118,7 @@ def load(path: str | Path | None = None) -> GlossConfig:
             raise ConfigError(f"{path} is not UTF-8 text") from None
     elif explicit:
         raise ConfigError(f"config file {path} does not exist: create one with gloss init")
-    else:
+    elif template_if_missing:
         data = tomllib.loads(template())  # no gloss.toml: run as `gloss init` would set up
     config = build(GlossConfig, data, str(path))
     for variable, (where, _) in ENVIRONMENT.items():

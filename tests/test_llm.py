@@ -469,6 +469,40 @@ def test_cli_explain_and_score(sqlite_url, server, capsys):
     assert "no feature source 'nope'" in capsys.readouterr().err
 
 
+def test_cli_takes_database_and_endpoints_from_gloss_toml(tmp_path, server, monkeypatch, capsys):
+    """gloss.toml, then the environment, then flags: explain, score and search agree on it."""
+    from pipeline.cli import main
+    from store import open_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GLOSS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path}/team.db"
+    with open_store(url) as store:
+        token_features(store, WORDS)
+    (tmp_path / "gloss.toml").write_text(
+        f'database = "{url}"\n'
+        f'[llm.explainer]\nmodel = "scripted"\nbase_url = "{server.base_url}"\n'
+        f'[llm.simulator]\nmodel = "scripted-sim"\nbase_url = "{server.base_url}"\n'
+        '[explainer]\nstyle = "delphi"\n'
+    )
+    assert main(["explain", "--features", "0:2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["explained"] == summary["scored"] == 2
+    models = {r["model"] for r in server.requests}
+    assert models == {"scripted", "scripted-sim"}, "each role's endpoint comes from the file"
+    explain_prompts = [r["prompt"] for r in server.requests if r["model"] == "scripted"]
+    assert explain_prompts and all("<<" in p for p in explain_prompts), "[explainer] style"
+    assert not (tmp_path / "gloss.db").exists(), "the file's database, not ./gloss.db"
+    assert main(["search", "token", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    server.requests.clear()
+    assert main(["score", "--features", "0:2", "--force", "--simulator-model", "flag"]) == 0
+    assert {r["model"] for r in server.requests} == {"flag"}, "a flag beats the file"
+    monkeypatch.setenv("GLOSS_DATABASE_URL", f"sqlite:///{tmp_path}/other.db")
+    assert main(["db", "upgrade"]) == 0 and (tmp_path / "other.db").exists()
+
+
 def test_copied_worked_example_is_a_failure_not_a_label(sqlite_store, server):
     store = sqlite_store
     _, ids = token_features(store, ["cat"])

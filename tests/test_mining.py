@@ -305,3 +305,25 @@ def test_cli_mine_and_bad_inputs(corpus_dir, tmp_path, capsys):
         assert main(["--database", db, "mine", *extra]) != 0
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_cli_mine_reads_gloss_toml_under_its_flags(corpus_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GLOSS_DATABASE_URL", raising=False)
+    (tmp_path / "gloss.toml").write_text(
+        'database = "sqlite:///mined.db"\n'
+        f'[subject]\nmodel = "minilm"\nhook = "{HOOK}"\nfeatures = "0:2"\n'
+        f'[corpus]\npaths = ["{corpus_dir}"]\nctx_len = 16\nmin_len = 4\n'
+        "[mining]\ntop_explain = 3\n"
+    )
+    assert main(["mine", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["features"] == 2 and summary["source"] == f"minilm/{HOOK}/neurons"
+    with open_store("sqlite:///mined.db") as store:
+        run = store.run(summary["run"])
+        assert run.config["corpus"]["ctx_len"] == 16 and run.config["mining"]["top_explain"] == 3
+    assert main(["mine", "--features", "2:3", "--top-k", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["features"] == 1, "--features beats the file's selector"
+    with open_store("sqlite:///mined.db") as store:
+        assert store.run(summary["run"]).config["mining"]["top_explain"] == 2
