@@ -69,8 +69,8 @@ class RunConfig:
     """What one nightly `gloss run` may do and spend."""
 
     limit: int | None = None  # at most this many features per LLM stage
-    max_llm_tokens: int | None = None  # stop cleanly once prompt + completion tokens reach this
-    max_cost: float | None = None  # stop cleanly at this cost (needs prices in [llm.*])
+    max_llm_tokens: int | None = None  # no call starts that could pass this many tokens
+    max_cost: float | None = None  # likewise for cost (needs prices in [llm.*])
     relabel_human: bool = False  # relabel features whose label a human wrote or accepted
     baseline: bool = True  # store the no-LLM baseline label; current until an LLM label exists
     lock_stale_s: float = 900.0  # a lock without heartbeat this long belongs to a dead run

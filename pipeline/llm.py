@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -110,23 +111,45 @@ class CallStats:
 class Budget:
     """A run's LLM spending limit, shared by every client of the run.
 
-    A call already made is always recorded; once the limit is reached, no new
-    (uncached) call starts and `BudgetExhausted` tells the caller to stop cleanly.
+    A call reserves its worst case before it starts: its prompt tokens, estimated from
+    the prompt's length, plus its max_tokens. No call starts whose reservation, on top
+    of what is spent and what calls in flight have reserved, would pass the limit, so
+    concurrent calls cannot overshoot it together. Once a call is refused,
+    `BudgetExhausted` tells the caller to stop cleanly; calls made are always recorded.
     """
 
     max_tokens: int | None = None
     max_cost: float | None = None
     tokens: int = 0
     cost: float = 0.0
+    reserved_tokens: int = 0
+    reserved_cost: float = 0.0
+    refused: bool = False
 
-    def spend(self, tokens: int, cost: float) -> None:
+    def reserve(self, tokens: int, cost: float) -> None:
+        over = (
+            self.max_tokens is not None
+            and self.tokens + self.reserved_tokens + tokens > self.max_tokens
+        ) or (self.max_cost is not None and self.cost + self.reserved_cost + cost > self.max_cost)
+        if over or self.refused:
+            self.refused = True
+            raise BudgetExhausted(f"LLM budget reached ({self.describe()})")
+        self.reserved_tokens += tokens
+        self.reserved_cost += cost
+
+    def settle(self, reserved: tuple[int, float], tokens: int, cost: float) -> None:
+        """A call finished: its reservation becomes what it really spent."""
+        self.reserved_tokens -= reserved[0]
+        self.reserved_cost -= reserved[1]
         self.tokens += tokens
         self.cost += cost
 
     @property
     def exhausted(self) -> bool:
-        return (self.max_tokens is not None and self.tokens >= self.max_tokens) or (
-            self.max_cost is not None and self.cost >= self.max_cost
+        return (
+            self.refused
+            or (self.max_tokens is not None and self.tokens >= self.max_tokens)
+            or (self.max_cost is not None and self.cost >= self.max_cost)
         )
 
     def describe(self) -> str:
@@ -232,6 +255,7 @@ class LLMClient:
             )
         self.semaphore = semaphore or asyncio.Semaphore(endpoint.concurrency)
         self.stats = CallStats()
+        self._tokens_per_char: float | None = None  # for budget reservations; learnt
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=endpoint.resolved_key(),
@@ -334,12 +358,13 @@ class LLMClient:
         standard = _STANDARD_PARAMS[self.endpoint.api]
         extra = {k: body.pop(k) for k in list(body) if k not in standard}
         async with self.semaphore:
-            if self.budget is not None and self.budget.exhausted:
-                raise BudgetExhausted(f"LLM budget reached ({self.budget.describe()})")
+            reservation = self._reserve(request)
             self.stats.calls += 1
+            data: dict[str, Any] | None = None
             try:
                 raw = await create(**body, extra_body=extra or None)
-                text = raw.http_response.text
+                data = self._body(raw.http_response.text)
+                return data
             except openai.RateLimitError as error:
                 raise _Transient(error, _retry_after(error.response)) from None
             except openai.InternalServerError as error:
@@ -353,6 +378,10 @@ class LLMClient:
                 ) from None
             except (openai.APITimeoutError, openai.APIConnectionError) as error:
                 raise _Transient(error) from None
+            finally:
+                self._settle(reservation, data)
+
+    def _body(self, text: str) -> dict[str, Any]:
         try:
             data = json.loads(text)
         except ValueError:
@@ -362,6 +391,34 @@ class LLMClient:
         if not isinstance(data, dict) or not data.get("choices"):
             raise UnusableAnswer(f"{self.role} endpoint returned no choices: {_short(text)}")
         return data
+
+    def _reserve(self, request: dict[str, Any]) -> tuple[int, float, int]:
+        """Book this call's worst case against the budget (raises BudgetExhausted).
+
+        Prompt tokens are estimated from the prompt's length at the highest tokens per
+        character seen on this endpoint so far (1 per 2 characters before the first answer).
+        """
+        prompt = request.get("prompt") or json.dumps(request.get("messages", ""))
+        if self.budget is None:
+            return (0, 0.0, len(prompt))
+        tokens_in = math.ceil(len(prompt) * (self._tokens_per_char or 0.5))
+        tokens_out = request.get("max_tokens") or request.get("max_completion_tokens") or 1024
+        cost = self._cost(tokens_in, tokens_out)
+        self.budget.reserve(tokens_in + tokens_out, cost)
+        return (tokens_in + tokens_out, cost, len(prompt))
+
+    def _settle(self, reservation: tuple[int, float, int], response: dict | None) -> None:
+        """Turn the reservation into the usage the answer reports (none if there is none)."""
+        tokens_in, tokens_out = _usage(response)
+        if tokens_in and reservation[2]:
+            self._tokens_per_char = max(self._tokens_per_char or 0.0, tokens_in / reservation[2])
+        if self.budget is not None:
+            self.budget.settle(
+                reservation[:2], tokens_in + tokens_out, self._cost(tokens_in, tokens_out)
+            )
+
+    def _cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.endpoint.price_in + tokens_out * self.endpoint.price_out) / 1e6
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -387,12 +444,10 @@ class LLMClient:
         error: str | None,
     ) -> int | None:
         tokens_in, tokens_out = _usage(response)
-        cost = (tokens_in * self.endpoint.price_in + tokens_out * self.endpoint.price_out) / 1e6
+        cost = self._cost(tokens_in, tokens_out)
         self.stats.tokens_in += tokens_in
         self.stats.tokens_out += tokens_out
         self.stats.cost += cost
-        if self.budget is not None:
-            self.budget.spend(tokens_in + tokens_out, cost)
         if self.store is None or self.db is None:
             return None
         return await self.db(

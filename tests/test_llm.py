@@ -451,6 +451,24 @@ def test_chat_endpoint_refuses_echo(server):
         asyncio.run(go())
 
 
+def test_concurrent_calls_never_take_the_run_past_its_budget(sqlite_store, server):
+    """Each call books its worst case first, so 16 calls in flight cannot overshoot together."""
+    from pipeline.llm import Budget
+
+    _, ids = token_features(sqlite_store, [f"w{i}" for i in range(40)])
+    server.latency_s = 0.05
+    one = explain_features(sqlite_store, ids[:1], config(server, concurrency=16))
+    per_feature = one.tokens_in + one.explainer.tokens_out + one.simulator.tokens_out
+    budget = Budget(max_tokens=10 * per_feature)
+    summary = explain_features(sqlite_store, ids[1:], config(server, concurrency=16), budget=budget)
+    assert budget.tokens <= budget.max_tokens and budget.refused
+    assert budget.reserved_tokens == 0 and budget.reserved_cost == 0
+    assert summary.budget_stopped > 0 and summary.explained >= 3, "stops near, not far below"
+    assert budget.tokens == summary.tokens_in + summary.explainer.tokens_out + (
+        summary.simulator.tokens_out
+    )
+
+
 def test_cli_explain_and_score(sqlite_url, server, capsys):
     from pipeline.cli import main
     from store import open_store
