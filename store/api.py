@@ -1122,7 +1122,7 @@ class Store:
             .join(
                 Explanation,
                 (Explanation.feature_id == Feature.id) & Explanation.status.in_(CURRENT_STATUSES),
-                isouter=not labeled,
+                isouter=not (labeled or words),
             )
         )
         if not words:
