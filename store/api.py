@@ -974,8 +974,8 @@ class Store:
         """Rank the matching labels first, then join and filter only the best of them.
 
         Ranking label ids alone is several times cheaper than ranking joined rows.
-        When labels that are no longer current, or the filters, leave too few of the
-        best, the ranking is redone over all matches, so results are always exact.
+        When the filters leave too few of the best, the ranking is redone over all
+        matches, so results are always exact.
         """
         for k in (max(4 * (offset + limit), 200), None):
             hits, order = self._text_hits(words, k, by_score)
@@ -996,15 +996,14 @@ class Store:
         """The best `k` labels containing every word, as a subquery (id, rank) and its order.
 
         Relevance is bm25 (SQLite) or ts_rank (PostgreSQL); `by_score` orders by label
-        score instead. On SQLite the hits may include labels that are no longer
-        current: FTS5 ranks faster alone than joined, and the caller's join drops them.
+        score instead. Both search indexes hold current labels only (migration 0002).
         """
         params = self._match_params(words)
         if by_score:  # SQLite only; this order walks ix_explanations_status_score backwards
             sql = (
                 "SELECT id, score AS rank FROM explanations "
-                "WHERE status IN ('proposed', 'accepted') "
-                f"AND id IN ({self._matching_sql}) ORDER BY score DESC, id DESC"
+                f"WHERE status IN ('proposed', 'accepted') AND id IN ({self._matching_sql}) "
+                "ORDER BY score DESC, id DESC"
             )
         elif self.dialect == "sqlite":
             sql = (
@@ -1043,7 +1042,7 @@ class Store:
         return {"words": " ".join(words)}
 
     def _uninformative(self, words: list[str]) -> bool:
-        """True when the words are in more than half of all labels (SQLite only).
+        """True when the words are in more than half of all current labels (SQLite only).
 
         bm25 then gives every word an IDF of ~0: relevance cannot tell the matches
         apart, and ranking tens of thousands of them costs tens of milliseconds, so
@@ -1055,7 +1054,8 @@ class Store:
             matches = s.scalar(
                 text(f"SELECT count(*) FROM ({self._matching_sql})"), self._match_params(words)
             )
-            total = s.scalar(select(func.count()).select_from(Explanation))
+            # bm25's N: the rows of the FTS5 index, one per current label.
+            total = s.scalar(text("SELECT count(*) FROM explanations_fts_docsize"))
         return 2 * (matches or 0) > (total or 0)
 
     def next_to_review(self, *, source: str | None = None, skip: int = 0) -> FeatureRow | None:

@@ -279,6 +279,9 @@ def test_search_only_sees_current_labels(store):
     assert [r.label for r in store.search("cherries")] == ["sour cherries"]
     store.review(ids[1], "reject", "ann")
     assert store.search("cherries") == [] and store.count("cherries") == 0
+    index = "explanations_fts_docsize" if store.dialect == "sqlite" else "label_search"
+    with store.engine.connect() as conn:  # the search index holds current labels only
+        assert conn.execute(text(f"SELECT count(*) FROM {index}")).scalar() == 0
 
 
 def test_nasty_search_strings_never_raise(store):
