@@ -23,11 +23,16 @@ transaction; a rerun skips features already mined, so an interrupted mine resume
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +40,7 @@ import torch
 
 from pipeline.corpus import Corpus, Window
 from pipeline.sources import Source
-from pipeline.subjects import Subject
+from pipeline.subjects import Subject, cache_dir
 from store import ExampleIn, MinedFeature, Store, WindowIn
 from store.errors import ConfigError, InputError
 
@@ -61,7 +66,8 @@ class MiningConfig:
     histogram_bins: int = 32
     batch_size: int = 32  # windows per forward pass
     feature_chunk: int = 8192  # features per corpus pass (bounds memory)
-    write_every: int = 256  # features per store transaction (the resume granularity)
+    write_every: int = 256  # features per store transaction
+    checkpoint_every_s: int = 300  # mid-pass state saved this often; a rerun resumes from it
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -150,6 +156,18 @@ class Reservoir:
         self.acts = torch.zeros((n_features, size, ctx_len), dtype=torch.float16, device=device)
         self.filled = 0  # slots taken by whole-batch appends; merges take over after
 
+    def state(self) -> dict[str, Any]:
+        return {
+            "keys": self.keys, "maxes": self.maxes, "windows": self.windows,
+            "acts": self.acts, "filled": self.filled,
+        }  # fmt: skip
+
+    def load(self, state: dict[str, Any]) -> None:
+        device = self.keys.device
+        self.keys, self.maxes = state["keys"].to(device), state["maxes"].to(device)
+        self.windows, self.acts = state["windows"].to(device), state["acts"].to(device)
+        self.filled = state["filled"]
+
     def update(
         self,
         keys: torch.Tensor,
@@ -214,6 +232,23 @@ class FeatureMiner:
         self.hist = torch.zeros((n_features, self.bins), dtype=torch.long, device=device)
         self.hist_top = torch.zeros(n_features, device=device)  # upper edge; doubles as needed
         self.tokens = 0
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed pass needs to continue exactly where this one stopped."""
+        return {
+            "top": self.top.state(), "pool": self.pool.state(), "random": self.random.state(),
+            "max": self.max, "sum": self.sum, "hist": self.hist, "hist_top": self.hist_top,
+            "tokens": self.tokens, "generator": self.generator.get_state(),
+        }  # fmt: skip
+
+    def load(self, state: dict[str, Any]) -> None:
+        for name in ("top", "pool", "random"):
+            getattr(self, name).load(state[name])
+        device = self.max.device
+        self.max, self.sum = state["max"].to(device), state["sum"].to(device)
+        self.hist, self.hist_top = state["hist"].to(device), state["hist_top"].to(device)
+        self.tokens = state["tokens"]
+        self.generator.set_state(state["generator"])
 
     def update(self, acts: torch.Tensor, valid: torch.Tensor, window_ids: torch.Tensor) -> None:
         """acts [B, T, F] feature activations, valid [B, T], window_ids [B] (global indices)."""
@@ -436,11 +471,20 @@ def _mine_chunk(
     tokens: dict[int, np.ndarray] = {}  # token ids of the windows the reservoirs hold
     docs: dict[int, tuple[str, int]] = {}
     seen = n_tokens = 0
+    checkpoint = Checkpoint(store, subject, source_id, hook, corpus, config, chunk)
+    state = checkpoint.load()
+    if state is not None:
+        miner.load(state["miner"])
+        tokens = {w: t.numpy() for w, t in state["tokens"].items()}
+        docs, seen, n_tokens = state["docs"], state["seen"], state["n_tokens"]
+        log.info("resuming the pass over %d features after %d windows", len(chunk), seen)
+    saved_at = time.monotonic()
     next_prune = 10_000
     bar = tqdm(
-        total=corpus.n_windows, unit="win", disable=not progress, desc=f"mining {len(chunk)} feat"
-    )
-    for ids, valid, batch in iter_batches(subject, corpus, config.batch_size):
+        total=corpus.n_windows, initial=seen, unit="win", disable=not progress,
+        desc=f"mining {len(chunk)} feat",
+    )  # fmt: skip
+    for ids, valid, batch in iter_batches(subject, islice(corpus, seen, None), config.batch_size):
         hook_acts = subject.activations(ids, valid.long(), [hook])[hook]
         acts = source.encode(hook_acts, index)
         window_ids = torch.arange(seen, seen + len(batch), device=acts.device)
@@ -453,6 +497,10 @@ def _mine_chunk(
         if len(tokens) > next_prune:
             _forget_unused(miner, tokens, docs)
             next_prune = 2 * len(tokens) + 10_000
+        if time.monotonic() - saved_at >= config.checkpoint_every_s:
+            _forget_unused(miner, tokens, docs)
+            checkpoint.save(miner, tokens, docs, seen, n_tokens)
+            saved_at = time.monotonic()
         bar.update(len(batch))
     bar.close()
     if seen == 0:
@@ -507,6 +555,7 @@ def _mine_chunk(
         result.dead += len(dead)
         result.dead_indices += dead
         store.update_run(run_id, counts=_counts(result))
+        checkpoint.remove()  # written features are skipped by a rerun: the pass is not needed
         if on_write is not None:
             on_write([m.index for m in mined])
 
@@ -520,3 +569,46 @@ def _forget_unused(miner: FeatureMiner, tokens: dict, docs: dict) -> None:
     for w in [w for w in tokens if w not in keep]:
         del tokens[w]
         del docs[w]
+
+
+class Checkpoint:
+    """A pass's streaming state on disk, so an interrupted pass resumes mid-corpus.
+
+    The file (under $GLOSS_CACHE/mining) is keyed by everything that determines the
+    pass: database, subject, source, hook, features, corpus sample and mining settings.
+    A rerun with the same key skips the windows already seen and continues with the
+    same random state, so its result equals an uninterrupted pass.
+    """
+
+    def __init__(self, store, subject, source_id, hook, corpus, config, chunk):
+        settings = {k: v for k, v in config.to_dict().items() if k != "checkpoint_every_s"}
+        identity = {
+            "database": store.engine.url.render_as_string(hide_password=True),
+            "subject": subject.identity(), "source_id": source_id, "hook": hook,
+            "features": hashlib.sha256(np.asarray(chunk, dtype=np.int64).tobytes()).hexdigest(),
+            "corpus": corpus.record(), "mining": settings,
+        }  # fmt: skip
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+        self.path = cache_dir() / "mining" / f"{key.hexdigest()[:32]}.pt"
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a torn or foreign file: start the pass over
+            log.warning("ignoring unreadable mining checkpoint %s: %s", self.path, error)
+            return None
+
+    def save(self, miner: FeatureMiner, tokens: dict, docs: dict, seen: int, n_tokens: int):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "miner": miner.state(), "seen": seen, "n_tokens": n_tokens, "docs": docs,
+            "tokens": {w: torch.from_numpy(t) for w, t in tokens.items()},
+        }  # fmt: skip
+        partial = Path(f"{self.path}.partial")
+        torch.save(state, partial)
+        os.replace(partial, self.path)  # a crash while saving leaves the previous checkpoint
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

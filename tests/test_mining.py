@@ -327,3 +327,50 @@ def test_cli_mine_reads_gloss_toml_under_its_flags(corpus_dir, tmp_path, monkeyp
     assert summary["features"] == 1, "--features beats the file's selector"
     with open_store("sqlite:///mined.db") as store:
         assert store.run(summary["run"]).config["mining"]["top_explain"] == 2
+
+
+def test_an_interrupted_pass_resumes_mid_corpus_with_the_same_result(
+    minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch
+):
+    """Checkpoints let a rerun skip the windows already seen and still match a clean mine."""
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path / "cache"))
+    config = MiningConfig(**{**SMALL.to_dict(), "checkpoint_every_s": 0})
+    source = load_source("neurons", minilm.hook_width(HOOK))
+    real = minilm.activations
+    batches: list[int] = []
+
+    def crash_at_third_batch(ids, *args, **kwargs):
+        batches.append(len(ids))
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+        return real(ids, *args, **kwargs)
+
+    monkeypatch.setattr(minilm, "activations", crash_at_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
+             range(12), progress=False)  # fmt: skip
+    assert list((tmp_path / "cache" / "mining").glob("*.pt")), "a checkpoint was left"
+    batches.clear()
+    monkeypatch.setattr(
+        minilm, "activations", lambda ids, *a, **k: batches.append(len(ids)) or real(ids, *a, **k)
+    )
+    resumed = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
+                   range(12), progress=False)  # fmt: skip
+    monkeypatch.setattr(minilm, "activations", real)
+    with open_store(f"sqlite:///{tmp_path / 'fresh.db'}") as fresh:
+        clean = mine(fresh, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
+                     range(12), progress=False)  # fmt: skip
+        assert sum(batches) == clean.windows - 2 * config.batch_size, "two batches not redone"
+        assert (resumed.windows, resumed.tokens) == (clean.windows, clean.tokens)
+
+        def everything(store, source_id):
+            return {
+                f.index: (f.status, f.max_act, f.mean_act, f.density, f.histogram, sorted(
+                    (e.split, e.kind, e.rank, tuple(e.token_ids), e.max_act, tuple(e.acts))
+                    for e in store.examples(f.id)
+                ))
+                for f in store.features(source_id)
+            }  # fmt: skip
+
+        assert everything(sqlite_store, resumed.source_id) == everything(fresh, clean.source_id)
+    assert not list((tmp_path / "cache" / "mining").glob("*.pt")), "removed once written"
