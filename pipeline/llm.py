@@ -544,8 +544,15 @@ def answer_text(response: dict[str, Any]) -> str:
 
 
 def _usage(response: dict[str, Any] | None) -> tuple[int, int]:
-    usage = (response or {}).get("usage") or {}
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    """(prompt, completion) tokens as the answer reports them; 0 where it does not say."""
+    usage = (response or {}).get("usage")
+    if not isinstance(usage, dict):
+        return 0, 0
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(name)
+        counts.append(value if isinstance(value, int) and value > 0 else 0)
+    return counts[0], counts[1]
 
 
 def _retry_after(response: Any) -> float | None:

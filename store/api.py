@@ -938,8 +938,8 @@ class Store:
         score), score (best first), -score (worst first) or id. Every word must
         match (stemmed); any query string is safe: it is reduced to words before
         it reaches FTS5 or tsquery. Relevance is bm25 on SQLite and ts_rank on
-        PostgreSQL; on SQLite, words found in more than half of all labels give
-        bm25 nothing to rank by, so such a query is ordered by score.
+        PostgreSQL; on SQLite, words found in more than half of all current labels
+        give bm25 nothing to rank by, so such a query is ordered by score.
 
         Page with `after=row.cursor` of the last row seen (keyset paging: every
         page costs the same at 100,000 features) or with `offset` (fine for text
@@ -1132,9 +1132,7 @@ class Store:
 
     def current_labels(self, source_id: int) -> dict[int, FeatureRow]:
         """Every feature of a source that has a current label, by feature index."""
-        stmt = self._feature_rows([]).where(
-            Feature.source_id == source_id, Explanation.id.is_not(None)
-        )
+        stmt = self._feature_rows([], labeled=True).where(Feature.source_id == source_id)
         with self.session() as s:
             return {row.index: row for row in map(_feature_row, s.execute(stmt).all())}
 

@@ -20,7 +20,14 @@ from pipeline.explainer import (
     parse_label,
     score_features,
 )
-from pipeline.llm import EndpointConfig, LLMClient, LLMConfig, UnusableAnswer, answer_text
+from pipeline.llm import (
+    Budget,
+    EndpointConfig,
+    LLMClient,
+    LLMConfig,
+    UnusableAnswer,
+    answer_text,
+)
 from pipeline.prompts import load_prompt
 from pipeline.scoring import pearson, simulation_score
 from pipeline.simulator import SimulatorConfig, expected_values_from_echo, integers_from_answer
@@ -241,6 +248,18 @@ def test_failures_are_recorded_with_raw_text(sqlite_store, server):
     assert explain_features(store, ids, config(server)).explained == 2
 
 
+def test_garbage_usage_counts_as_unknown_not_a_crash(sqlite_store, server):
+    _, ids = token_features(sqlite_store, ["cat"])
+    weird = {"prompt_tokens": "many", "completion_tokens": -3}
+    server.faults = [
+        Fault(body={"choices": [{"index": 0, "text": " the token 'cat'"}], "usage": weird}),
+        Fault(body={"choices": [{"index": 0, "text": " x"}], "usage": ["not", "a", "dict"]}),
+    ]
+    summary = explain_features(sqlite_store, ids, config(server, concurrency=1), budget=Budget())
+    assert summary.explained == 1 and summary.failed == 1  # the second answer is unusable
+    assert summary.tokens_in == 0 and sqlite_store.current_explanation(ids[0]) is not None
+
+
 def test_missing_logprobs_is_a_failure_not_a_zero(sqlite_store, server):
     store = sqlite_store
     _, ids = token_features(store, ["cat"])
@@ -453,8 +472,6 @@ def test_chat_endpoint_refuses_echo(server):
 
 def test_concurrent_calls_never_take_the_run_past_its_budget(sqlite_store, server):
     """Each call books its worst case first, so 16 calls in flight cannot overshoot together."""
-    from pipeline.llm import Budget
-
     _, ids = token_features(sqlite_store, [f"w{i}" for i in range(40)])
     server.latency_s = 0.05
     one = explain_features(sqlite_store, ids[:1], config(server, concurrency=16))
