@@ -953,6 +953,10 @@ class Store:
             if after is not None:
                 raise InputError("text-ranked results page by offset, not by cursor")
             return self._ranked(words, filters, limit, offset, self._uninformative(words))
+        if not words and order in ("score", "rank"):
+            rows = self._best_scored_page(filters, limit, offset, after)
+            if rows is not None:
+                return rows
         stmt = _filter_rows(self._feature_rows(words), *filters)
         if order in ("score", "rank"):
             stmt = _after(stmt, after, descending=True)
@@ -991,6 +995,42 @@ class Store:
             if len(rows) == limit:
                 break
         return rows
+
+    def _best_scored_page(
+        self, filters: tuple, limit: int, offset: int, after: str | None
+    ) -> list[FeatureRow] | None:
+        """The page, if scored labels fill it: read from ix_explanations_current_score.
+
+        Scored labels come first in score order, so a page they fill is exact; past
+        them (unscored labels, unlabeled features) the caller runs the full query.
+        """
+        score, feature_id = _parse_cursor(after) if after else (None, None)
+        if (after is not None and score is None) or offset + limit > 2_500:
+            return None  # unscored rows, or a deep offset page: either way the full query
+        nulls = " NULLS LAST" if self.dialect == "postgresql" else ""
+        cursor = "AND score <= :s AND (score < :s OR feature_id > :f) " if after else ""
+        sql = (
+            "SELECT id, score AS rank, feature_id FROM explanations "
+            f"WHERE status IN ('proposed', 'accepted') AND score IS NOT NULL {cursor}"
+            f"ORDER BY score DESC{nulls}, feature_id LIMIT :k"
+        )
+        params = {"k": max(4 * (offset + limit), 200), "s": score, "f": feature_id}
+        hits = (
+            text(sql)
+            .bindparams(**{k: v for k, v in params.items() if f":{k}" in sql})
+            .columns(id=Integer, rank=Float, feature_id=Integer)
+            .subquery("hits")
+        )
+        stmt = (
+            self._feature_rows([], labeled=True)
+            .join(hits, hits.c.id == Explanation.id)
+            .order_by(hits.c.rank.desc(), hits.c.feature_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.session() as s:
+            rows = [_feature_row(row) for row in s.execute(_filter_rows(stmt, *filters))]
+        return rows if len(rows) == limit else None
 
     def _text_hits(self, words: list[str], k: int | None, by_score: bool):
         """The best `k` labels containing every word, as a subquery (id, rank) and its order.

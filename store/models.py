@@ -188,6 +188,14 @@ class Explanation(Base):
             sqlite_where=text("status IN ('proposed', 'accepted')"),
             postgresql_where=text("status IN ('proposed', 'accepted')"),
         ),
+        # Created by migration 0003 as (score DESC [NULLS LAST], feature_id).
+        Index(
+            "ix_explanations_current_score",
+            "score",
+            "feature_id",
+            sqlite_where=text("status IN ('proposed', 'accepted')"),
+            postgresql_where=text("status IN ('proposed', 'accepted')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
