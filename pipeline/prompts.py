@@ -87,8 +87,13 @@ _DELIMITERS = {"<start>": "‹start›", "<end>": "‹end›", "<<": "‹‹", "
 _CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
+_UNSAFE = re.compile(r"[\n\t\r<>]")
+
+
 def neutralize(text: str) -> str:
     """Corpus text with our delimiters and layout characters made inert."""
+    if not _UNSAFE.search(text):  # most tokens: nothing to do
+        return text
     for raw, safe in _CONTROL.items():
         text = text.replace(raw, safe)
     for raw, safe in _DELIMITERS.items():
