@@ -471,20 +471,28 @@ def _mine_chunk(
     tokens: dict[int, np.ndarray] = {}  # token ids of the windows the reservoirs hold
     docs: dict[int, tuple[str, int]] = {}
     seen = n_tokens = 0
+    windows = iter(corpus)
+    fingerprint = hashlib.sha256()  # of every window seen: a resume must see the same ones
     checkpoint = Checkpoint(store, subject, source_id, hook, corpus, config, chunk)
     state = checkpoint.load()
     if state is not None:
-        miner.load(state["miner"])
-        tokens = {w: t.numpy() for w, t in state["tokens"].items()}
-        docs, seen, n_tokens = state["docs"], state["seen"], state["n_tokens"]
-        log.info("resuming the pass over %d features after %d windows", len(chunk), seen)
+        for window in islice(windows, state["seen"]):
+            fingerprint.update(np.asarray(window.token_ids, dtype=np.int32).tobytes())
+        if fingerprint.hexdigest() == state["fingerprint"]:
+            miner.load(state["miner"])
+            tokens = {w: t.numpy() for w, t in state["tokens"].items()}
+            docs, seen, n_tokens = state["docs"], state["seen"], state["n_tokens"]
+            log.info("resuming the pass over %d features after %d windows", len(chunk), seen)
+        else:
+            log.warning("the corpus changed since the mining checkpoint: starting the pass over")
+            windows, fingerprint = iter(corpus), hashlib.sha256()
     saved_at = time.monotonic()
     next_prune = 10_000
     bar = tqdm(
         total=corpus.n_windows, initial=seen, unit="win", disable=not progress,
         desc=f"mining {len(chunk)} feat",
     )  # fmt: skip
-    for ids, valid, batch in iter_batches(subject, islice(corpus, seen, None), config.batch_size):
+    for ids, valid, batch in iter_batches(subject, windows, config.batch_size):
         hook_acts = subject.activations(ids, valid.long(), [hook])[hook]
         acts = source.encode(hook_acts, index)
         window_ids = torch.arange(seen, seen + len(batch), device=acts.device)
@@ -492,6 +500,7 @@ def _mine_chunk(
         for offset, window in enumerate(batch):
             tokens[seen + offset] = np.asarray(window.token_ids, dtype=np.int32)
             docs[seen + offset] = (window.doc_id, window.offset)
+            fingerprint.update(tokens[seen + offset].tobytes())
         seen += len(batch)
         n_tokens += int(valid.sum())
         if len(tokens) > next_prune:
@@ -499,7 +508,7 @@ def _mine_chunk(
             next_prune = 2 * len(tokens) + 10_000
         if time.monotonic() - saved_at >= config.checkpoint_every_s:
             _forget_unused(miner, tokens, docs)
-            checkpoint.save(miner, tokens, docs, seen, n_tokens)
+            checkpoint.save(miner, tokens, docs, seen, n_tokens, fingerprint.hexdigest())
             saved_at = time.monotonic()
         bar.update(len(batch))
     bar.close()
@@ -576,8 +585,9 @@ class Checkpoint:
 
     The file (under $GLOSS_CACHE/mining) is keyed by everything that determines the
     pass: database, subject, source, hook, features, corpus sample and mining settings.
-    A rerun with the same key skips the windows already seen and continues with the
-    same random state, so its result equals an uninterrupted pass.
+    A rerun with the same key skips the windows already seen (checking they are the
+    same windows) and continues with the same random state, so its result equals an
+    uninterrupted pass.
     """
 
     def __init__(self, store, subject, source_id, hook, corpus, config, chunk):
@@ -600,11 +610,12 @@ class Checkpoint:
             log.warning("ignoring unreadable mining checkpoint %s: %s", self.path, error)
             return None
 
-    def save(self, miner: FeatureMiner, tokens: dict, docs: dict, seen: int, n_tokens: int):
+    def save(self, miner, tokens: dict, docs: dict, seen: int, n_tokens: int, fingerprint: str):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "miner": miner.state(), "seen": seen, "n_tokens": n_tokens, "docs": docs,
             "tokens": {w: torch.from_numpy(t) for w, t in tokens.items()},
+            "fingerprint": fingerprint,
         }  # fmt: skip
         partial = Path(f"{self.path}.partial")
         torch.save(state, partial)

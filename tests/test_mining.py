@@ -14,7 +14,14 @@ from sqlalchemy import func, select
 
 from pipeline.cli import main
 from pipeline.corpus import Corpus, CorpusConfig
-from pipeline.mining import FeatureMiner, MiningConfig, Reservoir, feature_activations, mine
+from pipeline.mining import (
+    Checkpoint,
+    FeatureMiner,
+    MiningConfig,
+    Reservoir,
+    feature_activations,
+    mine,
+)
 from pipeline.sources import load_source
 from store import open_store
 from store.models import Example, Window
@@ -374,3 +381,38 @@ def test_an_interrupted_pass_resumes_mid_corpus_with_the_same_result(
 
         assert everything(sqlite_store, resumed.source_id) == everything(fresh, clean.source_id)
     assert not list((tmp_path / "cache" / "mining").glob("*.pt")), "removed once written"
+
+
+def test_a_checkpoint_from_other_windows_is_not_resumed(
+    minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path / "cache"))
+    config = MiningConfig(**{**SMALL.to_dict(), "checkpoint_every_s": 0})
+    source = load_source("neurons", minilm.hook_width(HOOK))
+    real = minilm.activations
+    batches: list[int] = []
+
+    def crash_at_third_batch(ids, *args, **kwargs):
+        batches.append(len(ids))
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+        return real(ids, *args, **kwargs)
+
+    monkeypatch.setattr(minilm, "activations", crash_at_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
+             range(4), progress=False)  # fmt: skip
+    (path,) = (tmp_path / "cache" / "mining").glob("*.pt")
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "fingerprint": "windows of another corpus"}, path)
+    batches.clear()
+    monkeypatch.setattr(
+        minilm, "activations", lambda ids, *a, **k: batches.append(len(ids)) or real(ids, *a, **k)
+    )
+    result = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
+                  range(4), progress=False)  # fmt: skip
+    assert sum(batches) == result.windows, "the whole pass is redone"
+    corpus = corpus_for(minilm, corpus_dir).scan()
+    torn = Checkpoint(sqlite_store, minilm, result.source_id, HOOK, corpus, config, [0, 1])
+    torn.path.write_bytes(b"half a checkpoint")
+    assert torn.load() is None, "an unreadable checkpoint means starting the pass over"
