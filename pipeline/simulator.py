@@ -146,14 +146,18 @@ def expected_values_from_echo(
 
 
 def integers_grammar(lengths: Sequence[int]) -> str:
-    """A llama.cpp GBNF grammar that admits only the JSON answer with these window lengths."""
+    """A llama.cpp GBNF grammar that admits only the JSON answer with these window lengths.
+
+    Compact JSON, as the prompt's example shows: a space after each comma would be a
+    token of its own, and under a grammar every token costs (41% slower on Gemma 270M).
+    """
     rules = [
-        'root ::= "{" ' + ' ", " '.join(f"doc{n}" for n in range(1, len(lengths) + 1)) + ' "}"',
+        'root ::= "{" ' + ' "," '.join(f"doc{n}" for n in range(1, len(lengths) + 1)) + ' "}"',
         'v ::= "10" | [0-9]',
     ]
     for n, length in enumerate(lengths, 1):
-        values = ' ", " '.join(["v"] * length)
-        rules.append(f'doc{n} ::= "\\"{n}\\": [" {values} "]"')
+        values = ' "," '.join(["v"] * length)
+        rules.append(f'doc{n} ::= "\\"{n}\\":[" {values} "]"')
     return "\n".join(rules) + "\n"
 
 
