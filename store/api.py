@@ -1052,7 +1052,10 @@ class Store:
             )
         else:
             sql = (
-                "SELECT explanation_id AS id, ts_rank(search_vector, q) AS rank "
+                # Normalization 16 divides by 1 + log(distinct words): among equal matches
+                # shorter labels first, as bm25's length normalization does on SQLite,
+                # while a label that repeats the word still ranks above one that does not.
+                "SELECT explanation_id AS id, ts_rank(search_vector, q, 16) AS rank "
                 "FROM label_search, websearch_to_tsquery('english', :words) AS q "
                 "WHERE search_vector @@ q ORDER BY rank DESC, id"
             )

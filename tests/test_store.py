@@ -233,10 +233,10 @@ def labeled_features(store, hook, texts, scores=None):
 
 def test_ranked_search_stays_exact_when_filters_drop_the_best_matches(store):
     """Search ranks a few hundred best matches before joining; filters must not lose rows."""
-    best = labeled_features(store, "layer.0.mlp", [f"apple {i}" for i in range(250)])
     rest = labeled_features(
         store, "layer.1.mlp", [f"apple pie and crumble number {i} of many" for i in range(40)]
-    )
+    )  # written first: only relevance, not ids, can put the others ahead
+    best = labeled_features(store, "layer.0.mlp", [f"apple {i}" for i in range(250)])
     labeled_features(store, "layer.2.mlp", [f"pear {i}" for i in range(300)])
     everything = store.search("apple", limit=1000)
     assert len(everything) == 290
