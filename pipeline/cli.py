@@ -91,6 +91,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         "features": result.features,
         "dead": result.dead,
         "skipped": result.skipped,
+        "stale": len(result.stale),
         "tokens": result.tokens,
         "windows": result.windows,
         "seconds": round(seconds, 1),
@@ -103,6 +104,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
             f"({result.dead} dead, {result.skipped} already mined) over {result.tokens:,} tokens "
             f"in {result.windows:,} windows; {seconds:.1f} s; run {result.run_id}"
         )
+        if result.stale:
+            print(
+                f"{len(result.stale)} already mined features were mined over another corpus "
+                "or with other settings: --force mines them again"
+            )
     return 0
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.corpus import Corpus, Window
+from pipeline.corpus import Corpus, CorpusConfig, Window
 from pipeline.sources import Source
 from pipeline.subjects import Subject, cache_dir
 from store import ExampleIn, MinedFeature, Store, WindowIn
@@ -107,6 +107,7 @@ class MiningResult:
     windows: int
     seconds: float
     dead_indices: list[int] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)  # skipped, but mined over other windows
 
 
 # ---------------------------------------------------------------- batches
@@ -419,20 +420,20 @@ def mine(
     todo = wanted if force else [i for i in wanted if done.get(i) not in ("mined", "dead")]
     if todo and corpus.n_windows == 0:
         corpus.scan()
-    run_id = store.start_run(
-        "mine",
-        {
-            "model": subject.name,
-            "revision": subject.revision,
-            "hook": hook,
-            "source": source.kind,
-            "source_path": source.path,
-            "features": [wanted[0], wanted[-1] + 1] if wanted else [],
-            "corpus": corpus.record(),
-            "mining": config.to_dict(),
-        },
-    )
-    result = MiningResult(source_id, run_id, 0, 0, len(wanted) - len(todo), 0, 0, 0.0)
+    run_config = {
+        "model": subject.name,
+        "revision": subject.revision,
+        "hook": hook,
+        "source": source.kind,
+        "source_path": source.path,
+        "features": [wanted[0], wanted[-1] + 1] if wanted else [],
+        "corpus": corpus.record(),
+        "mining": config.to_dict(),
+    }
+    skipped = sorted(set(wanted) - set(todo))
+    stale = mined_otherwise(store, source_id, skipped, corpus.config, config)
+    run_id = store.start_run("mine", run_config)
+    result = MiningResult(source_id, run_id, 0, 0, len(skipped), 0, 0, 0.0, stale=stale)
     try:
         for start in range(0, len(todo), config.feature_chunk):
             chunk = todo[start : start + config.feature_chunk]
@@ -453,9 +454,55 @@ def _counts(result: MiningResult) -> dict[str, Any]:
         "features": result.features,
         "dead": result.dead,
         "skipped": result.skipped,
+        "stale": len(result.stale),
         "tokens": result.tokens,
         "windows": result.windows,
     }
+
+
+# Settings that change how a pass runs, not what it finds.
+_OPERATIONAL = ("batch_size", "feature_chunk", "write_every", "checkpoint_every_s")
+
+
+def mined_otherwise(
+    store: Store,
+    source_id: int,
+    indices: Sequence[int] | None,
+    corpus: CorpusConfig,
+    config: MiningConfig,
+) -> list[int]:
+    """Those of `indices` (None: all), already mined, whose run read another corpus or used
+    other settings.
+
+    They keep their examples (a rerun skips mined features); the warning logged here
+    says how to mine them again. Only settings are compared: the corpus is not rescanned.
+    """
+
+    def what(corpus_settings: dict[str, Any], mining: dict[str, Any]) -> tuple:
+        corpus_settings = {k: corpus_settings.get(k) for k in CorpusConfig.__dataclass_fields__}
+        corpus_settings["paths"] = list(corpus_settings["paths"] or [])
+        return corpus_settings, {k: v for k, v in mining.items() if k not in _OPERATIONAL}
+
+    wanted = what(corpus.to_dict(), config.to_dict())
+    runs = store.mining_runs(source_id)
+    differs: dict[int | None, bool] = {}
+    stale = []
+    for index in sorted(runs) if indices is None else indices:
+        run_id = runs.get(index)
+        if run_id not in differs:
+            previous = store.run(run_id).config if run_id is not None else {}
+            differs[run_id] = bool(previous) and (
+                what(previous.get("corpus", {}), previous.get("mining", {})) != wanted
+            )
+        if differs[run_id]:
+            stale.append(index)
+    if stale:
+        log.warning(
+            "%d already mined features were mined over another corpus or with other mining "
+            "settings and keep those examples; `gloss mine --force` mines them again",
+            len(stale),
+        )
+    return stale
 
 
 def _mine_chunk(

@@ -303,7 +303,7 @@ def nightly(config: GlossConfig, *, store: Store | None = None) -> Report:
 
 def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budget: Budget) -> str:
     from pipeline.corpus import Corpus
-    from pipeline.mining import mine
+    from pipeline.mining import mine, mined_otherwise
 
     reasons: list[str] = []
     indices = config.subject.indices()
@@ -315,7 +315,8 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
         mined = {"features": result.features, "dead": result.dead, "tokens": result.tokens}
     else:
         mined = {"features": 0, "dead": 0, "tokens": 0}
-    store.update_run(run_id, counts={"mine": mined})
+    stale = mined_otherwise(store, source_id, indices, config.corpus, config.mining)
+    store.update_run(run_id, counts={"mine": {**mined, "stale": len(stale)}})
     del subject, source  # the subject model is not needed past mining
     mined_ids = [f.id for f in store.features(source_id, status="mined", indices=indices)]
     if config.run.baseline:

@@ -526,6 +526,17 @@ class Store:
                 ).all()
             )
 
+    def mining_runs(self, source_id: int) -> dict[int, int | None]:
+        """Each mined (or dead) feature's index and the run that mined it."""
+        with self.session() as s:
+            return dict(
+                s.execute(
+                    select(Feature.index, Feature.mine_run_id).where(
+                        Feature.source_id == source_id, Feature.status.in_(("mined", "dead"))
+                    )
+                ).all()
+            )
+
     def resolve_feature(self, ref: int | str) -> int:
         """A feature id from an id (`42`) or `source-name:index` (`minilm/layer.3.mlp/neurons:7`)."""
         with self.session() as s:

@@ -416,3 +416,22 @@ def test_a_checkpoint_from_other_windows_is_not_resumed(
     torn = Checkpoint(sqlite_store, minilm, result.source_id, HOOK, corpus, config, [0, 1])
     torn.path.write_bytes(b"half a checkpoint")
     assert torn.load() is None, "an unreadable checkpoint means starting the pass over"
+
+
+def test_features_mined_over_another_corpus_are_reported(minilm, corpus_dir, sqlite_store):
+    source = load_source("neurons", minilm.hook_width(HOOK))
+    first = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+                 range(3), progress=False)  # fmt: skip
+    same = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+                range(4), progress=False)  # fmt: skip
+    assert (same.skipped, same.stale) == (3, [])
+    other = Corpus(CorpusConfig((str(corpus_dir),), ctx_len=12, min_len=4), minilm.encode)
+    operational = MiningConfig(**{**SMALL.to_dict(), "batch_size": 3, "write_every": 2})
+    changed = mine(sqlite_store, minilm, source, HOOK, other, operational, range(5),
+                   progress=False)  # fmt: skip
+    assert (changed.skipped, changed.features, changed.stale) == (4, 1, [0, 1, 2, 3])
+    assert sqlite_store.run(changed.run_id).counts["stale"] == 4
+    settings = MiningConfig(**{**SMALL.to_dict(), "top_explain": 2})
+    again = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), settings,
+                 range(5), progress=False)  # fmt: skip
+    assert again.stale == [0, 1, 2, 3, 4] and first.run_id < again.run_id
