@@ -964,8 +964,8 @@ class Store:
             if after is not None:
                 raise InputError("text-ranked results page by offset, not by cursor")
             return self._ranked(words, filters, limit, offset, self._uninformative(words))
-        if not words and order in ("score", "rank"):
-            rows = self._best_scored_page(filters, limit, offset, after)
+        if not words and order in ("score", "rank", "-score"):
+            rows = self._scored_page(filters, limit, offset, after, order != "-score")
             if rows is not None:
                 return rows
         stmt = _filter_rows(self._feature_rows(words), *filters)
@@ -1007,23 +1007,28 @@ class Store:
                 break
         return rows
 
-    def _best_scored_page(
-        self, filters: tuple, limit: int, offset: int, after: str | None
+    def _scored_page(
+        self, filters: tuple, limit: int, offset: int, after: str | None, descending: bool
     ) -> list[FeatureRow] | None:
-        """The page, if scored labels fill it: read from ix_explanations_current_score.
+        """The page, if scored labels fill it, read from an index of current labels by score.
 
-        Scored labels come first in score order, so a page they fill is exact; past
-        them (unscored labels, unlabeled features) the caller runs the full query.
+        Scored labels come before unscored ones in both score orders, so a page they
+        fill is exact; past them (unscored labels, unlabeled features) and for deep
+        offset pages the caller runs the full query.
         """
         score, feature_id = _parse_cursor(after) if after else (None, None)
         if (after is not None and score is None) or offset + limit > 2_500:
-            return None  # unscored rows, or a deep offset page: either way the full query
+            return None
+        if descending:  # ix_explanations_current_score
+            beyond, direction = "score <= :s AND (score < :s OR feature_id > :f)", "DESC"
+        else:  # ix_explanations_current_score_asc
+            beyond, direction = "score >= :s AND (score > :s OR feature_id > :f)", "ASC"
         nulls = " NULLS LAST" if self.dialect == "postgresql" else ""
-        cursor = "AND score <= :s AND (score < :s OR feature_id > :f) " if after else ""
         sql = (
             "SELECT id, score AS rank, feature_id FROM explanations "
-            f"WHERE status IN ('proposed', 'accepted') AND score IS NOT NULL {cursor}"
-            f"ORDER BY score DESC{nulls}, feature_id LIMIT :k"
+            "WHERE status IN ('proposed', 'accepted') AND score IS NOT NULL "
+            + (f"AND {beyond} " if after else "")
+            + f"ORDER BY score {direction}{nulls}, feature_id LIMIT :k"
         )
         params = {"k": max(4 * (offset + limit), 200), "s": score, "f": feature_id}
         hits = (
@@ -1032,10 +1037,11 @@ class Store:
             .columns(id=Integer, rank=Float, feature_id=Integer)
             .subquery("hits")
         )
+        rank = hits.c.rank.desc() if descending else hits.c.rank.asc()
         stmt = (
             self._feature_rows([], labeled=True)
             .join(hits, hits.c.id == Explanation.id)
-            .order_by(hits.c.rank.desc(), hits.c.feature_id)
+            .order_by(rank, hits.c.feature_id)
             .limit(limit)
             .offset(offset)
         )

@@ -188,9 +188,17 @@ class Explanation(Base):
             sqlite_where=text("status IN ('proposed', 'accepted')"),
             postgresql_where=text("status IN ('proposed', 'accepted')"),
         ),
-        # Created by migration 0003 as (score DESC [NULLS LAST], feature_id).
+        # Created by migration 0003 as (score DESC [NULLS LAST], feature_id) and, for
+        # the worst-first order, (score ASC [NULLS LAST], feature_id).
         Index(
             "ix_explanations_current_score",
+            "score",
+            "feature_id",
+            sqlite_where=text("status IN ('proposed', 'accepted')"),
+            postgresql_where=text("status IN ('proposed', 'accepted')"),
+        ),
+        Index(
+            "ix_explanations_current_score_asc",
             "score",
             "feature_id",
             sqlite_where=text("status IN ('proposed', 'accepted')"),
