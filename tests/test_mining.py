@@ -336,38 +336,49 @@ def test_cli_mine_reads_gloss_toml_under_its_flags(corpus_dir, tmp_path, monkeyp
         assert store.run(summary["run"]).config["mining"]["top_explain"] == 2
 
 
-def test_an_interrupted_pass_resumes_mid_corpus_with_the_same_result(
-    minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch
-):
-    """Checkpoints let a rerun skip the windows already seen and still match a clean mine."""
+def mine_until_third_batch(minilm, corpus_dir, store, tmp_path, monkeypatch, features):
+    """Mine with a checkpoint after every batch, interrupted at its third batch.
+
+    Returns (config, source, batches): `batches` then collects the sizes of the batches
+    that later mines run.
+    """
     monkeypatch.setenv("GLOSS_CACHE", str(tmp_path / "cache"))
     config = MiningConfig(**{**SMALL.to_dict(), "checkpoint_every_s": 0})
     source = load_source("neurons", minilm.hook_width(HOOK))
     real = minilm.activations
     batches: list[int] = []
 
-    def crash_at_third_batch(ids, *args, **kwargs):
+    def counted(ids, *args, **kwargs):
         batches.append(len(ids))
-        if len(batches) == 3:
+        if len(batches) == 3 and crashing:
             raise KeyboardInterrupt
         return real(ids, *args, **kwargs)
 
-    monkeypatch.setattr(minilm, "activations", crash_at_third_batch)
+    crashing = True
+    monkeypatch.setattr(minilm, "activations", counted)
     with pytest.raises(KeyboardInterrupt):
-        mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
-             range(12), progress=False)  # fmt: skip
-    assert list((tmp_path / "cache" / "mining").glob("*.pt")), "a checkpoint was left"
+        mine(store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config, features,
+             progress=False)  # fmt: skip
+    crashing = False
     batches.clear()
-    monkeypatch.setattr(
-        minilm, "activations", lambda ids, *a, **k: batches.append(len(ids)) or real(ids, *a, **k)
+    return config, source, batches
+
+
+def test_an_interrupted_pass_resumes_mid_corpus_with_the_same_result(
+    minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch
+):
+    """Checkpoints let a rerun skip the windows already seen and still match a clean mine."""
+    config, source, batches = mine_until_third_batch(
+        minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch, range(12)
     )
+    assert list((tmp_path / "cache" / "mining").glob("*.pt")), "a checkpoint was left"
     resumed = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
                    range(12), progress=False)  # fmt: skip
-    monkeypatch.setattr(minilm, "activations", real)
+    resumed_batches = list(batches)
     with open_store(f"sqlite:///{tmp_path / 'fresh.db'}") as fresh:
         clean = mine(fresh, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
                      range(12), progress=False)  # fmt: skip
-        assert sum(batches) == clean.windows - 2 * config.batch_size, "two batches not redone"
+        assert sum(resumed_batches) == clean.windows - 2 * config.batch_size, "2 not redone"
         assert (resumed.windows, resumed.tokens) == (clean.windows, clean.tokens)
 
         def everything(store, source_id):
@@ -386,29 +397,12 @@ def test_an_interrupted_pass_resumes_mid_corpus_with_the_same_result(
 def test_a_checkpoint_from_other_windows_is_not_resumed(
     minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path / "cache"))
-    config = MiningConfig(**{**SMALL.to_dict(), "checkpoint_every_s": 0})
-    source = load_source("neurons", minilm.hook_width(HOOK))
-    real = minilm.activations
-    batches: list[int] = []
-
-    def crash_at_third_batch(ids, *args, **kwargs):
-        batches.append(len(ids))
-        if len(batches) == 3:
-            raise KeyboardInterrupt
-        return real(ids, *args, **kwargs)
-
-    monkeypatch.setattr(minilm, "activations", crash_at_third_batch)
-    with pytest.raises(KeyboardInterrupt):
-        mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
-             range(4), progress=False)  # fmt: skip
+    config, source, batches = mine_until_third_batch(
+        minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch, range(4)
+    )
     (path,) = (tmp_path / "cache" / "mining").glob("*.pt")
     state = torch.load(path, weights_only=True)
     torch.save({**state, "fingerprint": "windows of another corpus"}, path)
-    batches.clear()
-    monkeypatch.setattr(
-        minilm, "activations", lambda ids, *a, **k: batches.append(len(ids)) or real(ids, *a, **k)
-    )
     result = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
                   range(4), progress=False)  # fmt: skip
     assert sum(batches) == result.windows, "the whole pass is redone"
