@@ -994,18 +994,22 @@ class Store:
         """
         for k in (max(4 * (offset + limit), 200), None):
             hits, order = self._text_hits(words, k, by_score)
-            stmt = (
-                self._feature_rows([], labeled=True)
-                .join(hits, hits.c.id == Explanation.id)
-                .order_by(*order)
-                .limit(limit)
-                .offset(offset)
-            )
-            with self.session() as s:
-                rows = [_feature_row(row) for row in s.execute(_filter_rows(stmt, *filters))]
+            rows = self._page_of_hits(hits, order, filters, limit, offset)
             if len(rows) == limit:
                 break
         return rows
+
+    def _page_of_hits(self, hits, order, filters: tuple, limit: int, offset: int):
+        """One page of feature rows for a subquery of ranked label ids, filters applied."""
+        stmt = (
+            self._feature_rows([], labeled=True)
+            .join(hits, hits.c.id == Explanation.id)
+            .order_by(*order)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.session() as s:
+            return [_feature_row(row) for row in s.execute(_filter_rows(stmt, *filters))]
 
     def _scored_page(
         self, filters: tuple, limit: int, offset: int, after: str | None, descending: bool
@@ -1038,15 +1042,7 @@ class Store:
             .subquery("hits")
         )
         rank = hits.c.rank.desc() if descending else hits.c.rank.asc()
-        stmt = (
-            self._feature_rows([], labeled=True)
-            .join(hits, hits.c.id == Explanation.id)
-            .order_by(rank, hits.c.feature_id)
-            .limit(limit)
-            .offset(offset)
-        )
-        with self.session() as s:
-            rows = [_feature_row(row) for row in s.execute(_filter_rows(stmt, *filters))]
+        rows = self._page_of_hits(hits, (rank, hits.c.feature_id), filters, limit, offset)
         return rows if len(rows) == limit else None
 
     def _text_hits(self, words: list[str], k: int | None, by_score: bool):
