@@ -189,7 +189,9 @@ class Explanation(Base):
             postgresql_where=text("status IN ('proposed', 'accepted')"),
         ),
         # Created by migration 0003 as (score DESC [NULLS LAST], feature_id) and, for
-        # the worst-first order, (score ASC [NULLS LAST], feature_id).
+        # the worst-first order, (score ASC [NULLS LAST], feature_id). Migration 0004
+        # adds text search's order: ix_explanations_search_rank on SQLite,
+        # ix_label_search_rank on PostgreSQL's label_search table.
         Index(
             "ix_explanations_current_score",
             "score",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -211,7 +212,7 @@ def test_search_ranks_better_matches_first(store):
     for i, t in enumerate(texts):
         label(store, store.resolve_feature(f"tiny/layer.0.mlp/neurons:{i}"), t, score=0.1 * i)
     hits = store.search("apple")
-    assert [h.label for h in hits][:2] == [texts[2], texts[1]]
+    assert [h.label for h in hits] == [texts[1], texts[2]]  # the shorter label first
     assert store.search("conversion")[0].label == texts[0]  # stemming
     assert store.search("apple", min_score=0.2)[0].label == texts[2]
     assert store.count("apple") == 2
@@ -252,18 +253,37 @@ def test_ranked_search_stays_exact_when_filters_drop_the_best_matches(store):
     assert len(store.search("apple", limit=1000)) == 289
 
 
-def test_words_in_most_labels_are_ordered_by_score(store):
-    """On SQLite, bm25 gives words in more than half of all labels an IDF of ~0."""
-    if store.dialect != "sqlite":
-        pytest.skip("PostgreSQL ranks by ts_rank, which has no IDF; its ranking stands")
-    source = labeled_features(
-        store,
-        "layer.0.mlp",
-        ["the token a", "the token b", "the token c", "months"],
-        scores=[0.2, 0.9, None, 0.5],
-    )
-    assert [r.label for r in store.search("token")] == ["the token b", "the token a", "the token c"]
-    assert store.search("token", source=source, limit=1)[0].label == "the token b"
+def test_search_orders_shortest_label_first_then_best_score(store):
+    """Both databases give one order; on SQLite, common and rare words take different plans."""
+    rng = random.Random(3)
+    fruit = ["kiwi", "plum", "fig", "lime", "pear", "melon", "grape", "mango"]
+    texts = [
+        " ".join(rng.choices(fruit, weights=[40, 20, 10, 5, 2, 1, 1, 1], k=rng.randint(1, 5)))
+        for _ in range(300)
+    ]
+    scores = [None if rng.random() < 0.2 else round(rng.random(), 1) for _ in texts]
+    labeled_features(store, "layer.0.mlp", texts, scores)
+    features = [f.id for f in store.features()]
+
+    def expected(*words):
+        matching = [i for i, t in enumerate(texts) if set(words) <= set(t.split())]
+        unscored = [s is None for s in scores]
+        order = sorted(matching, key=lambda i: (len(texts[i]), unscored[i], -(scores[i] or 0), i))
+        return [features[i] for i in order]
+
+    def found(*words):
+        pages = [store.search(" ".join(words), limit=20, offset=o) for o in range(0, 300, 20)]
+        return [r.feature_id for page in pages for r in page]
+
+    for words in (["kiwi"], ["plum", "kiwi"], ["fig"], ["mango"], ["melon", "grape"]):
+        assert found(*words) == expected(*words), words
+    if store.dialect == "sqlite":  # the test saw both plans
+        walks = [store._walk_rank_index({"match": w}, 200) for w in ("kiwi", "mango")]
+        assert walks == [True, False]
+    last = store.search("kiwi", limit=300)[-1]  # a new best score moves it among its peers
+    store.add_score(last.explanation_id, "simulation", 0.95, simulator_model="sim")
+    scores[features.index(last.feature_id)] = 0.95
+    assert found("kiwi") == expected("kiwi") and found("kiwi")[-1] != last.feature_id
 
 
 def test_search_only_sees_current_labels(store):
