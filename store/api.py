@@ -1138,7 +1138,13 @@ class Store:
         reviewed: bool | None = None,
     ) -> int:
         """How many features `search` would page through with these filters."""
-        if not _WORD.search(query or "") and (min_score, max_score, status) == (None,) * 3:
+        words = _WORD.findall(query or "")
+        if words and (min_score, max_score, source, status, reviewed) == (None,) * 5:
+            # The search index holds exactly the current labels, one per feature.
+            with self.session() as s:
+                matching = text(f"SELECT count(*) FROM ({self._matching_sql}) AS m")
+                return s.scalar(matching, self._match_params(words)) or 0
+        if not words and (min_score, max_score, status) == (None,) * 3:
             # Each feature has at most one current label, so no label join is needed.
             stmt = select(func.count()).select_from(Feature)
             if source is not None:
@@ -1149,7 +1155,7 @@ class Store:
             with self.session() as s:
                 return s.scalar(stmt) or 0
         stmt = _filter_rows(
-            self._feature_rows(_WORD.findall(query or "")),
+            self._feature_rows(words),
             min_score,
             max_score,
             source,

@@ -152,7 +152,8 @@ def test_count_agrees_with_search_for_every_filter(store):
         {"reviewed": False, "source": SOURCE},
         {"status": "unlabeled"},
         {"min_score": 0.3},
-        {"query": "apple"},
+        {"query": "apple"},  # counted from the search index alone
+        {"query": "apple", "source": SOURCE},
     ):
         query = filters.pop("query", "")
         assert store.count(query, **filters) == len(store.search(query, limit=100, **filters))
