@@ -521,6 +521,7 @@ def _mine_chunk(
     windows = iter(corpus)
     fingerprint = hashlib.sha256()  # of every window seen: a resume must see the same ones
     checkpoint = Checkpoint(store, subject, source_id, hook, corpus, config, chunk)
+    checkpoint.discard_stale()
     state = checkpoint.load()
     if state is not None:
         for window in islice(windows, state["seen"]):
@@ -634,19 +635,30 @@ class Checkpoint:
     pass: database, subject, source, hook, features, corpus sample and mining settings.
     A rerun with the same key skips the windows already seen (checking they are the
     same windows) and continues with the same random state, so its result equals an
-    uninterrupted pass.
+    uninterrupted pass. The file name starts with the key's place (database, source,
+    hook, features): a pass over the same place with another corpus, model or
+    settings could never resume the older file, so it deletes it.
     """
 
     def __init__(self, store, subject, source_id, hook, corpus, config, chunk):
+        place = {
+            "database": store.engine.url.render_as_string(hide_password=True),
+            "source_id": source_id, "hook": hook,
+            "features": hashlib.sha256(np.asarray(chunk, dtype=np.int64).tobytes()).hexdigest(),
+        }  # fmt: skip
         settings = {k: v for k, v in config.to_dict().items() if k != "checkpoint_every_s"}
         identity = {
-            "database": store.engine.url.render_as_string(hide_password=True),
-            "subject": subject.identity(), "source_id": source_id, "hook": hook,
-            "features": hashlib.sha256(np.asarray(chunk, dtype=np.int64).tobytes()).hexdigest(),
-            "corpus": corpus.record(), "mining": settings,
+            **place, "subject": subject.identity(), "corpus": corpus.record(), "mining": settings
         }  # fmt: skip
-        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
-        self.path = cache_dir() / "mining" / f"{key.hexdigest()[:32]}.pt"
+        self.place, key = _digest(place)[:16], _digest(identity)[:32]
+        self.path = cache_dir() / "mining" / f"{self.place}-{key}.pt"
+
+    def discard_stale(self) -> None:
+        """Delete the checkpoints of this place that were written under other settings."""
+        for other in self.path.parent.glob(f"{self.place}-*.pt"):
+            if other != self.path:
+                log.info("deleting a mining checkpoint no pass can resume: %s", other)
+                other.unlink(missing_ok=True)
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
@@ -670,3 +682,7 @@ class Checkpoint:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _digest(value: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

@@ -412,6 +412,21 @@ def test_a_checkpoint_from_other_windows_is_not_resumed(
     assert torn.load() is None, "an unreadable checkpoint means starting the pass over"
 
 
+def test_a_pass_under_other_settings_deletes_the_checkpoint_it_cannot_resume(
+    minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch
+):
+    config, source, batches = mine_until_third_batch(
+        minilm, corpus_dir, sqlite_store, tmp_path, monkeypatch, range(4)
+    )
+    (stale,) = (tmp_path / "cache" / "mining").glob("*.pt")
+    elsewhere = stale.with_name("0123456789abcdef-" + stale.name.split("-")[1])
+    elsewhere.write_bytes(stale.read_bytes())  # another source's: not this pass's to delete
+    other = MiningConfig(**{**config.to_dict(), "top_explain": config.top_explain + 1})
+    mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), other, range(4),
+         progress=False)  # fmt: skip
+    assert not stale.exists() and elsewhere.exists()
+
+
 def test_features_mined_over_another_corpus_are_reported(minilm, corpus_dir, sqlite_store):
     source = load_source("neurons", minilm.hook_width(HOOK))
     first = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
