@@ -78,26 +78,34 @@ def test_upgrade_from_empty_to_head_and_back(db_url):
 
 @pytest.mark.empty_database
 def test_labels_survive_a_downgrade_and_upgrade_of_each_revision(db_url):
-    """Revisions apply to databases holding labels: 0002 reindexes them on PostgreSQL."""
+    """Revisions apply to databases holding labels: 0002 reindexes them on PostgreSQL, and
+    0004 copies their lengths and scores into the order search reads."""
     with open_store(db_url) as store:
         subject = store.get_or_create_subject("s", "/s", "r", "bert")
-        source = store.get_or_create_source(subject, "layer.0.mlp", "neurons", 2, "p")
+        source = store.get_or_create_source(subject, "layer.0.mlp", "neurons", 3, "p")
         store.write_mined_features(
-            source, [MinedFeature(i, 1.0, 0.1, 0.1, 1, None, []) for i in (0, 1)]
+            source, [MinedFeature(i, 1.0, 0.1, 0.1, 1, None, []) for i in (0, 1, 2)]
         )
-        first, second = (f.id for f in store.features(source))
         prompt = PromptRef("explain", "1", "h")
-        store.add_explanation(
-            first, "old apples", author_kind="model", author_name="m", prompt=prompt
-        )
-        store.add_explanation(second, "apples", author_kind="model", author_name="m", prompt=prompt)
-        store.review(second, "reject", "ann")
+        for feature, label, score in zip(
+            store.features(source),
+            ["old apples", "red apples", "apples"],
+            [0.2, 0.9, None],
+            strict=True,
+        ):
+            explanation = store.add_explanation(
+                feature.id, label, author_kind="model", author_name="m", prompt=prompt
+            )
+            if score is not None:
+                store.add_score(explanation, "simulation", score, simulator_model="sim")
+        store.review(feature.id, "reject", "ann")
     script = ScriptDirectory.from_config(db._alembic_config())
     for revision in [r.revision for r in script.walk_revisions()][1:]:  # all but head
         db.downgrade(db_url, revision)
         db.upgrade(db_url)
         with open_store(db_url) as store:
-            assert [r.label for r in store.search("apples")] == ["old apples"], revision
+            found = [r.label for r in store.search("apples")]
+            assert found == ["red apples", "old apples"], revision
 
 
 @pytest.mark.empty_database
