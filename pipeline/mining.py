@@ -654,9 +654,11 @@ class Checkpoint:
         self.path = cache_dir() / "mining" / f"{self.place}-{key}.pt"
 
     def discard_stale(self) -> None:
-        """Delete the checkpoints of this place that were written under other settings."""
-        for other in self.path.parent.glob(f"{self.place}-*.pt"):
-            if other != self.path:
+        """Delete the checkpoints no pass can resume: this place's under other settings,
+        and those named by key alone (written before file names held places)."""
+        for other in self.path.parent.glob("*.pt"):
+            place = other.stem.split("-")[0] if "-" in other.stem else None
+            if other != self.path and place in (self.place, None):
                 log.info("deleting a mining checkpoint no pass can resume: %s", other)
                 other.unlink(missing_ok=True)
 

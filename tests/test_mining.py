@@ -421,10 +421,12 @@ def test_a_pass_under_other_settings_deletes_the_checkpoint_it_cannot_resume(
     (stale,) = (tmp_path / "cache" / "mining").glob("*.pt")
     elsewhere = stale.with_name("0123456789abcdef-" + stale.name.split("-")[1])
     elsewhere.write_bytes(stale.read_bytes())  # another source's: not this pass's to delete
+    unplaced = stale.with_name("0123456789abcdef0123456789abcdef.pt")  # named as before places
+    unplaced.write_bytes(b"")
     other = MiningConfig(**{**config.to_dict(), "top_explain": config.top_explain + 1})
     mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), other, range(4),
          progress=False)  # fmt: skip
-    assert not stale.exists() and elsewhere.exists()
+    assert not stale.exists() and not unplaced.exists() and elsewhere.exists()
 
 
 def test_features_mined_over_another_corpus_are_reported(minilm, corpus_dir, sqlite_store):
