@@ -993,14 +993,15 @@ class Store:
         When the filters leave too few of the best, the ranking is redone over all
         matches, so results are always exact.
         """
-        for k in (max(4 * (offset + limit), 200), None):
-            hits, order = self._text_hits(words, k)
-            rows = self._page_of_hits(hits, order, filters, limit, offset)
-            if len(rows) == limit:
-                break
+        with self.session() as s:
+            hits, order = self._text_hits(s, words, max(4 * (offset + limit), 200))
+            rows = self._page_of_hits(s, hits, order, filters, limit, offset)
+            if len(rows) < limit and filters != (None,) * len(filters):
+                hits, order = self._text_hits(s, words, None)
+                rows = self._page_of_hits(s, hits, order, filters, limit, offset)
         return rows
 
-    def _page_of_hits(self, hits, order, filters: tuple, limit: int, offset: int):
+    def _page_of_hits(self, s: Session, hits, order, filters: tuple, limit: int, offset: int):
         """One page of feature rows for a subquery of ranked label ids, filters applied."""
         stmt = (
             self._feature_rows([], labeled=True)
@@ -1009,8 +1010,7 @@ class Store:
             .limit(limit)
             .offset(offset)
         )
-        with self.session() as s:
-            return [_feature_row(row) for row in s.execute(_filter_rows(stmt, *filters))]
+        return [_feature_row(row) for row in s.execute(_filter_rows(stmt, *filters))]
 
     def _scored_page(
         self, filters: tuple, limit: int, offset: int, after: str | None, descending: bool
@@ -1044,31 +1044,41 @@ class Store:
             .subquery("hits")
         )
         rank = hits.c.rank.desc() if descending else hits.c.rank.asc()
-        rows = self._page_of_hits(hits, (rank, hits.c.feature_id), filters, limit, offset)
+        with self.session() as s:
+            rows = self._page_of_hits(s, hits, (rank, hits.c.feature_id), filters, limit, offset)
         return rows if len(rows) == limit else None
 
-    def _text_hits(self, words: list[str], k: int | None):
+    def _text_hits(self, s: Session, words: list[str], k: int | None):
         """The first `k` current labels containing every word, as a subquery and its order.
 
-        The order is (length, score DESC, id). PostgreSQL's planner picks between the
-        rank index and the GIN index from its statistics; SQLite cannot estimate an
-        FTS5 match, so the number of matches picks the plan here.
+        The order is (length, score DESC, id). A common word walks the rank index and
+        stops after k matches; a rare one collects its matches and sorts them. Neither
+        planner can tell which a word is (SQLite cannot estimate an FTS5 match;
+        PostgreSQL assumes a word is spread evenly over label lengths, and walks for
+        words it should not), so the number of matches decides, here.
         """
         params = self._match_params(words)
+        walk = self._walk_rank_index(s, params, k)
         if self.dialect == "postgresql":
-            sql = (
+            order = "ORDER BY length, score DESC NULLS LAST, id"
+            matching = (
                 "SELECT explanation_id AS id, length, score "
                 "FROM label_search, websearch_to_tsquery('english', :words) AS q "
-                "WHERE search_vector @@ q ORDER BY length, score DESC NULLS LAST, id"
+                "WHERE search_vector @@ q"
             )
-        elif self._walk_rank_index(params, k):
+            sql = (
+                f"{matching} {order}"
+                if walk
+                else f"WITH m AS MATERIALIZED ({matching}) SELECT * FROM m {order}"
+            )
+        elif walk:
             sql = (
                 "SELECT id, length(text) AS length, score FROM explanations "
                 "INDEXED BY ix_explanations_search_rank "
                 f"WHERE status IN ('proposed', 'accepted') AND id IN ({self._matching_sql}) "
                 "ORDER BY length(text), score DESC, id"
             )
-        else:  # few matches: look each one up, then sort them
+        else:
             sql = (
                 "SELECT e.id, length(e.text) AS length, e.score "
                 f"FROM ({self._matching_sql}) AS m CROSS JOIN explanations AS e "
@@ -1085,20 +1095,25 @@ class Store:
         )
         return hits, (hits.c.length, hits.c.score.desc().nulls_last(), hits.c.id)
 
-    def _walk_rank_index(self, params: dict[str, Any], k: int | None) -> bool:
-        """Whether walking ix_explanations_search_rank beats sorting the matches (SQLite).
+    def _walk_rank_index(self, s: Session, params: dict[str, Any], k: int | None) -> bool:
+        """Whether walking the rank index beats collecting and sorting the matches.
 
         The walk reads about total * k / matches index entries before it has k hits
-        (all `total` when k is None); looking a match up costs about 4 times as much
-        (measured at 100,000 labels). So the walk wins from matches**2 >= total * k / 4
-        on, and counting stops there.
+        (all `total` when k is None); collecting costs about 4 times as much per
+        match (measured at 100,000 labels on both databases). So the walk wins from
+        matches**2 >= total * k / 4 on, and counting stops there.
         """
-        with self.session() as s:
-            total = s.scalar(text("SELECT count(*) FROM explanations_fts_docsize"))
-            enough = total // 4 if k is None else math.isqrt(total * k // 4)
-            matches = s.scalar(
-                text(f"SELECT count(*) FROM ({self._matching_sql} LIMIT {enough})"), params
-            )
+        total_sql = (
+            "SELECT count(*) FROM explanations_fts_docsize"
+            if self.dialect == "sqlite"  # PostgreSQL: the estimate kept by (auto)analyze
+            else "SELECT greatest(reltuples, 0)::bigint FROM pg_class "
+            "WHERE oid = 'label_search'::regclass"
+        )
+        total = s.scalar(text(total_sql))
+        enough = total // 4 if k is None else math.isqrt(total * k // 4)
+        matches = s.scalar(
+            text(f"SELECT count(*) FROM ({self._matching_sql} LIMIT {enough}) AS m"), params
+        )
         return matches >= enough > 0
 
     @property
