@@ -138,12 +138,29 @@ def add_mine_parser(sub) -> None:
 # ---------------------------------------------------------------- explain / score / llm (issue 4)
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of --limit: a count of features, so 0 and negatives are refused."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1; omit --limit for no limit")
+    return value
+
+
 def select_features(store, args: argparse.Namespace) -> list[int]:
-    """Mined feature ids matching --source, --features and --limit, in id order."""
-    source_id = store.source(args.source).id if args.source else None
+    """Mined feature ids matching --source, --features and --limit, in id order.
+
+    The selector is clipped to the widest source it can apply to, so `0:3000000000`
+    costs what the sources hold.
+    """
     from pipeline.config import parse_features
 
-    indices = parse_features(args.features)
+    source = store.source(args.source) if args.source else None
+    widths = [source.width] if source else [s.width for s in store.sources()]
+    indices = parse_features(args.features, width=max(widths, default=0))
+    source_id = source.id if source else None
     ids = [f.id for f in store.features(source_id, status="mined", indices=indices)]
     return ids[: args.limit] if args.limit else ids
 
@@ -280,7 +297,7 @@ def _add_llm_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--source", help="feature source name (see gloss sources); default all")
     p.add_argument("--features", help="feature indices: 0:100, 7 or 1,2,5:9")
-    p.add_argument("--limit", type=int, help="at most this many features")
+    p.add_argument("--limit", type=at_least_one, help="at most this many features")
     p.add_argument(
         "--base-url",
         help="OpenAI-compatible endpoint; default $OPENAI_BASE_URL, else the bundled local "
@@ -514,7 +531,7 @@ def _add_query_commands(sub) -> None:
         "--unreviewed", dest="reviewed", action="store_false", help="only unreviewed features"
     )
     p.add_argument("--order", default="rank", choices=["rank", "score", "-score", "id"])
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=at_least_one, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
@@ -648,7 +665,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def add_run_commands(sub) -> None:
     p = sub.add_parser("run", help="the nightly job: mine, explain and score what is missing")
     p.add_argument("--config", default=None, help="config file (default ./gloss.toml)")
-    p.add_argument("--limit", type=int, default=None, help="at most N features per LLM stage")
+    p.add_argument(
+        "--limit", type=at_least_one, default=None, help="at most N features per LLM stage"
+    )
     p.add_argument("--features", default=None, help="feature selector: 0:100, 7, 1,2,5:9")
     p.add_argument("--max-tokens", type=int, default=None, help="LLM token budget for this run")
     p.add_argument("--max-cost", type=float, default=None, help="LLM cost budget (needs prices)")
@@ -664,7 +683,7 @@ def add_run_commands(sub) -> None:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("runs", help="list recent runs")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=at_least_one, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 

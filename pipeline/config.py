@@ -24,28 +24,67 @@ from pipeline.llm import LLMConfig
 from pipeline.local_llm import LocalServerConfig
 from pipeline.mining import MiningConfig
 from pipeline.simulator import SimulatorConfig
+from pipeline.subjects import parse_device
 from store.errors import ConfigError, InputError
 
 DEFAULT_PATH = Path("gloss.toml")
 
 
-def parse_features(spec: str | None) -> list[int] | None:
-    """Feature indices from `0:100` (half-open), `7`, or a comma list of both; None = all."""
+MAX_SELECTED = 100_000_000  # indices a selector may name when the source's width is unknown
+
+
+def feature_ranges(spec: str | None) -> list[range] | None:
+    """The half-open ranges a selector names (`7` is 7:8), checked; None = every feature."""
     if spec is None or not spec.strip():
         return None
-    indices: set[int] = set()
+    ranges: list[range] = []
     for part in spec.split(","):
         part = part.strip()
+        if not part:
+            continue
+        start_text, colon, stop_text = part.partition(":")
         try:
-            if ":" in part:
-                start, _, stop = part.partition(":")
-                indices.update(range(int(start or 0), int(stop)))
-            elif part:
-                indices.add(int(part))
+            start = int(start_text or 0)
+            stop = int(stop_text) if colon else start + 1
         except ValueError:
             raise InputError(
                 f"bad --features {part!r} (or [subject] features): use 0:100, 7 or 1,2,5:9"
             ) from None
+        if start < 0 or stop < 0:
+            raise InputError(
+                f"bad --features {part!r}: feature indices start at 0, so none is negative"
+            )
+        if stop <= start:
+            raise InputError(
+                f"bad --features {part!r}: the range is empty (stop must be greater than start)"
+            )
+        ranges.append(range(start, stop))
+    return ranges
+
+
+def parse_features(spec: str | None, width: int | None = None) -> list[int] | None:
+    """Feature indices from `0:100` (half-open), `7`, or a comma list of both; None = all.
+
+    With `width` (the source's number of features) the selector is clipped to it before
+    it is built, so `0:3000000000` costs what the source has and indices past the end
+    select nothing. Without it, a selector naming more than MAX_SELECTED indices is
+    refused rather than built, and the caller reports indices past the end.
+    """
+    ranges = feature_ranges(spec)
+    if ranges is None:
+        return None
+    if width is not None:
+        ranges = [range(r.start, min(r.stop, width)) for r in ranges]
+    named = sum(max(0, r.stop - r.start) for r in ranges)
+    if named > MAX_SELECTED:
+        raise InputError(
+            f"bad --features {spec.strip()!r}: it names {named:,} features, more than "
+            f"{MAX_SELECTED:,}; omit --features (or [subject] features) to select every "
+            "feature, or give a smaller range"
+        )
+    indices: set[int] = set()
+    for r in ranges:
+        indices.update(r)
     return sorted(indices)
 
 
@@ -60,8 +99,13 @@ class SubjectConfig:
     source: str = "neurons"  # neurons, sae:FOLDER, dictionary:FOLDER
     features: str | None = "0:24"  # selector (0:100, 7, 1,2,5:9); None = every feature
 
-    def indices(self) -> list[int] | None:
-        return parse_features(self.features)
+    def __post_init__(self) -> None:
+        """Catch a bad device or selector when the settings are read, not after model loading."""
+        parse_device(self.device)
+        feature_ranges(self.features)
+
+    def indices(self, width: int | None = None) -> list[int] | None:
+        return parse_features(self.features, width)
 
 
 @dataclass
@@ -75,6 +119,25 @@ class RunConfig:
     baseline: bool = True  # store the no-LLM baseline label; current until an LLM label exists
     lock_stale_s: float = 900.0  # a lock without heartbeat this long belongs to a dead run
     log_file: str | None = None
+
+    def __post_init__(self) -> None:
+        """A negative limit would slice off features and a zero lock timeout steals live locks."""
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(
+                f"limit = {self.limit} is invalid: give at least 1 feature per stage, "
+                "or omit it for no limit"
+            )
+        if not self.lock_stale_s > 0:
+            raise ConfigError(
+                f"lock_stale_s = {self.lock_stale_s} is invalid: give seconds above 0 (default 900)"
+            )
+        for key in ("max_llm_tokens", "max_cost"):
+            value = getattr(self, key)
+            if value is not None and not value >= 0:
+                raise ConfigError(
+                    f"{key} = {value} is invalid: give a budget of 0 or more, "
+                    "or omit it for no budget"
+                )
 
 
 @dataclass
@@ -142,7 +205,7 @@ def build(cls: type, data: Any, where: str) -> Any:
     values = {name: _coerce(hints[name], value, f"{where}: {name}") for name, value in data.items()}
     try:
         return cls(**values)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ConfigError, InputError) as error:
         raise ConfigError(f"{where}: {error}") from None
 
 
@@ -183,6 +246,9 @@ def set_path(config: Any, where: str, value: Any) -> None:
     if isinstance(value, str) and not _accepts_str(hint):
         value = tomllib.loads(f"v = {value}")["v"]
     setattr(target, name, _coerce(hint, value, where))
+    check = getattr(target, "__post_init__", None)
+    if check is not None:
+        check()
 
 
 def _accepts_str(hint: Any) -> bool:

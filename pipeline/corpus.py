@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +49,25 @@ class CorpusConfig:
     max_tokens: int | None = None
     seed: int = 0
     max_line_chars: int = 100_000
+
+    def __post_init__(self) -> None:
+        """Reject settings that would crash or silently empty a mining run later."""
+        bad = [p for p in self.paths if not isinstance(p, str)]
+        if bad:
+            raise ConfigError(
+                f"corpus paths must be strings (file, folder or glob), not {bad[0]!r}"
+            )
+        rules = (
+            ("ctx_len", self.ctx_len, 2, "tokens per window"),
+            ("min_len", self.min_len, 1, "tokens in the shortest window kept"),
+            ("max_tokens", self.max_tokens, 1, "corpus tokens read; omit it for no cap"),
+            ("max_line_chars", self.max_line_chars, 1, "characters before a line is cut"),
+        )
+        for key, value, least, meaning in rules:
+            if value is not None and value < least:
+                raise ConfigError(
+                    f"{key} = {value} is invalid: it must be at least {least} ({meaning})"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,9 +158,26 @@ def _chain(first: str, rest: Iterator[str], clean: Callable[[str], str]) -> Iter
 
 
 def _text_pieces(path: Path, max_line_chars: int) -> Iterator[str]:
-    """A file as text pieces that end at line breaks, decoding UTF-8 leniently with a warning."""
+    """A file as text pieces that end at line breaks, decoding UTF-8 leniently with a warning.
+
+    A line over max_line_chars is cut at spaces into pieces of at most that many characters,
+    wherever it is, so a file that is one enormous line is read in bounded pieces, with
+    work linear in its size.
+    """
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    long_line = re.compile(f"^[^\n]{{{min(max_line_chars, 1 << 30) + 1},}}", re.MULTILINE)
     carry, warned_line, offset = "", False, 0
+
+    def warn_once() -> None:
+        nonlocal warned_line
+        if not warned_line:
+            log.warning(
+                "corpus file %s has a line over %d characters; it is split at spaces",
+                path,
+                max_line_chars,
+            )
+            warned_line = True
+
     with path.open("rb") as f:
         while block := f.read(BLOCK_BYTES):
             try:
@@ -157,23 +193,35 @@ def _text_pieces(path: Path, max_line_chars: int) -> Iterator[str]:
                 text = decoder.decode(block)
             offset += len(block)
             text = carry + text
-            cut = text.rfind("\n") + 1
-            if cut == 0 and len(text) > max_line_chars:
-                if not warned_line:
-                    log.warning(
-                        "corpus file %s has a line over %d characters; it is split at spaces",
-                        path,
-                        max_line_chars,
-                    )
-                    warned_line = True
-                space = text.rfind(" ", 0, max_line_chars)
-                cut = space + 1 if space > 0 else max_line_chars
-            carry = text[cut:]
-            if text[:cut].strip():
-                yield text[:cut]
+            lines_end = text.rfind("\n") + 1
+            start = 0
+            for line in long_line.finditer(text, 0, lines_end):
+                warn_once()
+                if text[start : line.start()].strip():
+                    yield text[start : line.start()]
+                start = yield from _cut_line(text, line.start(), line.end(), max_line_chars)
+            if text[start:lines_end].strip():
+                yield text[start:lines_end]
+            start = lines_end
+            if len(text) - start > max_line_chars:
+                warn_once()
+                start = yield from _cut_line(text, start, len(text), max_line_chars)
+            carry = text[start:]
         tail = carry + decoder.decode(b"", final=True)
         if tail.strip():
             yield tail
+
+
+def _cut_line(text: str, start: int, stop: int, limit: int) -> Generator[str, None, int]:
+    """Pieces of at most `limit` characters from text[start:stop], cut after a space where
+    there is one; returns where the uncut rest (at most `limit` characters) begins."""
+    while stop - start > limit:
+        space = text.rfind(" ", start, start + limit)
+        cut = space + 1 if space > start else start + limit
+        if text[start:cut].strip():
+            yield text[start:cut]
+        start = cut
+    return start
 
 
 def _jsonl_documents(path: Path, config: CorpusConfig) -> Iterator[tuple[str, Iterator[str]]]:
@@ -241,12 +289,14 @@ def iter_windows(config: CorpusConfig, encode: Callable[[str], list[int]]) -> It
         offset = 0
         for piece in pieces:
             buffer += encode(piece)
-            while len(buffer) >= config.ctx_len:
-                window = Window(doc_id, offset, tuple(buffer[: config.ctx_len]))
-                buffer = buffer[config.ctx_len :]
-                offset += config.ctx_len
+            start = 0
+            while len(buffer) - start >= config.ctx_len:
+                end = start + config.ctx_len
+                window = Window(doc_id, offset, tuple(buffer[start:end]))
+                start, offset = end, offset + config.ctx_len
                 if _first_time(window, seen):
                     yield window
+            del buffer[:start]
         if len(buffer) >= min_len:
             window = Window(doc_id, offset, tuple(buffer))
             if _first_time(window, seen):

@@ -74,6 +74,14 @@ class EndpointConfig:
             raise ConfigError(f"llm api {self.api!r} is unknown: use one of {', '.join(APIS)}")
         if self.concurrency < 1 or self.max_attempts < 1:
             raise ConfigError("llm concurrency and max_attempts must be at least 1")
+        if not self.timeout_s > 0:
+            raise ConfigError(
+                f"timeout_s = {self.timeout_s} is invalid: give seconds above 0 (default 120)"
+            )
+        for key in ("backoff_s", "max_backoff_s", "price_in", "price_out"):
+            value = getattr(self, key)
+            if not value >= 0:
+                raise ConfigError(f"{key} = {value} is invalid: it must be 0 or more")
 
     def resolved_url(self) -> str:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or LOCAL

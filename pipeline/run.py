@@ -220,7 +220,7 @@ def _templates(config: GlossConfig, llm: LLMConfig) -> tuple[ExplainerConfig, Si
 def plan(store: Store, config: GlossConfig) -> Plan:
     """The dry run: what `gloss run` would do now, without mining or calling an LLM."""
     _, source, source_id = _open_source(store, config)
-    indices = config.subject.indices()
+    indices = config.subject.indices(width=source.width)
     to_mine = _unmined(store, source_id, source.width, indices)
     explainer, simulator = _templates(config, config.llm)
     to_explain = store.features_to_explain(
@@ -306,8 +306,8 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
     from pipeline.mining import mine, mined_otherwise
 
     reasons: list[str] = []
-    indices = config.subject.indices()
     subject, source, source_id = _open_source(store, config)
+    indices = config.subject.indices(width=source.width)
     to_mine = _unmined(store, source_id, source.width, indices)
     if to_mine:
         corpus = Corpus(config.corpus, subject.encode)

@@ -127,11 +127,88 @@ def _hash(*parts: bytes) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise InputError(f"missing {path}") from error
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{path} is not valid JSON: {error}") from error
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from error
+    return _table(data, "the file", path)
+
+
+def _table(value: Any, what: str, where: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InputError(
+            f"{where}: {what} must be a JSON object of settings, not {type(value).__name__} "
+            f"{_short(value)}; give the file the training library wrote"
+        )
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _whole(table: dict[str, Any], key: str, where: Path) -> int | None:
+    """An integer setting (None when absent or null); 16.0 and "16" count, "abc" and 1.5 do not."""
+    value = table.get(key)
+    if value is None:
+        return None
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value)
+    if number is None:
+        raise InputError(f"{where}: {key} must be a whole number, not {_short(value)}")
+    return number
+
+
+def _check_encoder(encoder: Encoder, where: Path) -> Encoder:
+    """Every tensor the encoder uses has its documented shape and only finite values.
+
+    A wrong shape would otherwise broadcast silently or fail deep inside mining, and a
+    NaN would turn every activation of a feature into NaN.
+    """
+    W = encoder.W_enc
+    if W.dim() != 2 or 0 in W.shape:
+        raise InputError(
+            f"{where}: the encoder matrix has shape {list(W.shape)}; it must be 2-D "
+            "[d_in, d_sae] with both sizes above 0"
+        )
+    d_in, d_sae = W.shape
+    expected = {
+        "encoder bias (b_enc)": (encoder.b_enc, d_sae),
+        "input bias (b_dec)": (encoder.pre_bias, d_in),
+        "threshold": (encoder.threshold, d_sae),
+        "r_mag": (encoder.r_mag, d_sae),
+        "b_mag": (encoder.b_mag, d_sae),
+    }
+    for name, (tensor, size) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != (size,):
+            raise InputError(
+                f"{where}: {name} has shape {list(tensor.shape)} but must be [{size}] "
+                f"for an encoder of shape [{d_in}, {d_sae}]"
+            )
+    tensors = {"encoder matrix (W_enc)": W, **{n: t for n, (t, _) in expected.items()}}
+    for name, tensor in tensors.items():
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise InputError(
+                f"{where}: {name} holds NaN or infinite values; the weights are damaged, "
+                "give a good copy"
+            )
+    if encoder.activation == "topk" and not 1 <= (encoder.k or 0) <= d_sae:
+        raise InputError(f"{where}: k={encoder.k} but a top-k encoder needs k in 1..{d_sae}")
+    return encoder
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _need(weights: dict[str, torch.Tensor], names: Sequence[str], where: Path) -> None:
@@ -149,11 +226,19 @@ def _load_sae(folder: Path) -> Source:
     weights_path = folder / "sae_weights.safetensors"
     if not weights_path.exists():
         raise InputError(f"missing {weights_path}: an SAELens folder has cfg.json and this file")
-    w = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    try:
+        w = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    except Exception as error:  # safetensors raises its own error type, torch others
+        raise InputError(
+            f"cannot read {weights_path}: {_first_line(error)}; the file is truncated or "
+            "not safetensors, download or save it again"
+        ) from error
     _need(w, ["W_enc", "b_dec"], weights_path)
     arch = str(cfg.get("architecture", "standard")).lower()
     act_fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
-    kwargs = cfg.get("activation_fn_kwargs") or {}
+    kwargs = _table(
+        cfg.get("activation_fn_kwargs") or {}, "activation_fn_kwargs", folder / "cfg.json"
+    )
     norm = str(cfg.get("normalize_activations", "none") or "none").lower()
     if norm not in ("none", "constant_norm_rescale"):
         raise ModelError(
@@ -171,8 +256,8 @@ def _load_sae(folder: Path) -> Source:
         encoder = Encoder(w["W_enc"], w["b_enc"], "jumprelu", pre_bias, threshold=w["threshold"])
     elif arch == "topk" or act_fn == "topk":
         _need(w, ["b_enc"], weights_path)
-        k = int(kwargs.get("k") or cfg.get("k") or 0)
-        if k <= 0:
+        k = _whole(kwargs, "k", folder / "cfg.json") or _whole(cfg, "k", folder / "cfg.json")
+        if not k:
             raise InputError(f"{folder}/cfg.json: a top-k SAE needs activation_fn_kwargs.k")
         encoder = Encoder(w["W_enc"], w["b_enc"], "topk", pre_bias, k=k)
     elif arch == "standard" and act_fn == "relu":
@@ -184,9 +269,11 @@ def _load_sae(folder: Path) -> Source:
             f"{act_fn!r}; gloss reads standard (relu), jumprelu, topk and gated SAEs"
         )
     encoder.norm_scale = norm == "constant_norm_rescale"
+    _check_encoder(encoder, weights_path)
     d_in, d_sae = encoder.W_enc.shape
     for key, size in (("d_in", d_in), ("d_sae", d_sae)):
-        if key in cfg and int(cfg[key]) != size:
+        stated = _whole(cfg, key, folder / "cfg.json")
+        if stated is not None and stated != size:
             raise InputError(f"{folder}: cfg.json says {key}={cfg[key]} but W_enc has {size}")
     params = _hash(weights_path.read_bytes(), json.dumps(cfg, sort_keys=True).encode())
     return Source("sae", d_sae, d_in, params, str(folder.resolve()), cfg, encoder)
@@ -194,15 +281,25 @@ def _load_sae(folder: Path) -> Source:
 
 def _load_dictionary(folder: Path) -> Source:
     cfg = _read_json(folder / "config.json")
-    trainer = cfg.get("trainer", cfg)
+    trainer = _table(cfg.get("trainer", cfg), "trainer", folder / "config.json")
     ae_path = folder / "ae.pt"
     try:
         state = torch.load(ae_path, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
         raise InputError(f"missing {ae_path}") from error
     except Exception as error:  # torch raises several unrelated types for a bad file
-        raise InputError(f"cannot read {ae_path}: {error}") from error
+        raise InputError(f"cannot read {ae_path}: {_first_line(error)}") from error
+    if not isinstance(state, dict):
+        raise InputError(
+            f"{ae_path} holds a {type(state).__name__}, not a state dict of named tensors; "
+            "save it with torch.save(ae.state_dict(), path)"
+        )
     w = {k: v.float() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for name in ("encoder.weight", "W_enc"):
+        if name in w and w[name].dim() != 2:
+            raise InputError(
+                f"{ae_path}: {name} has shape {list(w[name].shape)}; it must be a 2-D matrix"
+            )
     cls = str(trainer.get("dict_class", "AutoEncoder"))
     if cls == "AutoEncoder":
         _need(w, ["encoder.weight", "encoder.bias", "bias"], ae_path)
@@ -215,12 +312,26 @@ def _load_dictionary(folder: Path) -> Source:
         _need(w, ["encoder.weight", "encoder.bias", "b_dec"], ae_path)
         W, b = w["encoder.weight"].T, w["encoder.bias"]
         threshold = w.get("threshold")
+        if threshold is not None and threshold.numel() != 1:
+            raise InputError(
+                f"{ae_path}: threshold has shape {list(threshold.shape)}; "
+                f"{cls} keeps one global threshold"
+            )
         if cls == "BatchTopKSAE" and threshold is not None and float(threshold.max()) >= 0:
             # At inference BatchTopK keeps latents above its learned global threshold.
-            encoder = Encoder(W, b, "jumprelu", w["b_dec"], threshold=threshold.expand(b.shape))
+            encoder = Encoder(
+                W, b, "jumprelu", w["b_dec"], threshold=threshold.reshape(()).expand(b.shape)
+            )
         else:
-            k = int(w["k"]) if "k" in w else int(trainer.get("k", 0))
-            if k <= 0:
+            if "k" in w:
+                if w["k"].numel() != 1:
+                    raise InputError(
+                        f"{ae_path}: k has shape {list(w['k'].shape)}; it is one number"
+                    )
+                k = _whole({"k": float(w["k"].reshape(()))}, "k", ae_path)
+            else:
+                k = _whole(trainer, "k", folder / "config.json")
+            if not k:
                 raise InputError(f"{folder}/config.json: a top-k dictionary needs k")
             encoder = Encoder(W, b, "topk", w["b_dec"], k=k)
     elif cls == "GatedAutoEncoder":
@@ -238,9 +349,11 @@ def _load_dictionary(folder: Path) -> Source:
             f"{folder}: unsupported dict_class {cls!r}; gloss reads AutoEncoder, "
             "JumpReluAutoEncoder, AutoEncoderTopK, BatchTopKSAE and GatedAutoEncoder"
         )
+    _check_encoder(encoder, ae_path)
     d_in, d_sae = encoder.W_enc.shape
     for key, size in (("activation_dim", d_in), ("dict_size", d_sae)):
-        if key in trainer and int(trainer[key]) != size:
+        stated = _whole(trainer, key, folder / "config.json")
+        if stated is not None and stated != size:
             raise InputError(
                 f"{folder}: config.json says {key}={trainer[key]} but ae.pt has {size}"
             )

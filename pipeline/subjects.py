@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from store.errors import InputError, ModelError
+from store.errors import ConfigError, InputError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,42 @@ class Subject:
 
 # ---------------------------------------------------------------- loading
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def parse_device(name: str) -> torch.device:
+    """The torch device a setting names, checked for spelling only (settings are read on any machine)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(f"device {name!r} is not a torch device: use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a model is moved to, checked against what this machine has."""
+    device = parse_device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device {name!r} is not available on this machine (no CUDA); use cpu"
+            )
+        if (device.index or 0) >= count:
+            names = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
+            raise ConfigError(
+                f"device {name!r} is not available on this machine: it has {count} CUDA "
+                f"device{'s' if count > 1 else ''} ({names}); use one of them or cpu"
+            )
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {name!r} is not available on this machine (no MPS); use cpu")
+        if device.index:
+            raise ConfigError(f"device {name!r} is not available: MPS has one device, mps; use it")
+    return device
+
 
 def load_subject(
     name: str,
@@ -222,6 +258,7 @@ def load_subject(
     """Load a subject by built-in name, local path, local GGUF file or hub id."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    target = resolve_device(device)
     path, display = name, name
     if name == "minilm":
         path = _builtin_minilm()
@@ -250,7 +287,11 @@ def load_subject(
             f"cannot load model {name!r}: {error}. Check the name or path; offline, "
             "only local folders, .gguf files and the built-ins work"
         ) from error
-    model.eval().to(device)
+    try:
+        model.eval().to(target)
+    except RuntimeError as error:  # out of memory, or a device that fails on first use
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"cannot move model {name!r} to {device}: {first}; try cpu") from error
     tokenizer.model_max_length = 1 << 60  # corpus documents are tokenized whole, then windowed
     blocks = _find_blocks(model, config)
     mlp_out = [_find_mlp_out(block, i) for i, block in enumerate(blocks)]

@@ -137,3 +137,57 @@ def test_default_corpus_windows_are_clean(minilm):
     assert len(windows) == 2_000 // 64
     text = minilm.tokenizer.decode(list(windows[0].token_ids))
     assert "**" not in text and "#" not in text
+
+
+def _scan_traced(path, max_line: int) -> tuple[list[int], int, int]:
+    """(lengths of the texts handed to the encoder, windows, peak traced bytes) of one file."""
+    import tracemalloc
+
+    handed: list[int] = []
+
+    def count(text: str) -> list[int]:
+        handed.append(len(text))
+        assert len(text) <= max_line, f"a piece of {len(text)} characters reached the encoder"
+        return [len(word) for word in text.split()]
+
+    config = CorpusConfig((str(path),), ctx_len=64, max_line_chars=max_line)
+    tracemalloc.start()
+    try:
+        n_windows = sum(1 for _ in iter_windows(config, count))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return handed, n_windows, peak
+
+
+def test_one_line_files_are_read_in_linear_work_and_flat_memory(tmp_path):
+    """A file that is one enormous line must cost what any file of its size costs."""
+    peaks = {}
+    for mb in (1, 4):
+        path = tmp_path / f"line{mb}.txt"
+        path.write_text(("ab abc a abcd " * (mb << 20))[: mb << 20])
+        handed, n_windows, peaks[mb] = _scan_traced(path, max_line=100_000)
+        assert sum(handed) == path.stat().st_size  # every character encoded once
+        assert n_windows > 0
+    assert peaks[4] < 2 * peaks[1], peaks
+    assert peaks[4] < 8 << 20, peaks
+
+
+def test_long_lines_among_short_ones_are_cut_without_losing_a_word(tmp_path, caplog):
+    """Every line over max_line_chars is cut at spaces, wherever it is; words stay whole."""
+    text = words("s", 30) + "\n" + words("l", 5_000) + "\n" + words("t", 40)
+    path = tmp_path / "mixed.txt"
+    path.write_text(text)
+    pieces: list[str] = []
+
+    def keep(piece: str) -> list[int]:
+        pieces.append(piece)
+        return encode(piece)
+
+    config = CorpusConfig((str(path),), ctx_len=16, min_len=1, max_line_chars=1_000)
+    with caplog.at_level(logging.WARNING):
+        tokens = [t for w in iter_windows(config, keep) for t in w.token_ids]
+    assert "".join(pieces) == text
+    assert max(len(line) for piece in pieces for line in piece.split("\n")) <= 1_000
+    assert tokens == encode(text)
+    assert caplog.text.count("line over 1000 characters") == 1
