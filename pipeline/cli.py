@@ -450,6 +450,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def cmd_fires(args: argparse.Namespace) -> int:
     from pipeline.fires import fires
+    from pipeline.prompts import printable
     from pipeline.terminal import to_json
 
     with _open(args) as store:
@@ -462,7 +463,8 @@ def cmd_fires(args: argparse.Namespace) -> int:
         for f in t.features:
             score = "" if f.score is None else f"  (score {f.score:.2f})"
             print(
-                f"       {f.relative:5.0%} of max  {f.activation:8.3f}  {f.ref}  {f.label}{score}"
+                f"       {f.relative:5.0%} of max  {f.activation:8.3f}  {printable(f.ref)}  "
+                f"{printable(f.label or '')}{score}"
             )
     return 0
 

@@ -39,10 +39,21 @@ from pipeline.llm import (
     answer_text,
     make_clients,
 )
-from pipeline.prompts import Prompt, load_prompt, neutralize
+from pipeline.prompts import Prompt, load_prompt, neutralize, printable, spell
 from pipeline.scoring import simulation_score
 from pipeline.simulator import SimulatorConfig, simulate
-from store import CANDIDATE, ConfigError, ExampleOut, LLMError, Store
+from store import (
+    CANDIDATE,
+    PROPOSED,
+    REPLACE_ALL,
+    REPLACE_MACHINE,
+    REPLACE_NONE,
+    ConfigError,
+    ConflictError,
+    ExampleOut,
+    LLMError,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,21 +188,27 @@ def render_openai(shown: Sequence[tuple[list[str], list[float]]]) -> str:
 
 
 def render_delphi(shown: Sequence[tuple[list[str], list[float]]]) -> str:
-    """Each window as text with its activating tokens (>= 1/10 of the peak) in <<marks>>."""
+    """Each window as text with its activating tokens (>= 1/10 of the peak) in <<marks>>.
+
+    Tokens are spelled as text (WordPiece pieces glued, words spaced); every `<` and `>`
+    of the corpus becomes `‹` `›`, so the only angle brackets in the examples are ours.
+    """
     top = max((max(acts) for _, acts in shown), default=0.0)
     lines = []
     for number, (tokens, acts) in enumerate(shown, 1):
         parts, run, inside = [], [], False
-        for token, level in zip(tokens, normalized(acts, top), strict=True):
+        for (gap, token), level in zip(spell(tokens), normalized(acts, top), strict=True):
             active = level >= 1
-            if active != inside and run:
-                text = neutralize("".join(run))
-                parts.append(f"<<{text}>>" if inside else text)
-                run = []
-            inside = active
-            run.append(token)
+            if active != inside:
+                if run:
+                    text = neutralize("".join(run), brackets=True)
+                    parts.append(f"<<{text}>>" if inside else text)
+                parts.append(gap)  # a WordPiece word's space stays outside the marks
+                run, inside = [token], active
+            else:
+                run.append(gap + token)
         if run:
-            text = neutralize("".join(run))
+            text = neutralize("".join(run), brackets=True)
             parts.append(f"<<{text}>>" if inside else text)
         lines.append(f"Example {number}: {''.join(parts)}")
     return "\n".join(lines)
@@ -238,10 +255,12 @@ def parse_label(text: str, copies: set[str] = frozenset()) -> str:
     label = label.rstrip(" .;:,").strip()
     if any(echo in label for echo in _ECHOES):
         raise UnusableAnswer(f"the explainer answer echoes the prompt, not a label: {text[:300]!r}")
-    if len(re.findall(r"[^\W\d_]", label)) < 2:
-        raise UnusableAnswer(f"the explainer answer has no label: {text[:300]!r}")
+    if printable(label) != label:
+        raise UnusableAnswer(f"the explainer's label holds control characters: {label[:300]!r}")
     if len(label) > 300:
         raise UnusableAnswer(f"the explainer answer is too long for a label: {text[:300]!r}")
+    if len(re.findall(r"[^\W\d_]", label)) < 2:
+        raise UnusableAnswer(f"the explainer answer has no label: {text[:300]!r}")
     if _copied(label, copies):
         raise UnusableAnswer(f"the explainer copied the prompt's worked example: {label!r}")
     return label

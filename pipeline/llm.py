@@ -7,8 +7,11 @@ One `LLMClient` per role (explainer, simulator). Each call:
   3. is retried by tenacity on 429 (honouring Retry-After), 5xx, timeouts and
      connection errors, with exponential backoff and jitter, a bounded number of times;
   4. is checked by the caller's `parse` function before it counts as a success, so an
-     unusable answer is recorded as such (raw text kept) and never cached;
-  5. lands in `llm_calls` with tokens, latency, cost and outcome, whatever happened.
+     unusable answer is recorded as such (raw text kept) and never cached; an answer of
+     the wrong shape (valid JSON, but not what the API promises) is unusable too, never
+     a crash;
+  5. lands in `llm_calls` with tokens, latency, cost and outcome, whatever happened (an
+     answer too large for the ledger is kept as its head, `LEDGER_MAX_CHARS`).
 Failures surface as `LLMError` after being recorded.
 """
 
@@ -44,6 +47,11 @@ T = TypeVar("T")
 
 LOCAL = "local"
 APIS = ("completions", "chat")
+LEDGER_MAX_CHARS = 2_000_000  # a response larger than this, as JSON, is stored as a stub
+LEDGER_HEAD_CHARS = 10_000
+# What a parser raises on an answer of the wrong shape ({"text": 123}, a string where
+# a list belongs, ...): the answer is unusable, not the program broken.
+_SHAPE_ERRORS = (TypeError, KeyError, IndexError, AttributeError, ValueError, ArithmeticError)
 
 
 @dataclass
@@ -186,7 +194,15 @@ class Answer:
 
 
 class UnusableAnswer(LLMError):
-    """The endpoint answered, but the answer cannot be used (no label, no logprobs, ...)."""
+    """The endpoint answered, but the answer cannot be used (no label, no logprobs, ...).
+
+    `response` is the decoded answer when the check that refused it ran before the caller
+    saw it (the envelope check), so the ledger can still keep it.
+    """
+
+    def __init__(self, message: str, response: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.response = response
 
 
 class _Transient(Exception):
@@ -313,7 +329,7 @@ class LLMClient:
             cached = await self.db.read(self.store.cached_llm_response, key)
             if cached is not None:
                 try:
-                    value = parse(cached)
+                    value = self._checked(parse, cached, "answer")
                 except LLMError:
                     log.info("cached answer %s no longer parses; asking again", key[:12])
                 else:
@@ -324,14 +340,22 @@ class LLMClient:
         response: dict[str, Any] | None = None
         try:
             response = await self._send(request)
-            value = parse(response)
+            value = self._checked(parse, response, "answer")
+            stored = self._checked(compact, response, "answer, compacted,") if compact else response
         except LLMError as error:
             self.stats.failures += 1
+            if response is None and isinstance(error, UnusableAnswer):
+                response = error.response
             outcome = "unusable" if response is not None else "error"
             await self._record(key, request, response, cacheable, outcome, started, str(error))
             raise
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Stopped mid-call (Ctrl-C, SIGTERM): the ledger still says it was asked.
+            await asyncio.shield(
+                self._record(key, request, None, cacheable, "interrupted", started, "interrupted")
+            )
+            raise
         tokens_in, tokens_out = _usage(response)
-        stored = compact(response) if compact else response
         call_id = await self._record(key, request, stored, cacheable, "ok", started, None)
         return Answer(value, response, tokens_in, tokens_out, False, call_id)
 
@@ -373,6 +397,9 @@ class LLMClient:
                 raw = await create(**body, extra_body=extra or None)
                 data = self._body(raw.http_response.text)
                 return data
+            except UnusableAnswer as error:
+                data = error.response
+                raise
             except openai.RateLimitError as error:
                 raise _Transient(error, _retry_after(error.response)) from None
             except openai.InternalServerError as error:
@@ -392,12 +419,21 @@ class LLMClient:
     def _body(self, text: str) -> dict[str, Any]:
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to decode
             raise UnusableAnswer(
                 f"{self.role} endpoint returned malformed JSON: {_short(text)}"
             ) from None
-        if not isinstance(data, dict) or not data.get("choices"):
+        if not isinstance(data, dict):
             raise UnusableAnswer(f"{self.role} endpoint returned no choices: {_short(text)}")
+        choices = data.get("choices")
+        if not choices:
+            raise UnusableAnswer(f"{self.role} endpoint returned no choices: {_short(text)}", data)
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise UnusableAnswer(
+                f"{self.role} endpoint returned choices that are not a list of objects: "
+                f"{_short(text)}",
+                data,
+            )
         return data
 
     def _reserve(self, request: dict[str, Any]) -> tuple[int, float, int]:
@@ -458,6 +494,8 @@ class LLMClient:
         self.stats.cost += cost
         if self.store is None or self.db is None:
             return None
+        if response is not None:
+            response = _for_ledger(response)
         return await self.db(
             self.store.record_llm_call,
             request_hash=key,
@@ -544,11 +582,33 @@ def make_clients(
 
 
 def answer_text(response: dict[str, Any]) -> str:
-    """The generated text of the first choice, for either API."""
+    """The generated text of the first choice, for either API ("" when there is none)."""
     choice = response["choices"][0]
     if "message" in choice:
-        return (choice["message"] or {}).get("content") or ""
-    return choice.get("text") or ""
+        message = choice["message"]
+        if message is not None and not isinstance(message, dict):
+            raise UnusableAnswer(
+                f"the answer's message is a {type(message).__name__}, not an object"
+            )
+        text = (message or {}).get("content")
+    else:
+        text = choice.get("text")
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise UnusableAnswer(f"the answer's text is a {type(text).__name__}, not a string")
+    return text
+
+
+def _for_ledger(response: dict[str, Any]) -> dict[str, Any]:
+    """The response, or a stub with its head when it is over LEDGER_MAX_CHARS as JSON.
+
+    A stub has no `choices`, so a cache lookup that finds it fails to parse and asks again.
+    """
+    text = json.dumps(response)
+    if len(text) <= LEDGER_MAX_CHARS:
+        return response
+    return {"truncated": True, "chars": len(text), "head": text[:LEDGER_HEAD_CHARS]}
 
 
 def _usage(response: dict[str, Any] | None) -> tuple[int, int]:

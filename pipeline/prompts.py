@@ -84,18 +84,58 @@ def load_prompt(name_or_path: str | Path) -> Prompt:
 # Corpus text goes into prompts as data: these keep it from closing our delimiters
 # (<start>/<end>, <<marks>>) or breaking the one-token-per-line layout.
 _DELIMITERS = {"<start>": "‹start›", "<end>": "‹end›", "<<": "‹‹", ">>": "››"}
-_CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_BRACKETS = str.maketrans({"<": "‹", ">": "›"})
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# Category Cc (C0, DEL, C1) and the line and paragraph separators (Zl, Zp): everything
+# `str.splitlines` breaks on and everything a terminal may take as a control sequence.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029<>]")
 
 
-_UNSAFE = re.compile(r"[\n\t\r<>]")
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def neutralize(text: str) -> str:
-    """Corpus text with our delimiters and layout characters made inert."""
+def printable(text: str) -> str:
+    """`text` with every control character and line separator shown as a visible escape
+    (`\\n`, `\\x1b`, `\\u2028`), so it can neither break a line nor drive a terminal."""
+    if not _CONTROLS.search(text):
+        return text
+    return _CONTROLS.sub(_escape, text)
+
+
+def neutralize(text: str, *, brackets: bool = False) -> str:
+    """Corpus text with our delimiters and layout characters made inert.
+
+    `brackets` turns every `<` and `>` into `‹` `›`: for text that we then mark with
+    `<<`/`>>` ourselves, where a run ending in `<end` would otherwise complete a delimiter.
+    """
     if not _UNSAFE.search(text):  # most tokens: nothing to do
         return text
-    for raw, safe in _CONTROL.items():
-        text = text.replace(raw, safe)
+    text = printable(text)
+    if brackets:
+        return text.translate(_BRACKETS)
     for raw, safe in _DELIMITERS.items():
         text = text.replace(raw, safe)
     return text
+
+
+def spell(tokens: list[str]) -> list[tuple[str, str]]:
+    """(gap, text) per token, so a window reads as text.
+
+    Byte-level BPE tokens carry their own leading spaces; WordPiece tokens (BERT)
+    do not, so those get a space before each word and `##` continuations are glued on.
+    """
+    if any(t[:1].isspace() for t in tokens):
+        return [("", t) for t in tokens]
+    spelled = []
+    for i, token in enumerate(tokens):
+        if token.startswith("##") and len(token) > 2:
+            spelled.append(("", token[2:]))
+        else:
+            spelled.append(("" if i == 0 else " ", token))
+    return spelled

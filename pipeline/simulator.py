@@ -10,8 +10,9 @@ Two methods, both "all at once" (one request covers every held-out window):
 - `integers` (any chat or completions endpoint): the model answers a JSON object with one
   integer 0..10 per token per window.
 
-A position without any digit in its distribution, missing logprobs, or an answer with
-the wrong number of predictions raises `UnusableAnswer`: never a silent zero.
+A position without any digit in its distribution, missing logprobs, a logprob that is
+not a number (NaN, +inf, a string), or an answer with the wrong number of predictions
+raises `UnusableAnswer`: never a silent zero, and never a NaN that a score would hide.
 Tokenizers that split numbers into digits cannot produce a single "10" token; for them
 the prediction is the expected value over "0".."9".
 """
@@ -116,8 +117,12 @@ def expected_values_from_echo(
             "the endpoint returned no logprobs for the echoed prompt; use a completions "
             "endpoint with echo + logprobs (llama.cpp, vLLM) or simulator method 'integers'"
         )
-    tops: list[dict[str, float] | None] = logprobs["top_logprobs"]
-    indices = _placeholder_indices(logprobs["tokens"])
+    tokens, tops = logprobs["tokens"], logprobs["top_logprobs"]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise UnusableAnswer("the echoed logprobs' tokens are not a list of strings")
+    if not isinstance(tops, list):
+        raise UnusableAnswer("the echoed logprobs' top_logprobs is not a list")
+    indices = _placeholder_indices(tokens)
     expected = sum(lengths)
     if len(indices) != expected:
         raise UnusableAnswer(
@@ -126,11 +131,19 @@ def expected_values_from_echo(
     values: list[float] = []
     for n, index in enumerate(indices):
         top = tops[index] if 0 <= index < len(tops) else None
+        if top is not None and not isinstance(top, dict):
+            raise UnusableAnswer(f"the top logprobs at prediction {n + 1} are not an object")
         mass = [0.0] * 11
         for candidate, logprob in (top or {}).items():
             digit = _DIGITS.get(candidate.strip())
-            if digit is not None and logprob is not None:
-                mass[digit] += math.exp(logprob)
+            if digit is None or logprob is None:
+                continue
+            if not _is_logprob(logprob):
+                raise UnusableAnswer(
+                    f"the logprob of {candidate!r} at prediction {n + 1} of {expected} is "
+                    f"{logprob!r}, not a log-probability"
+                )
+            mass[digit] += math.exp(logprob)
         total = sum(mass)
         if total <= 0:
             raise UnusableAnswer(
@@ -143,6 +156,17 @@ def expected_values_from_echo(
         out.append(values[i : i + length])
         i += length
     return out
+
+
+def _is_logprob(value: Any) -> bool:
+    """A number in [-inf, 0]: -inf is probability 0; NaN, +inf and positive values
+    (beyond rounding) are no probability at all."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+        and value <= 1e-6
+    )
 
 
 def integers_grammar(lengths: Sequence[int]) -> str:
@@ -186,7 +210,11 @@ def integers_from_answer(text: str, lengths: Sequence[int]) -> list[list[float]]
             )
         row = []
         for value in values:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or (isinstance(value, float) and not math.isfinite(value))
+            ):
                 raise UnusableAnswer(f"non-numeric prediction {value!r} in document {number}")
             row.append(float(min(10, max(0, value))))
         out.append(row)

@@ -1,7 +1,9 @@
 """Feature cards and search results as terminal text (what `gloss show` and `gloss search` print).
 
 Activating tokens are highlighted with ANSI bold and colour on a terminal and
-marked `<<like this>>` otherwise, so piped output stays greppable and plain.
+marked `<<like this>>` otherwise, so piped output stays greppable and plain. Every
+string from the database goes through `printable`: labels, tokens and notes are data,
+and must not be able to move the cursor, retitle the window or clear the screen.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from pipeline.prompts import printable, spell
 from store import ExampleOut, ExplanationInfo, FeatureCard, FeatureRow
 
 KIND_ORDER = {"top": 0, "quantile": 1, "random": 2}
@@ -41,9 +44,10 @@ def format_rows(rows: list[FeatureRow], total: int) -> str:
     lines = [f"{'id':>7}  {'score':>6}  {'status':<10}  {'feature':<34}  label"]
     for r in rows:
         score = "" if r.score is None else f"{r.score:.3f}"
-        status = r.label_status or "unlabeled"
+        status = printable(r.label_status or "unlabeled")
         lines.append(
-            f"{r.feature_id:>7}  {score:>6}  {status:<10}  {r.ref:<34}  {_short(r.label or '', 70)}"
+            f"{r.feature_id:>7}  {score:>6}  {status:<10}  {printable(r.ref):<34}  "
+            f"{_short(r.label or '', 70)}"
         )
     lines.append(f"{len(rows)} of {total} shown")
     return "\n".join(lines)
@@ -52,8 +56,9 @@ def format_rows(rows: list[FeatureRow], total: int) -> str:
 def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
     f, src = card.feature, card.source
     out = [
-        _bold(f"feature {f.id}  {f.ref}", color) + f"  [{f.status}]",
-        f"subject {src.subject_name}  hook {src.hook}  kind {src.kind}  width {src.width}",
+        _bold(f"feature {f.id}  {printable(f.ref)}", color) + f"  [{printable(f.status)}]",
+        f"subject {printable(src.subject_name)}  hook {printable(src.hook)}"
+        f"  kind {printable(src.kind)}  width {src.width}",
         f"max {_num(f.max_act)}  mean {_num(f.mean_act)}  density {_pct(f.density)}"
         f"  tokens {f.n_tokens if f.n_tokens is not None else '-'}",
     ]
@@ -65,46 +70,32 @@ def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
         out.append("label: none yet (run gloss explain, or gloss label FEATURE TEXT --by NAME)")
     else:
         e = card.current
-        out.append(_bold("label: ", color) + e.text)
-        out.append(f"       [{e.status}] score {_num(e.score)}  {_provenance(e)}")
+        out.append(_bold("label: ", color) + printable(e.text))
+        out.append(f"       [{printable(e.status)}] score {_num(e.score)}  {_provenance(e)}")
     if len(card.history) > 1 or (card.history and card.current is None):
         out += ["", _bold("history (newest first)", color)]
         for e in card.history:
             out.append(
-                f"  #{e.id:<6} {e.status:<10} {_num(e.score):>6}  {_provenance(e)}"
+                f"  #{e.id:<6} {printable(e.status):<10} {_num(e.score):>6}  {_provenance(e)}"
                 f"  {e.created_at:%Y-%m-%d %H:%M}"
             )
-            out.append(f"          {e.text}")
+            out.append(f"          {printable(e.text)}")
             for sc in e.scores:
-                model = f" by {sc.simulator_model}" if sc.simulator_model else ""
-                out.append(f"          {sc.method} {_num(sc.value)}{model}")
+                model = f" by {printable(sc.simulator_model)}" if sc.simulator_model else ""
+                out.append(f"          {printable(sc.method)} {_num(sc.value)}{model}")
     if card.reviews:
         out += ["", _bold("reviews", color)]
         for r in card.reviews:
-            note = f"  {r.note}" if r.note else ""
-            out.append(f"  {r.created_at:%Y-%m-%d %H:%M}  {r.reviewer}  {r.action}{note}")
+            note = f"  {printable(r.note)}" if r.note else ""
+            out.append(
+                f"  {r.created_at:%Y-%m-%d %H:%M}  {printable(r.reviewer)}  "
+                f"{printable(r.action)}{note}"
+            )
     for title, examples in group_examples(card.examples):
-        out += ["", _bold(title, color)]
+        out += ["", _bold(printable(title), color)]
         for ex in examples[:per_kind]:
             out.append(f"  {ex.max_act:6.2f}  " + highlight(ex, color=color))
     return "\n".join(out)
-
-
-def spell(tokens: list[str]) -> list[tuple[str, str]]:
-    """(gap, text) per token, so a window reads as text.
-
-    Byte-level BPE tokens carry their own leading spaces; WordPiece tokens (BERT)
-    do not, so those get a space before each word and `##` continuations are glued on.
-    """
-    if any(t[:1].isspace() for t in tokens):
-        return [("", t) for t in tokens]
-    spelled = []
-    for i, token in enumerate(tokens):
-        if token.startswith("##") and len(token) > 2:
-            spelled.append(("", token[2:]))
-        else:
-            spelled.append(("" if i == 0 else " ", token))
-    return spelled
 
 
 def highlight(ex: ExampleOut, *, color: bool) -> str:
@@ -112,7 +103,7 @@ def highlight(ex: ExampleOut, *, color: bool) -> str:
     top = max(ex.acts, default=0.0) or 1.0
     parts = []
     for (gap, token), act in zip(spell(ex.tokens), ex.acts, strict=False):
-        token = token.replace("\n", "\\n")
+        token = printable(token)
         if act <= 0:
             parts.append(gap + token)
         elif color:
@@ -171,12 +162,14 @@ def _provenance(e: ExplanationInfo) -> str:
         parts.append(f"prompt {e.prompt_name} v{e.prompt_version}")
     if e.parent_id:
         parts.append(f"edit of #{e.parent_id}")
-    return ", ".join(parts)
+    return printable(", ".join(parts))
 
 
 def _short(text: str, width: int) -> str:
+    """One line of at most `width` characters: whitespace runs (line breaks included)
+    become one space, then what is left of the control characters is escaped."""
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return printable(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def _num(value: float | None) -> str:

@@ -386,7 +386,7 @@ def _card_context(card, queue: int | None) -> dict[str, Any]:
 
 def _shaded(ex, scale: float) -> dict[str, Any]:
     """Tokens with an opacity in 0..1 for their activation relative to the feature's max."""
-    from pipeline.terminal import spell
+    from pipeline.prompts import spell
 
     tokens = [
         {

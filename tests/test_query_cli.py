@@ -116,7 +116,7 @@ def test_errors_are_one_line(db, capsys):
 
 
 def test_windows_read_as_text_for_bpe_and_wordpiece_tokens():
-    from pipeline.terminal import spell
+    from pipeline.prompts import spell
 
     bpe = ["The", " apple", " pie", "."]
     assert "".join(g + t for g, t in spell(bpe)) == "The apple pie."
