@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 
 from store.errors import GlossError
 
@@ -240,7 +242,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 _llm_config(args, config),
                 explainer=explainer,
                 simulator=replace(config.simulator, **_given(method=args.method)),
-                force=args.force,
+                relabel=args.force,
+                relabel_human=args.relabel_human,
             )
     _print_summary(summary, args.json)
     return 1 if summary.failed and not (summary.explained or summary.scored) else 0
@@ -265,7 +268,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             simulator=replace(
                 config.simulator, **_given(method=args.method, prompt=args.simulator_prompt)
             ),
-            force=args.force,
+            rescore=args.force,
             baseline=args.baseline,
         )
     _print_summary(summary, args.json)
@@ -273,7 +276,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_llm_serve(args: argparse.Namespace) -> int:
-    import signal
     import time
 
     # SIGTERM unwinds like Ctrl-C, so the server process is stopped with us.
@@ -318,7 +320,6 @@ def _add_llm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds per request (120)")
     p.add_argument("--price-in", type=float, help="$ per million prompt tokens (0)")
     p.add_argument("--price-out", type=float, help="$ per million answer tokens (0)")
-    p.add_argument("--force", action="store_true", help="redo features that already have it")
     p.add_argument("--baseline", action="store_true", help="the no-LLM baseline labels")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -338,11 +339,27 @@ def add_llm_commands(sub) -> None:
     p.add_argument("--candidates", type=int, help="best-of-n labels by simulation score (1)")
     p.add_argument("--max-examples", type=int, help="explain windows shown (10)")
     p.add_argument("--no-score", action="store_true", help="label only; score later")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="explain again features whose current label this explainer wrote; a label a "
+        "human wrote or accepted is kept",
+    )
+    p.add_argument(
+        "--relabel-human",
+        action="store_true",
+        help="replace labels a human wrote or accepted too",
+    )
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("score", help="score current labels with the simulator LLM")
     _add_llm_arguments(p)
     p.add_argument("--simulator-prompt", help="simulator template name or path")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="score current labels again, replacing this simulator's earlier score",
+    )
     p.set_defaults(func=cmd_score)
 
     llm = sub.add_parser("llm", help="the bundled local LLM").add_subparsers(
@@ -443,7 +460,12 @@ def cmd_label(args: argparse.Namespace) -> int:
         if args.rescore:
             from pipeline.rescore import rescore
 
-            value = rescore(store, explanation_id, _simulator_llm(args))
+            value = rescore(
+                store,
+                explanation_id,
+                _simulator_llm(args),
+                on_estimate=lambda line: print(line, file=sys.stderr, flush=True),
+            )
             print(f"simulation score: {'undefined' if value is None else f'{value:.3f}'}")
     return 0
 
@@ -605,7 +627,7 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run import install_signal_handlers, nightly, plan
+    from pipeline.run import nightly, plan
     from store import open_store
 
     config = _run_config(args)
@@ -621,7 +643,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print("\n".join(["plan (dry run, nothing done):", *the_plan.lines()]))
         return 0
-    install_signal_handlers()
     report = nightly(config)
     if args.json:
         print(json.dumps({**report.__dict__, "exit_code": report.exit_code}, default=str))
@@ -646,6 +667,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from pipeline.prompts import printable
     from store import open_store
 
     with open_store(args.database) as store:
@@ -659,7 +681,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{r.id:>5}  {r.kind:<8} {r.status:<12} {r.started_at:%Y-%m-%d %H:%M}  "
             + (f"{took:7.1f}s" if took is not None else "   ...  ")
             + f"  tokens {r.tokens_in + r.tokens_out:>9,}  cost {r.cost:.4f}  {r.code_version}"
-            + (f"  {r.message}" if r.message else "")
+            + (f"  in run {r.parent_id}" if r.parent_id else "")
+            + (f"  {printable(r.message)}" if r.message else "")
         )
     return 0
 
@@ -727,8 +750,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (systemd, timeout, a CI job) stops gloss the way Ctrl-C does.
+
+    It calls whatever handles Ctrl-C at that moment: inside an event loop that cancels
+    the work, which records its run as interrupted and stops the local LLM server.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        _stop_on_sigterm()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

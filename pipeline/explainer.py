@@ -21,12 +21,14 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tqdm import tqdm
 
+from pipeline.liveness import LEASE_S, heartbeat, sweep
 from pipeline.llm import (
     Budget,
     BudgetExhausted,
@@ -104,6 +106,7 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     budget_stopped: int = 0  # features left undone because the run's budget ran out
+    claimed_elsewhere: int = 0  # skipped: another process was working on them
     wall_s: float = 0.0
     explainer: CallStats = field(default_factory=CallStats)
     simulator: CallStats = field(default_factory=CallStats)
@@ -289,9 +292,11 @@ class _Context:
     run_id: int | None
     summary: Summary
     db: StoreWorker
+    holder: str
     explain_template: Prompt | None = None
     simulate_template: Prompt | None = None
-    force: bool = False
+    replace: str = REPLACE_MACHINE  # whose current labels a new model label may replace
+    rescore: bool = False  # score labels again that already have this simulator's score
 
     async def fail(self, feature_id: int, stage: str, error: Exception) -> None:
         self.summary.failed += 1
@@ -322,61 +327,52 @@ async def _score_one(
     windows = [e for e in holdout if e.kind.split(":", 1)[0] in kinds]
     template = ctx.simulate_template or ctx.simulator.template()
     model = ctx.simulator_client.endpoint.model
+    value: float | None = None
     if not windows:
+        details: dict[str, Any] = {"reason": f"no holdout windows of kinds {', '.join(kinds)}"}
+    else:
+        try:
+            predicted, answer = await simulate(
+                ctx.simulator_client, label, [e.tokens for e in windows], ctx.simulator, template
+            )
+        except LLMError as error:
+            await ctx.fail(feature_id, "score", error)
+            return None
+        value, details = simulation_score(
+            [e.acts for e in windows], predicted, [e.kind for e in windows]
+        )
+        details.update(
+            method=ctx.simulator.method,
+            window_ids=[e.window_id for e in windows],
+            cached=answer.cached,
+            prompt_tokens=answer.tokens_in,
+            llm_call_id=answer.call_id,
+        )
+    try:
         await ctx.db(
             ctx.store.add_score,
             explanation_id,
             "simulation",
-            None,
-            details={"reason": f"no holdout windows of kinds {', '.join(kinds)}"},
+            value,
+            details=details,
             simulator_model=model,
             prompt=template.ref,
             run_id=ctx.run_id,
+            replace=ctx.rescore,
         )
+    except ConflictError:
+        log.info("label #%d was scored by another process meanwhile", explanation_id)
         return None
-    try:
-        predicted, answer = await simulate(
-            ctx.simulator_client, label, [e.tokens for e in windows], ctx.simulator, template
-        )
-    except LLMError as error:
-        await ctx.fail(feature_id, "score", error)
-        return None
-    value, details = simulation_score(
-        [e.acts for e in windows], predicted, [e.kind for e in windows]
-    )
-    details.update(
-        method=ctx.simulator.method,
-        window_ids=[e.window_id for e in windows],
-        cached=answer.cached,
-        prompt_tokens=answer.tokens_in,
-        llm_call_id=answer.call_id,
-    )
-    await ctx.db(
-        ctx.store.add_score,
-        explanation_id,
-        "simulation",
-        value,
-        details=details,
-        simulator_model=model,
-        prompt=template.ref,
-        run_id=ctx.run_id,
-    )
-    ctx.summary.scored += 1
+    if windows:
+        ctx.summary.scored += 1
     return value
 
 
 async def _explain_one(ctx: _Context, feature_id: int) -> None:
-    info = await ctx.db.read(ctx.store.feature, feature_id)
-    if info.status != "mined" or info.failures >= ctx.explainer.max_failures:
-        ctx.summary.skipped += 1
-        return
-    if not ctx.force and await ctx.db.read(ctx.store.current_explanation, feature_id) is not None:
-        ctx.summary.skipped += 1
-        return
     examples = await ctx.db.read(ctx.store.examples, feature_id)
     explain_split = [e for e in examples if e.split == "explain"]
     holdout = [e for e in examples if e.split == "holdout"]
-    assert ctx.explain_template is not None
+    assert ctx.explain_template is not None and ctx.explainer_client is not None
     n = ctx.explainer.candidates
     try:
         prompt = explain_prompt(ctx.explain_template, explain_split, ctx.explainer)
@@ -393,7 +389,6 @@ async def _explain_one(ctx: _Context, feature_id: int) -> None:
     except LLMError as error:
         await ctx.fail(feature_id, "explain", error)
         return
-    model = ctx.explainer_client.endpoint.model if ctx.explainer_client else None
     labels: dict[str, Any] = {}
     for label, answer in results:
         labels.setdefault(label, answer)
@@ -405,7 +400,7 @@ async def _explain_one(ctx: _Context, feature_id: int) -> None:
             label,
             author_kind="model",
             author_name=f"gloss-explainer:{ctx.explainer.style}",
-            model=model,
+            model=ctx.explainer_client.endpoint.model,
             prompt=ctx.explain_template.ref,
             run_id=ctx.run_id,
             details={
@@ -415,48 +410,91 @@ async def _explain_one(ctx: _Context, feature_id: int) -> None:
                 "llm_call_id": answer.call_id,
                 "candidates": n,
             },
-            status="proposed" if n == 1 else CANDIDATE,
+            status=PROPOSED if n == 1 else CANDIDATE,
+            replace=ctx.replace,
         )
         ids.append((explanation_id, label))
     ctx.summary.explained += 1
-    if info.failures:
-        await ctx.db(ctx.store.clear_failures, feature_id)
+    await ctx.db(ctx.store.clear_failures, feature_id)
     if not ctx.explainer.score and n == 1:
         return
     scores = await asyncio.gather(*(_score_one(ctx, feature_id, i, t, holdout) for i, t in ids))
     if n > 1:
         best = max(range(len(ids)), key=lambda k: -math.inf if scores[k] is None else scores[k])
-        await ctx.db(ctx.store.make_current, ids[best][0])
+        await ctx.db(ctx.store.make_current, ids[best][0], replace=ctx.replace)
 
 
 async def _run_features(
-    ctx: _Context, feature_ids: Sequence[int], work: Callable[[_Context, int], Any], desc: str
+    ctx: _Context,
+    feature_ids: Sequence[int],
+    stage: str,
+    still_pending: Callable[[int], Any],
+    work: Callable[[_Context, int, Any], Any],
+    budget: Budget | None,
 ) -> None:
-    bar = tqdm(total=len(feature_ids), desc=desc, unit="feature", disable=None, leave=False)
+    """Work through features with a few workers; each feature claimed, re-checked, done.
+
+    The claim keeps two processes from paying for the same feature; the re-check,
+    made once the claim is held, skips a feature another process finished since the
+    list was made. One feature's unexpected error is recorded as its failure and
+    never stops the others.
+    """
+    bar = tqdm(total=len(feature_ids), desc=stage, unit="feature", disable=None, leave=False)
+    queue = list(reversed(feature_ids))
+    store, summary = ctx.store, ctx.summary
 
     async def one(feature_id: int) -> None:
+        if budget is not None and budget.exhausted:
+            summary.budget_stopped += 1
+            return
+        claimed = await ctx.db(
+            store.claim, feature_id, stage, ctx.holder, run_id=ctx.run_id, lease_s=LEASE_S
+        )
+        if not claimed:
+            summary.skipped += 1
+            summary.claimed_elsewhere += 1
+            return
         try:
-            await work(ctx, feature_id)
+            pending = await ctx.db.read(still_pending, feature_id)
+            if not pending:
+                summary.skipped += 1
+                return
+            await work(ctx, feature_id, pending)
         except BudgetExhausted:
-            ctx.summary.budget_stopped += 1
+            summary.budget_stopped += 1
+        except Exception as error:  # noqa: BLE001 - recorded as the feature's failure
+            log.exception("%s of feature %d failed", stage, feature_id)
+            await ctx.fail(feature_id, stage, error)
         finally:
-            bar.update(1)
+            await ctx.db(store.release, feature_id, stage, ctx.holder)
 
+    async def worker() -> None:
+        while queue:
+            try:
+                await one(queue.pop())
+            finally:
+                bar.update(1)
+
+    clients = [c for c in (ctx.explainer_client, ctx.simulator_client) if c is not None]
+    workers = 2 * max(c.endpoint.concurrency for c in clients)
     try:
-        await asyncio.gather(*(one(f) for f in feature_ids))
+        await asyncio.gather(*(worker() for _ in range(min(workers, len(feature_ids)))))
     finally:
         bar.close()
 
 
 def _open_run(
-    store: Store, run_id: int | None, kind: str, config: dict[str, Any]
+    store: Store, run_id: int | None, kind: str, config: dict[str, Any], holder: str
 ) -> tuple[int, bool]:
     if run_id is not None:
         return run_id, False
-    return store.start_run(kind, config), True
+    sweep(store)
+    return store.start_run(kind, config, holder=holder), True
 
 
-def _close_run(store: Store, run_id: int, own: bool, summary: Summary, kind: str) -> None:
+def _close_run(
+    store: Store, run_id: int, own: bool, summary: Summary, kind: str, status: str
+) -> None:
     run = store.run(run_id)
     counts = dict(run.counts)
     counts[kind] = summary.as_dict()
@@ -467,10 +505,12 @@ def _close_run(store: Store, run_id: int, own: bool, summary: Summary, kind: str
         tokens_out=run.tokens_out + summary.explainer.tokens_out + summary.simulator.tokens_out,
         cost=run.cost + summary.cost,
     )
-    if own:
-        store.finish_run(run_id, "done", "; ".join(summary.lines()[:2]), **values)
-    else:
+    if not own:
         store.update_run(run_id, **values)
+        return
+    if status == "done" and (summary.failed or summary.budget_stopped or summary.claimed_elsewhere):
+        status = "partial"
+    store.finish_run(run_id, status, "; ".join(summary.lines()[:2]), **values)
 
 
 def _config_dict(**parts: Any) -> dict[str, Any]:
@@ -484,6 +524,30 @@ def _config_dict(**parts: Any) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def _stage_run(
+    store: Store, run_id: int | None, kind: str, config: dict[str, Any], summary: Summary
+) -> Iterator[tuple[int, str]]:
+    """The stage's run (its own, unless inside a nightly run), closed with what happened.
+
+    Yields (run id, holder). A stage that raises is recorded failed, one that is
+    cancelled or interrupted is recorded interrupted: never done.
+    """
+    started = time.perf_counter()
+    with heartbeat(store) as holder:
+        run_id, own = _open_run(store, run_id, kind, config, holder)
+        status = "failed"
+        try:
+            yield run_id, holder
+            status = "done"
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            status = "interrupted"
+            raise
+        finally:
+            summary.wall_s = time.perf_counter() - started
+            _close_run(store, run_id, own, summary, kind, status)
+
+
 async def aexplain_features(
     store: Store,
     feature_ids: Sequence[int],
@@ -492,41 +556,66 @@ async def aexplain_features(
     simulator: SimulatorConfig | None = None,
     run_id: int | None = None,
     *,
-    force: bool = False,
+    relabel: bool = False,
+    relabel_human: bool = False,
     budget: Budget | None = None,
 ) -> Summary:
-    """Label (and score) every feature in `feature_ids` that is mined and has no current label."""
+    """Label (and score) those of `feature_ids` the store says need this explainer's label.
+
+    `relabel` explains again features whose current label this explainer wrote;
+    `relabel_human` replaces labels a human wrote or accepted too. Without it such a
+    label is never replaced, even when a reviewer writes it while this runs.
+    """
     explainer = (explainer or ExplainerConfig()).for_endpoint(llm.explainer)
     simulator = (simulator or SimulatorConfig()).for_endpoint(llm.simulator)
-    started = time.perf_counter()
+    template = explainer.template()
     summary = Summary(features=len(feature_ids))
-    run_id, own = _open_run(
-        store, run_id, "explain", _config_dict(llm=llm, explainer=explainer, simulator=simulator)
-    )
-    db = StoreWorker(store)
-    explainer_client, simulator_client = make_clients(llm, store, run_id, db, budget)
-    ctx = _Context(
-        store,
-        explainer_client,
-        simulator_client,
-        explainer,
-        simulator,
-        run_id,
-        summary,
-        db,
-        explainer.template(),
-        simulator.template(),
-        force,
-    )
-    try:
-        await _run_features(ctx, list(feature_ids), _explain_one, "explain")
-    finally:
-        summary.explainer, summary.simulator = explainer_client.stats, simulator_client.stats
-        summary.wall_s = time.perf_counter() - started
-        await explainer_client.close()
-        await simulator_client.close()
-        db.close()
-        _close_run(store, run_id, own, summary, "explain")
+
+    def pending(ids: Sequence[int]) -> list[int]:
+        return store.features_to_explain(
+            None,
+            model=llm.explainer.model,
+            prompt=template.ref,
+            max_failures=explainer.max_failures,
+            relabel=relabel,
+            relabel_human=relabel_human,
+            feature_ids=ids,
+        )
+
+    config = _config_dict(llm=llm, explainer=explainer, simulator=simulator)
+    with _stage_run(store, run_id, "explain", config, summary) as (run_id, holder):
+        todo = pending(feature_ids)
+        summary.skipped += len(feature_ids) - len(todo)
+        db = StoreWorker(store)
+        explainer_client, simulator_client = make_clients(llm, store, run_id, db, budget)
+        ctx = _Context(
+            store,
+            explainer_client,
+            simulator_client,
+            explainer,
+            simulator,
+            run_id,
+            summary,
+            db,
+            holder,
+            template,
+            simulator.template(),
+            replace=REPLACE_ALL if relabel_human else REPLACE_MACHINE,
+        )
+        try:
+            await _run_features(
+                ctx,
+                todo,
+                "explain",
+                lambda feature_id: pending([feature_id]),
+                lambda ctx, feature_id, _: _explain_one(ctx, feature_id),
+                budget,
+            )
+        finally:
+            summary.explainer, summary.simulator = explainer_client.stats, simulator_client.stats
+            await explainer_client.close()
+            await simulator_client.close()
+            db.close()
     return summary
 
 
@@ -537,55 +626,53 @@ async def ascore_features(
     simulator: SimulatorConfig | None = None,
     run_id: int | None = None,
     *,
-    force: bool = False,
+    rescore: bool = False,
     baseline: bool = False,
     budget: Budget | None = None,
 ) -> Summary:
-    """Score current labels (and with `baseline`, baseline labels) that lack a score from
-    this simulator model and prompt version."""
+    """Score the labels of `feature_ids` that the store says lack this simulator's score.
+
+    Current labels, and with `baseline` each feature's baseline label too; `rescore`
+    scores them again, replacing this simulator's earlier score.
+    """
     simulator = (simulator or SimulatorConfig()).for_endpoint(llm.simulator)
     template = simulator.template()
-    model = llm.simulator.model
-    started = time.perf_counter()
     summary = Summary(features=len(feature_ids))
-    jobs: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for feature_id in feature_ids:
-        history = store.explanations(feature_id)
-        wanted = [e for e in history if e.status in ("proposed", "accepted")]
-        if baseline:
-            wanted += [e for e in history if e.author_kind == "baseline"][:1]
-        for e in wanted:
-            done = any(
-                s.method == "simulation"
-                and s.simulator_model == model
-                and s.prompt_name == template.name
-                and s.prompt_version == template.version
-                for s in e.scores
-            )
-            if force or not done:
-                jobs[feature_id].append((e.id, e.text))
-        if not jobs.get(feature_id):
-            summary.skipped += 1
-    run_id, own = _open_run(store, run_id, "score", _config_dict(llm=llm, simulator=simulator))
-    db = StoreWorker(store)
-    _, simulator_client = make_clients(llm, store, run_id, db, budget)
-    ctx = _Context(store, None, simulator_client, ExplainerConfig(), simulator, run_id, summary, db)
-    ctx.simulate_template = template
 
-    async def work(ctx: _Context, feature_id: int) -> None:
-        holdout = await ctx.db.read(store.examples, feature_id, "holdout")
-        await asyncio.gather(
-            *(_score_one(ctx, feature_id, i, text, holdout) for i, text in jobs[feature_id])
+    def labels(ids: Sequence[int]) -> list[tuple[int, int, str]]:
+        return store.labels_to_score(
+            None,
+            simulator_model=llm.simulator.model,
+            prompt=template.ref,
+            rescore=rescore,
+            baseline=baseline,
+            feature_ids=ids,
         )
 
-    try:
-        await _run_features(ctx, list(jobs), work, "score")
-    finally:
-        summary.simulator = simulator_client.stats
-        summary.wall_s = time.perf_counter() - started
-        await simulator_client.close()
-        db.close()
-        _close_run(store, run_id, own, summary, "score")
+    async def work(ctx: _Context, feature_id: int, jobs: list[tuple[int, int, str]]) -> None:
+        holdout = await ctx.db.read(store.examples, feature_id, "holdout")
+        await asyncio.gather(
+            *(_score_one(ctx, feature_id, e_id, text, holdout) for _, e_id, text in jobs)
+        )
+
+    config = _config_dict(llm=llm, simulator=simulator)
+    with _stage_run(store, run_id, "score", config, summary) as (run_id, holder):
+        todo = list(dict.fromkeys(feature_id for feature_id, _, _ in labels(feature_ids)))
+        summary.skipped += len(feature_ids) - len(todo)
+        db = StoreWorker(store)
+        _, simulator_client = make_clients(llm, store, run_id, db, budget)
+        ctx = _Context(
+            store, None, simulator_client, ExplainerConfig(), simulator, run_id, summary, db,
+            holder, simulate_template=template, rescore=rescore,
+        )  # fmt: skip
+        try:
+            await _run_features(
+                ctx, todo, "score", lambda feature_id: labels([feature_id]), work, budget
+            )
+        finally:
+            summary.simulator = simulator_client.stats
+            await simulator_client.close()
+            db.close()
     return summary
 
 
@@ -639,7 +726,11 @@ def lift_label(examples: Sequence[ExampleOut], top_k: int = 5, min_count: int = 
 def baseline_explain(
     store: Store, feature_ids: Sequence[int], run_id: int | None = None, top_k: int = 5
 ) -> Summary:
-    """Store a no-LLM label (highest activation lift) per feature, as a `baseline` candidate."""
+    """Store a no-LLM label (highest activation lift) per feature.
+
+    It becomes the current label of a feature without one, until an LLM label
+    replaces it; beside any other current label it is kept as a candidate.
+    """
     started = time.perf_counter()
     summary = Summary(features=len(feature_ids))
     for feature_id in feature_ids:
@@ -657,7 +748,7 @@ def baseline_explain(
             author_name="gloss-baseline:lift",
             run_id=run_id,
             details={"method": "activation lift over explain-split tokens", "top_k": top_k},
-            status=CANDIDATE,
+            replace=REPLACE_NONE,
         )
         summary.explained += 1
     summary.wall_s = time.perf_counter() - started

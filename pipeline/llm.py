@@ -359,6 +359,16 @@ class LLMClient:
         call_id = await self._record(key, request, stored, cacheable, "ok", started, None)
         return Answer(value, response, tokens_in, tokens_out, False, call_id)
 
+    def _checked(self, fn: Callable[[dict[str, Any]], T], response: dict[str, Any], what: str) -> T:
+        """`fn(response)`, with an answer of the wrong shape turned into `UnusableAnswer`."""
+        try:
+            return fn(response)
+        except _SHAPE_ERRORS as error:
+            raise UnusableAnswer(
+                f"the {self.role}'s {what} has the wrong shape "
+                f"({type(error).__name__}: {_short(str(error), 200)})"
+            ) from None
+
     async def _send(self, request: dict[str, Any]) -> dict[str, Any]:
         endpoint = self.endpoint
         retrying = AsyncRetrying(

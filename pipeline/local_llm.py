@@ -50,6 +50,7 @@ class LocalServerConfig:
     # uses grammar-constrained integers instead.
     logits_all: bool = False
     startup_timeout_s: float = 180.0
+    stop_grace_s: float = 5.0  # after SIGTERM, seconds until the server is killed
 
     @property
     def base_url(self) -> str:
@@ -134,7 +135,7 @@ def local_server(config: LocalServerConfig | None = None) -> Iterator[str]:
     command = server_command(config)
     log.info("starting the local LLM server: %s", " ".join(command))
     logfile = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(_dies_with_us(command), stdout=logfile, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + config.startup_timeout_s
         while not _ready(config):
@@ -150,13 +151,39 @@ def local_server(config: LocalServerConfig | None = None) -> Iterator[str]:
             time.sleep(0.5)
         yield config.base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, config.stop_grace_s)
         logfile.close()
+
+
+def stop(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`: a server busy generating ignores SIGTERM for
+    as long as its request takes (minutes on a small CPU)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log.warning("the local LLM server did not stop within %.0fs: killing it", grace_s)
+        process.kill()
+        process.wait()
+
+
+# Run first in the server's process on Linux: ask the kernel to SIGKILL it when gloss
+# dies, even by SIGKILL (PR_SET_PDEATHSIG survives exec), then become the server.
+_ORPHAN_GUARD = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('gloss exited before its LLM server started')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _dies_with_us(command: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *command]
 
 
 def _resolve(endpoint: EndpointConfig, url: str) -> EndpointConfig:

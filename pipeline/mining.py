@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from pipeline.corpus import Corpus, CorpusConfig, Window
+from pipeline.liveness import heartbeat, sweep
 from pipeline.sources import Source
 from pipeline.subjects import Subject, cache_dir
 from store import ExampleIn, MinedFeature, Store, WindowIn
@@ -400,8 +401,13 @@ def mine(
     force: bool = False,
     progress: bool = True,
     on_write: Callable[[list[int]], None] | None = None,
+    parent_run_id: int | None = None,
 ) -> MiningResult:
-    """Mine `features` (default: all) of `source` at `hook` over the corpus into the store."""
+    """Mine `features` (default: all) of `source` at `hook` over the corpus into the store.
+
+    The pass is recorded as a `mine` run (inside `parent_run_id`'s nightly run, if given)
+    that ends done, failed or interrupted, or is found abandoned if the process dies.
+    """
     config = config or MiningConfig()
     subject.parse_hook(hook)
     started = time.perf_counter()
@@ -432,20 +438,22 @@ def mine(
     }
     skipped = sorted(set(wanted) - set(todo))
     stale = mined_otherwise(store, source_id, skipped, corpus.config, config)
-    run_id = store.start_run("mine", run_config)
-    result = MiningResult(source_id, run_id, 0, 0, len(skipped), 0, 0, 0.0, stale=stale)
-    try:
-        for start in range(0, len(todo), config.feature_chunk):
-            chunk = todo[start : start + config.feature_chunk]
-            _mine_chunk(store, subject, source, hook, corpus, config, chunk, subject_id,
-                        source_id, run_id, result, progress, on_write)  # fmt: skip
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        store.finish_run(run_id, status, str(error)[:2000] or type(error).__name__,
-                         counts=_counts(result))  # fmt: skip
-        raise
-    result.seconds = time.perf_counter() - started
-    store.finish_run(run_id, "done", counts=_counts(result))
+    with heartbeat(store) as holder:
+        sweep(store)
+        run_id = store.start_run("mine", run_config, parent_id=parent_run_id, holder=holder)
+        result = MiningResult(source_id, run_id, 0, 0, len(skipped), 0, 0, 0.0, stale=stale)
+        try:
+            for start in range(0, len(todo), config.feature_chunk):
+                chunk = todo[start : start + config.feature_chunk]
+                _mine_chunk(store, subject, source, hook, corpus, config, chunk, subject_id,
+                            source_id, run_id, result, progress, on_write)  # fmt: skip
+        except BaseException as error:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            store.finish_run(run_id, status, str(error)[:2000] or type(error).__name__,
+                             counts=_counts(result))  # fmt: skip
+            raise
+        result.seconds = time.perf_counter() - started
+        store.finish_run(run_id, "done", counts=_counts(result))
     return result
 
 

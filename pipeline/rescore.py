@@ -1,29 +1,39 @@
 """Re-score one label (typically a reviewer's edit) with the simulator, on demand.
 
 The review app's "re-score" button and `gloss label --rescore` call `rescore`; it runs
-the same simulator and scorer as `gloss score`, on the feature's held-out windows only.
+the same simulator and scorer as `gloss score`, on the feature's held-out windows only,
+and replaces this simulator's earlier score of the label.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
-from store import GlossError, InputError, LLMError, Store
+from store import ExplanationInfo, GlossError, InputError, LLMError, Store
 
 CURRENT = ("proposed", "accepted")
 
 
 def rescore(
-    store: Store, explanation_id: int, llm: Any = None, simulator: Any = None
+    store: Store,
+    explanation_id: int,
+    llm: Any = None,
+    simulator: Any = None,
+    on_estimate: Callable[[str], None] | None = None,
 ) -> float | None:
     """Simulate the current label `explanation_id` and store its score; returns the value.
 
     `llm` is a pipeline.llm.LLMConfig (default: $OPENAI_BASE_URL, else the bundled
     local model). None means the score is undefined (the reason is stored with it).
+    `on_estimate` gets one line saying how much the call will read and write before
+    it starts: on a small local model it can take many minutes.
     """
     try:
         from pipeline.explainer import score_features
         from pipeline.llm import LLMConfig
+        from pipeline.simulator import SimulatorConfig
     except ImportError:
         raise GlossError(
             "re-scoring is not available in this build: it needs the simulator "
@@ -35,17 +45,49 @@ def rescore(
             f"label #{explanation_id} is {explanation.status}; only a feature's current "
             "label can be re-scored"
         )
+    llm = llm or LLMConfig()
+    simulator = simulator or SimulatorConfig()
+    if on_estimate is not None:
+        on_estimate(estimate(store, explanation, llm.simulator, simulator))
     before = {s.id for s in explanation.scores}
-    kwargs = {"simulator": simulator} if simulator is not None else {}
     summary = score_features(
-        store, [explanation.feature_id], llm or LLMConfig(), force=True, **kwargs
+        store, [explanation.feature_id], llm, simulator=simulator, rescore=True
     )
     fresh = [
         s
         for s in store.explanation(explanation_id).scores
-        if s.id not in before and s.method == "simulation"
+        if s.method == "simulation" and s.id not in before
     ]
     if not fresh:
         reason = summary.failures[0]["error"] if summary.failures else "no score was written"
         raise LLMError(f"re-scoring label #{explanation_id} failed: {reason}")
     return fresh[-1].value
+
+
+def estimate(store: Store, explanation: ExplanationInfo, endpoint: Any, simulator: Any) -> str:
+    """What one simulation call of this label will cost: windows, tokens to read and write."""
+    from pipeline.llm import LOCAL
+    from pipeline.simulator import render_integer_windows, render_logprobs_windows
+
+    local = endpoint.grammar or endpoint.resolved_url() == LOCAL
+    method = simulator.method
+    if method == "auto":
+        method = "integers" if local else "logprobs"
+    kinds = tuple(simulator.kinds)
+    windows = [
+        e.tokens
+        for e in store.examples(explanation.feature_id, "holdout")
+        if e.kind.split(":", 1)[0] in kinds
+    ]
+    render = render_integer_windows if method == "integers" else render_logprobs_windows
+    template = dataclasses.replace(simulator, method=method).template()
+    prompt = template.render(explanation=explanation.text, windows=render(windows))
+    tokens = sum(len(w) for w in windows)
+    write = 1 if method == "logprobs" else 4 * tokens + 8 * len(windows) + 16
+    where = "the bundled local model" if local else f"{endpoint.model}"
+    return (
+        f"re-scoring label #{explanation.id} with {where} ({method}): {len(windows)} held-out "
+        f"windows, {tokens} tokens to predict; about {len(prompt) // 4:,} prompt tokens to "
+        f"read and up to {write:,} to write"
+        + ("; on a small CPU this can take many minutes" if local else "")
+    )

@@ -12,11 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import signal
-import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +26,15 @@ from pipeline.explainer import (
     baseline_explain,
     explain_prompt,
 )
+from pipeline.liveness import heartbeat, holder_is_dead, holder_name, sweep
 from pipeline.llm import Budget, LLMConfig
 from pipeline.local_llm import endpoints
 from pipeline.simulator import SimulatorConfig
-from store import LockedError, Store, open_store
+from store import CANDIDATE, REPLACE_NONE, LockedError, Store, open_store
 
 log = logging.getLogger(__name__)
 
 LOCK = "run"
-HEARTBEAT_S = 30.0
 
 # Exit codes: 0 all done; PARTIAL when work is left (budget, limit, failures);
 # LockedError.exit_code (75) when another run holds the lock; 130 when interrupted.
@@ -129,55 +125,17 @@ def code_version() -> str:
 # ---------------------------------------------------------------- the lock
 
 
-def holder_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _holder_is_dead(holder: str) -> bool:
-    host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def take_lock(store: Store, config: GlossConfig) -> str:
+def take_lock(store: Store, config: GlossConfig, holder: str) -> None:
     """The run lock; a lock left by a dead process on this host is taken over at once."""
-    holder = holder_name()
     try:
         store.acquire_lock(LOCK, holder, stale_after_s=config.run.lock_stale_s)
-        return holder
     except LockedError:
         lock = store.lock(LOCK)
-        if lock is None or not _holder_is_dead(lock.holder):
+        if lock is None or not holder_is_dead(lock.holder):
             raise
         log.warning("taking over the run lock of %s, which is no longer running", lock.holder)
-        if lock.run_id is not None:
-            store.finish_run(lock.run_id, "abandoned", f"its process {lock.holder} died")
         store.release_lock(LOCK, lock.holder)
         store.acquire_lock(LOCK, holder, stale_after_s=config.run.lock_stale_s)
-        return holder
-
-
-class Heartbeat(threading.Thread):
-    """Keeps the lock fresh while the run works, so only a dead run's lock goes stale."""
-
-    def __init__(self, store: Store, holder: str):
-        super().__init__(daemon=True, name="gloss-heartbeat")
-        self.store, self.holder = store, holder
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_S):
-            try:
-                self.store.heartbeat_lock(LOCK, self.holder)
-            except Exception as error:  # noqa: BLE001 - a missed beat is only logged
-                log.warning("lock heartbeat failed: %s", error)
 
 
 # ---------------------------------------------------------------- stages
@@ -272,29 +230,34 @@ def nightly(config: GlossConfig, *, store: Store | None = None) -> Report:
     own_store = store is None
     store = store or open_store(config.database)
     started = time.perf_counter()
-    holder = take_lock(store, config)
-    run_id = store.start_run("run", _config_record(config), code_version())
-    store.set_lock_run(LOCK, holder, run_id)
-    heartbeat = Heartbeat(store, holder)
-    heartbeat.start()
-    report = Report(run_id, "failed")
-    budget = Budget(config.run.max_llm_tokens, config.run.max_cost)
+    holder = holder_name()
+    take_lock(store, config, holder)
+    report = Report(None, "failed")
     try:
-        report.status = _stages(store, config, run_id, report, budget)
-    except KeyboardInterrupt:
-        report.status = "interrupted"
-        report.message = "interrupted; the next run finishes the rest"
-    except Exception as error:
-        report.message = str(error)[:2000] or type(error).__name__
-        raise
+        sweep(store, config.run.lock_stale_s)
+        run_id = report.run_id = store.start_run(
+            "run", _config_record(config), code_version(), holder=holder
+        )
+        store.set_lock_run(LOCK, holder, run_id)
+        budget = Budget(config.run.max_llm_tokens, config.run.max_cost)
+        with heartbeat(store, holder):
+            try:
+                report.status = _stages(store, config, run_id, report, budget)
+            except KeyboardInterrupt:
+                report.status = "interrupted"
+                report.message = "interrupted; the next run finishes the rest"
+            except Exception as error:
+                report.message = str(error)[:2000] or type(error).__name__
+                raise
+            finally:
+                report.seconds = time.perf_counter() - started
+                run = store.run(run_id)
+                report.counts = dict(run.counts)
+                report.failures = list(run.failures)
+                report.tokens_in, report.tokens_out = run.tokens_in, run.tokens_out
+                report.cost = run.cost
+                store.finish_run(run_id, report.status, report.message or None)
     finally:
-        heartbeat.stopped.set()
-        report.seconds = time.perf_counter() - started
-        run = store.run(run_id)
-        report.counts = dict(run.counts)
-        report.failures = list(run.failures)
-        report.tokens_in, report.tokens_out, report.cost = run.tokens_in, run.tokens_out, run.cost
-        store.finish_run(run_id, report.status, report.message or None)
         store.release_lock(LOCK, holder)
         if own_store:
             store.close()
@@ -311,7 +274,10 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
     to_mine = _unmined(store, source_id, source.width, indices)
     if to_mine:
         corpus = Corpus(config.corpus, subject.encode)
-        result = mine(store, subject, source, config.subject.hook, corpus, config.mining, to_mine)
+        result = mine(
+            store, subject, source, config.subject.hook, corpus, config.mining, to_mine,
+            parent_run_id=run_id,
+        )  # fmt: skip
         mined = {"features": result.features, "dead": result.dead, "tokens": result.tokens}
     else:
         mined = {"features": 0, "dead": 0, "tokens": 0}
@@ -339,11 +305,11 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
         if to_explain:
             summary = asyncio.run(
                 aexplain_features(
-                    store, to_explain, llm, explainer, simulator, run_id, force=True, budget=budget
+                    store, to_explain, llm, explainer, simulator, run_id,
+                    relabel_human=config.run.relabel_human, budget=budget,
                 )
-            )
-            if summary.failed:
-                reasons.append(f"{summary.failed} features failed (retried by the next run)")
+            )  # fmt: skip
+            reasons += _left_undone(summary, "features")
         if config.run.baseline:
             promoted = _promote_baselines(store, mined_ids)
             counts = store.run(run_id).counts
@@ -364,12 +330,20 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
             summary = asyncio.run(
                 ascore_features(store, to_score, llm, simulator, run_id, budget=budget)
             )
-            if summary.failed:
-                reasons.append(f"{summary.failed} scores failed (retried by the next run)")
+            reasons += _left_undone(summary, "labels")
     if budget.exhausted:
         reasons.insert(0, f"budget reached ({budget.describe()}): stopped cleanly")
     report.message = "; ".join(reasons)
     return "partial" if reasons else "done"
+
+
+def _left_undone(summary: Any, what: str) -> list[str]:
+    reasons = []
+    if summary.failed:
+        reasons.append(f"{summary.failed} {what} failed (retried by the next run)")
+    if summary.claimed_elsewhere:
+        reasons.append(f"{summary.claimed_elsewhere} {what} were in another process's hands")
+    return reasons
 
 
 def _promote_baselines(store: Store, feature_ids: list[int]) -> int:
@@ -381,9 +355,8 @@ def _promote_baselines(store: Store, feature_ids: list[int]) -> int:
         baseline = next(
             (e for e in store.explanations(feature_id) if e.author_kind == "baseline"), None
         )
-        if baseline is not None and baseline.status == "candidate":
-            store.make_current(baseline.id)
-            promoted += 1
+        if baseline is not None and baseline.status == CANDIDATE:
+            promoted += store.make_current(baseline.id, replace=REPLACE_NONE)
     return promoted
 
 
@@ -392,8 +365,3 @@ def _config_record(config: GlossConfig) -> dict[str, Any]:
     for role in ("explainer", "simulator"):
         data["llm"][role].pop("api_key", None)
     return data
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM stops a run the way Ctrl-C does: gracefully, marking it interrupted."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -24,6 +24,10 @@ order: rank (text relevance, else score), score, -score, id.
 from store.api import (
     CANDIDATE,
     EXPORT_FIELDS,
+    PROPOSED,
+    REPLACE_ALL,
+    REPLACE_MACHINE,
+    REPLACE_NONE,
     ExampleIn,
     ExampleOut,
     ExplanationInfo,
@@ -58,6 +62,10 @@ from store.errors import (
 
 __all__ = [
     "CANDIDATE",
+    "PROPOSED",
+    "REPLACE_ALL",
+    "REPLACE_MACHINE",
+    "REPLACE_NONE",
     "EXPORT_FIELDS",
     "ConfigError",
     "ConflictError",

@@ -43,7 +43,12 @@ from store.models import (
     EXPLANATION_STATUSES,
     PROPOSED,
     REJECTED,
+    REPLACE_ALL,
+    REPLACE_MACHINE,
+    REPLACE_NONE,
+    RUN_STATUSES,
     SUPERSEDED,
+    Claim,
     Example,
     Explanation,
     Feature,
@@ -253,6 +258,9 @@ class RunInfo:
     message: str | None
     started_at: Any
     finished_at: Any
+    parent_id: int | None = None
+    holder: str | None = None
+    heartbeat_at: Any = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +306,21 @@ class Store:
         """A session that commits when the block succeeds and rolls back otherwise."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def serialized(self, feature_id: int | None = None) -> Iterator[Session]:
+        """A write transaction for check-then-write: what it reads nobody changes until it ends.
+
+        SQLite takes the database's write lock first (BEGIN IMMEDIATE; otherwise the
+        transaction would begin only at its first write, after the check). PostgreSQL
+        locks the feature's row, which every label write of that feature locks too.
+        """
+        with self.session() as s:
+            if self.dialect == "sqlite":
+                s.execute(text("BEGIN IMMEDIATE"))
+            elif feature_id is not None:
+                s.execute(select(Feature.id).where(Feature.id == feature_id).with_for_update())
+            yield s
 
     def _insert(self, table):
         """INSERT ... ON CONFLICT DO NOTHING for this dialect."""
@@ -540,16 +563,19 @@ class Store:
 
     def resolve_feature(self, ref: int | str) -> int:
         """A feature id from an id (`42`) or `source-name:index` (`minilm/layer.3.mlp/neurons:7`)."""
+        name, _, index = str(ref).rpartition(":")
+        number = ref if isinstance(ref, int) else _whole_number(str(ref))
+        if number is None and (not name or _whole_number(index) is None):
+            raise InputError(
+                f"bad feature reference {ref!r}: use a feature id (42) or "
+                "SOURCE:INDEX (minilm/layer.3.mlp/neurons:7)"
+            )
+        feature_id = None
         with self.session() as s:
-            if isinstance(ref, int) or str(ref).isdigit():
-                feature_id = s.scalar(select(Feature.id).where(Feature.id == int(ref)))
-            else:
-                name, _, index = str(ref).rpartition(":")
-                if not name or not index.isdigit():
-                    raise InputError(
-                        f"bad feature reference {ref!r}: use a feature id (42) or "
-                        "SOURCE:INDEX (minilm/layer.3.mlp/neurons:7)"
-                    )
+            if number is not None:
+                if 0 <= number <= MAX_ID:
+                    feature_id = s.scalar(select(Feature.id).where(Feature.id == number))
+            elif _whole_number(index) <= MAX_INDEX:
                 feature_id = s.scalar(
                     select(Feature.id)
                     .join(FeatureSource)
@@ -560,6 +586,7 @@ class Store:
             return feature_id
 
     def feature(self, feature_id: int) -> FeatureInfo:
+        _check_id(feature_id, "feature")
         with self.session() as s:
             row = s.execute(
                 select(Feature, FeatureSource.name)
@@ -632,75 +659,133 @@ class Store:
 
     def features_to_explain(
         self,
-        source_id: int,
+        source_id: int | None,
         *,
         model: str,
         prompt: PromptRef,
         max_failures: int | None = None,
+        relabel: bool = False,
         relabel_human: bool = False,
         indices: Sequence[int] | None = None,
+        feature_ids: Sequence[int] | None = None,
         limit: int | None = None,
     ) -> list[int]:
-        """Mined features with no current label from this model and prompt version.
+        """Mined features that need a label from this explainer model and prompt version.
 
-        A label a human wrote or accepted is kept unless `relabel_human`; features that
-        failed `max_failures` times are left flagged.
+        The one place that says what is left to explain. Pending: no current label, or a
+        machine label from another model or prompt version. `relabel` adds features whose
+        current label is this explainer's own; a label a human wrote or accepted is kept
+        unless `relabel_human`. Features that failed `max_failures` times are left flagged.
         """
-        current = (
+        current = Explanation.status.in_(CURRENT_STATUSES)
+        protected = (Explanation.author_kind == "human") | (Explanation.status == ACCEPTED)
+        own = (
+            (Explanation.model == model)
+            & (Explanation.prompt_name == prompt.name)
+            & (Explanation.prompt_version == prompt.version)
+        )
+        if relabel_human:
+            keep = false() if relabel else own
+        else:
+            keep = protected if relabel else or_(protected, own)
+        labeled = (
             select(Explanation.id)
-            .where(
-                Explanation.feature_id == Feature.id,
-                Explanation.status.in_(CURRENT_STATUSES),
-                or_(
-                    (Explanation.model == model)
-                    & (Explanation.prompt_name == prompt.name)
-                    & (Explanation.prompt_version == prompt.version),
-                    (Explanation.author_kind == "human") | (Explanation.status == ACCEPTED)
-                    if not relabel_human
-                    else False,
-                ),
-            )
+            .where(Explanation.feature_id == Feature.id, current, keep)
             .exists()
         )
-        query = self._pending(source_id, max_failures, indices).where(~current)
+        query = self._pending(source_id, max_failures, indices, feature_ids).where(~labeled)
         return self._ids(query, limit)
 
-    def features_to_score(
+    def labels_to_score(
         self,
-        source_id: int,
+        source_id: int | None,
         *,
         simulator_model: str,
         prompt: PromptRef,
+        method: str = "simulation",
         max_failures: int | None = None,
+        rescore: bool = False,
+        baseline: bool = False,
         indices: Sequence[int] | None = None,
-        limit: int | None = None,
-    ) -> list[int]:
-        """Features whose current label has no simulation score from this model and prompt version."""
+        feature_ids: Sequence[int] | None = None,
+    ) -> list[tuple[int, int, str]]:
+        """(feature id, explanation id, text) of labels without a score from this simulator.
+
+        The one place that says what is left to score: current labels (and with
+        `baseline`, each feature's baseline label) that have no `method` score from this
+        simulator model and prompt version; with `rescore`, all of them.
+        """
         scored = (
             select(Score.id)
             .where(
                 Score.explanation_id == Explanation.id,
-                Score.method == "simulation",
+                Score.method == method,
                 Score.simulator_model == simulator_model,
                 Score.prompt_name == prompt.name,
                 Score.prompt_version == prompt.version,
             )
             .exists()
         )
+        wanted = Explanation.status.in_(CURRENT_STATUSES)
+        if baseline:
+            wanted = or_(wanted, Explanation.author_kind == "baseline")
         query = (
-            self._pending(source_id, max_failures, indices)
+            self._pending(source_id, max_failures, indices, feature_ids)
             .join(Explanation, Explanation.feature_id == Feature.id)
-            .where(Explanation.status.in_(CURRENT_STATUSES), ~scored)
+            .where(wanted)
+            .add_columns(Explanation.id, Explanation.text)
+            .order_by(Explanation.id)
         )
-        return self._ids(query, limit)
+        if not rescore:
+            query = query.where(~scored)
+        with self.session() as s:
+            return [tuple(row) for row in s.execute(query).all()]
 
-    def _pending(self, source_id: int, max_failures: int | None, indices: Sequence[int] | None):
-        query = select(Feature.id).where(Feature.source_id == source_id, Feature.status == "mined")
+    def features_to_score(
+        self,
+        source_id: int | None,
+        *,
+        simulator_model: str,
+        prompt: PromptRef,
+        max_failures: int | None = None,
+        indices: Sequence[int] | None = None,
+        feature_ids: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Features whose current label has no simulation score from this model and prompt."""
+        labels = self.labels_to_score(
+            source_id,
+            simulator_model=simulator_model,
+            prompt=prompt,
+            max_failures=max_failures,
+            indices=indices,
+            feature_ids=feature_ids,
+        )
+        ids = list(dict.fromkeys(feature_id for feature_id, _, _ in labels))
+        return ids[:limit] if limit is not None else ids
+
+    def _pending(
+        self,
+        source_id: int | None,
+        max_failures: int | None,
+        indices: Sequence[int] | None,
+        feature_ids: Sequence[int] | None = None,
+    ):
+        query = select(Feature.id).where(Feature.status == "mined")
+        if source_id is not None:
+            query = query.where(Feature.source_id == source_id)
         if max_failures is not None:
             query = query.where(Feature.failures < max_failures)
         if indices is not None:
             query = query.where(_index_in(indices))
-        return query.order_by(Feature.index)
+        if feature_ids is not None:
+            query = query.where(
+                Feature.id.in_(
+                    bindparam("feature_ids", sorted(set(feature_ids)), expanding=True,
+                              literal_execute=True)
+                )
+            )  # fmt: skip
+        return query.order_by(Feature.source_id, Feature.index)
 
     def _ids(self, query, limit: int | None) -> list[int]:
         if limit is not None:
@@ -723,18 +808,30 @@ class Store:
         run_id: int | None = None,
         details: dict[str, Any] | None = None,
         status: str = PROPOSED,
+        replace: str = REPLACE_MACHINE,
     ) -> int:
-        """Add a label. Status proposed/accepted makes it current, superseding the old current one."""
-        text = text.strip()
-        if not text:
-            raise InputError("an explanation needs non-empty text")
+        """Add a label. Status proposed/accepted asks for it to become the current label.
+
+        Whether it does is decided here, in the transaction that writes it: it replaces
+        the current label only as `replace` allows (REPLACE_NONE: only an unlabeled
+        feature; REPLACE_MACHINE: also a model or baseline label nobody accepted;
+        REPLACE_ALL: any). Otherwise it is kept as a candidate, so a label a human
+        wrote or accepted meanwhile is never superseded by a machine.
+        """
+        text = _clean_text(text, "an explanation")
         if status not in EXPLANATION_STATUSES:
             raise InputError(f"unknown explanation status {status!r}")
-        with self.session() as s:
+        if replace not in (REPLACE_NONE, REPLACE_MACHINE, REPLACE_ALL):
+            raise InputError(f"unknown replace policy {replace!r}")
+        with self.serialized(feature_id) as s:
             if s.get(Feature, feature_id) is None:
                 raise NotFoundError(f"no feature with id {feature_id}")
             if status in CURRENT_STATUSES:
-                _supersede_current(s, feature_id)
+                current = _current(s, feature_id)
+                if current is None or _may_replace(current, replace):
+                    _supersede_current(s, feature_id)
+                else:
+                    status = CANDIDATE
             explanation = Explanation(
                 feature_id=feature_id,
                 text=text,
@@ -753,17 +850,24 @@ class Store:
             s.flush()
             return explanation.id
 
-    def make_current(self, explanation_id: int) -> None:
-        """Promote a candidate (e.g. the best of n) to be the feature's current label."""
-        with self.session() as s:
+    def make_current(self, explanation_id: int, *, replace: str = REPLACE_MACHINE) -> bool:
+        """Promote a candidate (the best of n, a baseline) to be the feature's current label.
+
+        The same rule as `add_explanation`: the current label is replaced only as
+        `replace` allows. Returns whether the explanation is current afterwards.
+        """
+        feature_id = self._feature_of(explanation_id)
+        with self.serialized(feature_id) as s:
             explanation = s.get(Explanation, explanation_id)
-            if explanation is None:
-                raise NotFoundError(f"no explanation with id {explanation_id}")
             if explanation.status in CURRENT_STATUSES:
-                return
-            _supersede_current(s, explanation.feature_id)
+                return True
+            current = _current(s, feature_id)
+            if current is not None and not _may_replace(current, replace):
+                return False
+            _supersede_current(s, feature_id)
             explanation.status = PROPOSED
             explanation.version += 1
+            return True
 
     def add_score(
         self,
@@ -775,34 +879,71 @@ class Store:
         simulator_model: str | None = None,
         prompt: PromptRef | None = None,
         run_id: int | None = None,
+        replace: bool = False,
     ) -> int:
-        """Record a score; NaN is refused (store None and say why in details)."""
-        if value is not None and value != value:
-            raise InputError("a score value may not be NaN: store None with a reason in details")
-        with self.session() as s:
-            score = Score(
-                explanation_id=explanation_id,
-                method=method,
-                value=value,
-                details=details or {},
-                simulator_model=simulator_model,
-                prompt_name=prompt.name if prompt else None,
-                prompt_version=prompt.version if prompt else None,
-                prompt_hash=prompt.hash if prompt else None,
-                run_id=run_id,
+        """Record a score; NaN and infinities are refused (store None and say why in details).
+
+        A label has at most one score per method, simulator model and prompt version
+        (a unique index says so): another one raises ConflictError, unless `replace`,
+        which swaps the old score for the new one in one transaction.
+        """
+        if value is not None and not math.isfinite(value):
+            raise InputError(
+                f"a score value must be a finite number, not {value!r}: "
+                "store None with a reason in details"
             )
-            s.add(score)
-            if method == "simulation" and value is not None:
-                s.execute(
-                    update(Explanation)
-                    .where(Explanation.id == explanation_id)
-                    .where(or_(Explanation.score.is_(None), Explanation.score < value))
-                    .values(score=value)
+        key = (
+            Score.explanation_id == explanation_id,
+            Score.method == method,
+            func.coalesce(Score.simulator_model, "") == (simulator_model or ""),
+            func.coalesce(Score.prompt_name, "") == (prompt.name if prompt else ""),
+            func.coalesce(Score.prompt_version, "") == (prompt.version if prompt else ""),
+        )
+        feature_id = self._feature_of(explanation_id)
+        try:
+            with self.serialized(feature_id) as s:
+                old = s.scalar(select(Score.id).where(*key))
+                if old is not None and not replace:
+                    raise ConflictError(
+                        f"label #{explanation_id} already has a {method} score from "
+                        f"{simulator_model or 'no model'} with this prompt: pass replace=True "
+                        "to score it again"
+                    )
+                if old is not None:
+                    s.execute(delete(Score).where(Score.id == old))
+                score = Score(
+                    explanation_id=explanation_id,
+                    method=method,
+                    value=value,
+                    details=details or {},
+                    simulator_model=simulator_model,
+                    prompt_name=prompt.name if prompt else None,
+                    prompt_version=prompt.version if prompt else None,
+                    prompt_hash=prompt.hash if prompt else None,
+                    run_id=run_id,
                 )
-            s.flush()
-            return score.id
+                s.add(score)
+                s.flush()
+                if method == "simulation":
+                    _update_best_score(s, explanation_id)
+                return score.id
+        except IntegrityError:
+            raise ConflictError(
+                f"label #{explanation_id} was given the same {method} score by another process"
+            ) from None
+
+    def _feature_of(self, explanation_id: int) -> int:
+        _check_id(explanation_id, "explanation")
+        with self.session() as s:
+            feature_id = s.scalar(
+                select(Explanation.feature_id).where(Explanation.id == explanation_id)
+            )
+        if feature_id is None:
+            raise NotFoundError(f"no explanation with id {explanation_id}")
+        return feature_id
 
     def explanation(self, explanation_id: int) -> ExplanationInfo:
+        _check_id(explanation_id, "explanation")
         with self.session() as s:
             explanation = s.get(Explanation, explanation_id)
             if explanation is None:
@@ -854,17 +995,35 @@ class Store:
             )
         if not reviewer or not reviewer.strip():
             raise InputError("a review needs the reviewer's name")
-        with self.session() as s:
-            current = s.scalar(
-                select(Explanation)
-                .where(
-                    Explanation.feature_id == feature_id,
-                    Explanation.status.in_(CURRENT_STATUSES),
-                )
-                .with_for_update()
+        reviewer = _clean_text(reviewer, "a reviewer's name")
+        if text and text.strip() and action == "edit":
+            text = _clean_text(text, "a label")
+        if note is not None:
+            note = _clean_text(note, "a note", multiline=True) or None
+        try:
+            return self._review(
+                feature_id, action, reviewer, expected_explanation_id, expected_version, text, note
             )
+        except IntegrityError:
+            raise ConflictError(
+                "this feature's label changed while you saved yours; reload and try again"
+            ) from None
+
+    def _review(
+        self,
+        feature_id: int,
+        action: str,
+        reviewer: str,
+        expected_explanation_id: int | None,
+        expected_version: int | None,
+        text: str | None,
+        note: str | None,
+    ) -> int | None:
+        _check_id(feature_id, "feature")
+        with self.serialized(feature_id) as s:
             if s.get(Feature, feature_id) is None:
                 raise NotFoundError(f"no feature with id {feature_id}")
+            current = _current(s, feature_id)
             seen_id = current.id if current else None
             if expected_explanation_id is not None or expected_version is not None:
                 if seen_id != expected_explanation_id or (
@@ -893,9 +1052,9 @@ class Store:
                     s.flush()
                 edited = Explanation(
                     feature_id=feature_id,
-                    text=text.strip(),
+                    text=text,
                     author_kind="human",
-                    author_name=reviewer.strip(),
+                    author_name=reviewer,
                     parent_id=seen_id,
                     status=ACCEPTED,
                     details={"note": note} if note else {},
@@ -910,7 +1069,7 @@ class Store:
                 Review(
                     feature_id=feature_id,
                     explanation_id=target_id,
-                    reviewer=reviewer.strip(),
+                    reviewer=reviewer,
                     action=action,
                     before=before,
                     after=after,
@@ -959,6 +1118,10 @@ class Store:
         """
         if order not in SEARCH_ORDERS:
             raise InputError(f"unknown order {order!r}: use rank, score, -score or id")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise InputError(f"offset {offset} is out of range: use 0 to {MAX_OFFSET:,}")
+        if not 0 <= limit <= MAX_LIMIT:
+            raise InputError(f"limit {limit} is out of range: use 0 to {MAX_LIMIT:,}")
         words = _WORD.findall(query or "")
         filters = (min_score, max_score, source, status, reviewed)
         if words and order == "rank":
@@ -1311,15 +1474,39 @@ class Store:
 
     # ------------------------------------------------------------ runs
 
-    def start_run(self, kind: str, config: dict[str, Any], code_version: str = "") -> int:
+    def start_run(
+        self,
+        kind: str,
+        config: dict[str, Any],
+        code_version: str = "",
+        *,
+        parent_id: int | None = None,
+        holder: str | None = None,
+    ) -> int:
+        """A new run in status running; `holder` (host:pid) lets a dead process's run be found."""
+        now = utcnow()
         with self.session() as s:
-            run = Run(kind=kind, config=config, code_version=code_version, counts={}, failures=[])
+            run = Run(
+                kind=kind,
+                config=config,
+                code_version=code_version,
+                counts={},
+                failures=[],
+                parent_id=parent_id,
+                holder=holder,
+                started_at=now,
+                heartbeat_at=now,
+            )
             s.add(run)
             s.flush()
             return run.id
 
     def update_run(self, run_id: int, **values: Any) -> None:
         """Set run columns (counts, failures, tokens_in, tokens_out, cost, status, message)."""
+        if "status" in values and values["status"] not in RUN_STATUSES:
+            raise InputError(
+                f"unknown run status {values['status']!r}: use one of {', '.join(RUN_STATUSES)}"
+            )
         with self.session() as s:
             s.execute(update(Run).where(Run.id == run_id).values(**values))
 
@@ -1328,7 +1515,32 @@ class Store:
     ) -> None:
         self.update_run(run_id, status=status, message=message, finished_at=utcnow(), **values)
 
+    def running_runs(self) -> list[RunInfo]:
+        """Runs still marked running, oldest first: live ones, and any whose process died."""
+        with self.session() as s:
+            return [
+                _run_info(r)
+                for r in s.scalars(select(Run).where(Run.status == "running").order_by(Run.id))
+            ]
+
+    def heartbeat(self, holder: str, lease_s: float) -> None:
+        """This process is alive: its lock, its running runs and its claims stay fresh."""
+        now = utcnow()
+        with self.session() as s:
+            s.execute(update(Lock).where(Lock.holder == holder).values(heartbeat_at=now))
+            s.execute(
+                update(Run)
+                .where(Run.holder == holder, Run.status == "running")
+                .values(heartbeat_at=now)
+            )
+            s.execute(
+                update(Claim)
+                .where(Claim.holder == holder)
+                .values(expires_at=now + timedelta(seconds=lease_s))
+            )
+
     def run(self, run_id: int) -> RunInfo:
+        _check_id(run_id, "run")
         with self.session() as s:
             run = s.get(Run, run_id)
             if run is None:
@@ -1400,6 +1612,59 @@ class Store:
         with self.session() as s:
             s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))
 
+    # ------------------------------------------------------------ claims
+
+    def claim(
+        self,
+        feature_id: int,
+        stage: str,
+        holder: str,
+        *,
+        run_id: int | None = None,
+        lease_s: float = 300.0,
+    ) -> bool:
+        """Claim a feature for a stage before paying for its LLM work.
+
+        False when another holder's claim has not expired; the holder keeps it fresh
+        with `heartbeat` and ends it with `release`.
+        """
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_s)
+        with self.serialized(feature_id) as s:
+            claim = s.get(Claim, (feature_id, stage))
+            if claim is None:
+                s.add(
+                    Claim(
+                        feature_id=feature_id,
+                        stage=stage,
+                        holder=holder,
+                        run_id=run_id,
+                        expires_at=expires,
+                    )
+                )
+                return True
+            if claim.holder != holder and claim.expires_at > now:
+                return False
+            claim.holder, claim.run_id, claim.expires_at = holder, run_id, expires
+            return True
+
+    def release(self, feature_id: int, stage: str, holder: str) -> None:
+        with self.session() as s:
+            s.execute(
+                delete(Claim).where(
+                    Claim.feature_id == feature_id, Claim.stage == stage, Claim.holder == holder
+                )
+            )
+
+    def claim_holders(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Claim.holder).distinct()))
+
+    def drop_claims(self, holder: str) -> int:
+        """Release every claim of a holder whose process is known to be dead."""
+        with self.session() as s:
+            return s.execute(delete(Claim).where(Claim.holder == holder)).rowcount
+
     # ------------------------------------------------------------ LLM calls
 
     def cached_llm_response(self, request_hash: str) -> dict[str, Any] | None:
@@ -1434,6 +1699,9 @@ class Store:
         latency_s: float = 0.0,
         run_id: int | None = None,
     ) -> int:
+        """Keep a call in the ledger whatever it answered: NUL characters and non-finite
+        numbers (which PostgreSQL's text and JSON cannot hold) are stored as readable
+        stand-ins, so a garbage answer is recorded instead of failing the write."""
         with self.session() as s:
             call = LLMCall(
                 request_hash=request_hash,
@@ -1442,9 +1710,9 @@ class Store:
                 endpoint=endpoint,
                 cacheable=cacheable,
                 outcome=outcome,
-                error=error,
-                request=request,
-                response=response,
+                error=_storable(error),
+                request=_storable(request),
+                response=_storable(response),
                 tokens_in=tokens_in,
                 tokens_out=tokens_out,
                 cost=cost,
@@ -1480,6 +1748,77 @@ def _index_in(indices: Sequence[int]):
 
 def _window_hash(token_ids: Sequence[int]) -> str:
     return hashlib.sha256(struct.pack(f"<{len(token_ids)}q", *token_ids)).hexdigest()
+
+
+def _storable(value: Any) -> Any:
+    """`value` with NUL characters replaced (U+FFFD) and NaN/infinities as strings."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def _current(s: Session, feature_id: int) -> Explanation | None:
+    return s.scalar(
+        select(Explanation).where(
+            Explanation.feature_id == feature_id, Explanation.status.in_(CURRENT_STATUSES)
+        )
+    )
+
+
+def _may_replace(current: Explanation, replace: str) -> bool:
+    """The one rule: a label a human wrote or accepted is replaced only by REPLACE_ALL."""
+    if replace == REPLACE_ALL:
+        return True
+    if replace == REPLACE_NONE:
+        return False
+    return current.author_kind != "human" and current.status != ACCEPTED
+
+
+def _update_best_score(s: Session, explanation_id: int) -> None:
+    best = (
+        select(func.max(Score.value))
+        .where(Score.explanation_id == explanation_id, Score.method == "simulation")
+        .scalar_subquery()
+    )
+    s.execute(update(Explanation).where(Explanation.id == explanation_id).values(score=best))
+
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns (PostgreSQL); SQLite takes more, none need it
+MAX_INDEX = 2**31 - 1  # feature indices are 32-bit
+MAX_OFFSET = 2**31  # deeper than any list anyone pages through; keeps LIMIT arithmetic in range
+MAX_LIMIT = 10_000
+
+
+def _whole_number(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _check_id(value: int, what: str) -> None:
+    if not 0 <= value <= MAX_ID:
+        raise NotFoundError(f"no {what} with id {value}")
+
+
+def _clean_text(value: str, what: str, *, multiline: bool = False) -> str:
+    """Text a person or a model wrote: a label on one line, control characters refused.
+
+    PostgreSQL cannot store NUL at all, and terminal control sequences in labels
+    would reach every terminal that lists them.
+    """
+    value = value.strip() if multiline else " ".join(value.split())
+    if not value and not multiline:
+        raise InputError(f"{what} needs non-empty text")
+    if _CONTROL.search(value):
+        raise InputError(f"{what} may not contain control characters: {value[:80]!r}")
+    return value
 
 
 def _supersede_current(s: Session, feature_id: int) -> None:
@@ -1544,9 +1883,12 @@ EXPORT_FIELDS = (
 def _parse_cursor(cursor: str) -> tuple[float | None, int]:
     score, _, feature_id = cursor.rpartition(":")
     try:
-        return (float(score) if score else None), int(feature_id)
+        value, number = (float(score) if score else None), int(feature_id)
     except ValueError:
-        raise InputError(f"bad page cursor {cursor!r}: use FeatureRow.cursor") from None
+        value, number = None, -1
+    if not 0 <= number <= MAX_ID or (value is not None and not math.isfinite(value)):
+        raise InputError(f"bad page cursor {cursor[:80]!r}: use FeatureRow.cursor")
+    return value, number
 
 
 def _after(stmt, cursor: str | None, *, descending: bool):
@@ -1687,11 +2029,18 @@ def _run_info(r: Run) -> RunInfo:
         message=r.message,
         started_at=r.started_at,
         finished_at=r.finished_at,
+        parent_id=r.parent_id,
+        holder=r.holder,
+        heartbeat_at=r.heartbeat_at,
     )
 
 
 __all__ = [
     "CANDIDATE",
+    "PROPOSED",
+    "REPLACE_ALL",
+    "REPLACE_MACHINE",
+    "REPLACE_NONE",
     "EXPORT_FIELDS",
     "ExampleIn",
     "ExampleOut",

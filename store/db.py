@@ -8,6 +8,8 @@ database at the newest revision, and refuses a database at another revision.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 from alembic import command
@@ -23,6 +25,7 @@ from store.errors import DatabaseError, SchemaAheadError, SchemaBehindError
 DEFAULT_URL = "sqlite:///gloss.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+SCHEMA_LOCK_KEY = 0x676C6F7373  # "gloss": the advisory lock that serialises migrations
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -79,11 +82,29 @@ def create(url: str | None = None) -> Engine:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    _wal(cursor)
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _wal(cursor) -> None:
+    """Switch to WAL, waiting for other connections as the busy timeout would.
+
+    SQLite answers "database is locked" at once, without its busy handler, when a new
+    database is switched to WAL while another connection holds a lock on it: two
+    processes opening a fresh file at the same moment.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _alembic_config() -> Config:
@@ -138,10 +159,30 @@ def downgrade(url: str | None = None, revision: str = "base") -> None:
     _migrate(create(url), url, "downgrade", revision)
 
 
-def _migrate(engine: Engine, url: str, direction: str, revision: str) -> None:
+def _migrate(
+    engine: Engine, url: str, direction: str, revision: str, *, create: bool = False
+) -> None:
+    """Run Alembic in one transaction that holds the schema lock.
+
+    Two processes opening an empty database at once must not both create it: the
+    lock (an advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite) makes the second
+    wait, and with `create` it then finds the schema made and leaves it alone.
+    """
     config = _alembic_config()
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
+            if create:
+                if MigrationContext.configure(conn).get_current_revision() is not None:
+                    return
+                if set(inspect(conn).get_table_names()) - {"alembic_version"}:
+                    raise DatabaseError(
+                        f"{describe(url)} has tables but no gloss schema revision: "
+                        "point gloss at an empty database or at one gloss created"
+                    )
             config.attributes["connection"] = conn
             getattr(command, direction)(config, revision)
     except DBAPIError as error:
@@ -163,21 +204,11 @@ def connect(url: str | None = None) -> Engine:
     engine = create(url)
     current = current_revision(url, engine)
     head = head_revision()
+    if current is None:
+        _migrate(engine, url, "upgrade", "head", create=True)
+        current = current_revision(url, engine)
     if current == head:
         return engine
-    if current is None:
-        try:
-            with engine.connect() as conn:
-                tables = set(inspect(conn).get_table_names())
-        except DBAPIError as error:
-            raise _wrap_connection_error(url, error) from None
-        if tables - {"alembic_version"}:
-            raise DatabaseError(
-                f"{describe(url)} has tables but no gloss schema revision: "
-                "point gloss at an empty database or at one gloss created"
-            )
-        _migrate(engine, url, "upgrade", "head")
-        return create(url)
     if current not in _known_revisions():
         raise SchemaAheadError(_ahead_message(url, current))
     raise SchemaBehindError(

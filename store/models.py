@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -43,6 +44,12 @@ EXPLANATION_STATUSES = (PROPOSED, ACCEPTED, REJECTED, SUPERSEDED, CANDIDATE)
 AUTHOR_KINDS = ("model", "human", "baseline")
 SOURCE_KINDS = ("neurons", "sae", "dictionary")
 SPLITS = ("explain", "holdout")
+# Who may replace a feature's current label when a machine writes one. A label a human
+# wrote or accepted is protected: only REPLACE_ALL (--relabel-human) replaces it.
+REPLACE_NONE, REPLACE_MACHINE, REPLACE_ALL = "none", "machine", "all"
+# Run statuses: "running" until the run ends one of the other ways; a run whose
+# process died is marked abandoned by the next run that notices.
+RUN_STATUSES = ("running", "done", "partial", "failed", "interrupted", "abandoned")
 # Feature statuses: "new" until mined; "mined" or "dead" (never active) after.
 FEATURE_STATUSES = ("new", "mined", "dead")
 
@@ -158,6 +165,7 @@ class Run(Base):
     """One invocation of a stage or of the nightly job, with what it did and spent."""
 
     __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_status", "status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
@@ -172,6 +180,11 @@ class Run(Base):
     message: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # A stage run inside a nightly run points at it; holder is host:pid of the process,
+    # whose heartbeat says it is alive (migration 0005).
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    holder: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Explanation(Base):
@@ -236,7 +249,19 @@ class Score(Base):
     """How well an explanation predicts its feature. `value` is NULL when undefined (reason in details)."""
 
     __tablename__ = "scores"
-    __table_args__ = (Index("ix_scores_method_value", "method", "value"),)
+    __table_args__ = (
+        Index("ix_scores_method_value", "method", "value"),
+        # At most one score per label, method, simulator and prompt (migration 0005).
+        Index(
+            "uq_scores_once",
+            "explanation_id",
+            "method",
+            func.coalesce(text("simulator_model"), ""),
+            func.coalesce(text("prompt_name"), ""),
+            func.coalesce(text("prompt_version"), ""),
+            unique=True,
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     explanation_id: Mapped[int] = mapped_column(
@@ -309,3 +334,21 @@ class Lock(Base):
     run_id: Mapped[int | None] = mapped_column(Integer)
     acquired_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Claim(Base):
+    """A feature one process is explaining or scoring, until its lease expires.
+
+    Two processes never pay for the same LLM work: a stage claims a feature before
+    calling the LLM and skips features claimed by a live holder.
+    """
+
+    __tablename__ = "claims"
+
+    feature_id: Mapped[int] = mapped_column(
+        ForeignKey("features.id", ondelete="CASCADE"), primary_key=True
+    )
+    stage: Mapped[str] = mapped_column(String(20), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)

@@ -210,3 +210,28 @@ def test_cli_prints_one_line_and_no_traceback(url, words, tmp_path):
     assert words in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.empty_database
+def test_two_processes_opening_an_empty_database_at_once_both_get_the_schema(db_url, tmp_path):
+    """Schema creation is serialised (BEGIN IMMEDIATE, an advisory lock): the second
+    opener waits, then finds the schema made, instead of failing half way."""
+    from tests.test_integrity import TRIALS, race
+
+    for trial in range(TRIALS):
+        if db_url.startswith("sqlite"):
+            url = f"sqlite:///{tmp_path / f'race{trial}.db'}"
+        else:
+            url = db_url
+            engine = create_engine(url)
+            with engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+            engine.dispose()
+        results = race(lambda u=url: open_store(u), lambda u=url: open_store(u))
+        errors = [r for r in results if isinstance(r, Exception)]
+        assert errors == [], f"trial {trial}: {errors}"
+        for store in results:
+            assert store.sources() == []
+            store.close()
+        assert db.current_revision(url) == db.head_revision()

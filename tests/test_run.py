@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -317,3 +318,120 @@ def test_runs_lists_runs(workdir, llm, capsys):
     assert main(["--database", f"sqlite:///{workdir / 'gloss.db'}", "runs", "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     assert {r["kind"] for r in runs} >= {"run", "mine"}
+
+
+# ---------------------------------------------------------------- issue 11: integrity
+
+
+def statuses(workdir: Path) -> list[tuple[str, str]]:
+    con = db(workdir)
+    out = con.execute("SELECT kind, status FROM runs ORDER BY id").fetchall()
+    con.close()
+    return out
+
+
+def test_a_human_label_written_during_the_explain_stage_survives_the_run(workdir, llm):
+    """The run lists features to explain, then asks the LLM; reviewers label all of
+    them while the first answer is on its way: no model label may supersede theirs."""
+    llm.latency_s = 0.5
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(gloss(workdir)))
+    thread.start()
+    deadline = time.monotonic() + 240
+    while not any(r["kind"] == "explain" for r in llm.requests):
+        assert time.monotonic() < deadline and thread.is_alive(), "the run never asked"
+        time.sleep(0.02)
+    url = f"sqlite:///{workdir / 'gloss.db'}"
+    with open_store(url) as store:
+        mined = [f.id for f in store.features(status="mined")]
+        for feature_id in mined:
+            store.review(feature_id, "edit", "ann", text=f"ann's label for {feature_id}")
+    thread.join(240)
+    assert codes and codes[0] in (0, EXIT_PARTIAL)
+    with open_store(url) as store:
+        for feature_id in mined:
+            assert store.current_explanation(feature_id).author_kind == "human", feature_id
+    con = db(workdir)
+    model = con.execute("SELECT status FROM explanations WHERE author_kind = 'model'").fetchall()
+    con.close()
+    assert model and {s for (s,) in model} == {"candidate"}
+    assert_no_duplicates(workdir)
+
+
+def test_after_a_run_whose_explainer_failed_a_plain_explain_labels_the_features(
+    workdir, llm, capsys
+):
+    llm.label_override = "   "
+    assert gloss(workdir) == EXIT_PARTIAL
+    assert counts(workdir)["model_labels"] == 0  # baseline labels are current
+    llm.label_override = None
+    llm.requests.clear()
+    assert main(["explain", "--config", str(workdir / "gloss.toml"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    live = counts(workdir)["labeled"]
+    assert summary["explained"] == live > 0 and summary["calls"] >= live
+    assert counts(workdir)["model_labeled"] == live
+
+
+def _start_stage(workdir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args, "--config", str(workdir / "gloss.toml")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_standalone_stage_stopped_by_a_signal_is_recorded_interrupted(workdir, llm, sig):
+    assert gloss(workdir, "--features", "0:3") == 0
+    llm.requests.clear()
+    llm.latency_s = 5.0
+    proc = _start_stage(workdir, "score", "--simulator-model", "another")
+    deadline = time.monotonic() + 120
+    while not llm.requests:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert err.strip().splitlines()[-1] == "gloss: interrupted"
+    assert statuses(workdir)[-1] == ("score", "interrupted")
+    con = db(workdir)
+    outcomes = [o for (o,) in con.execute("SELECT outcome FROM llm_calls ORDER BY id")]
+    assert con.execute("SELECT count(*) FROM claims").fetchone()[0] == 0
+    con.close()
+    assert outcomes[-1] == "interrupted", "the call in flight is in the ledger"
+
+
+def test_kill_9_mid_mining_leaves_no_run_running(workdir, llm):
+    corpus = workdir / "corpus"
+    for i in range(12, 60):
+        (corpus / f"doc{i}.txt").write_text(TEXT * (1 + i % 5), encoding="utf-8")
+    proc = _start(workdir)
+    deadline = time.monotonic() + 240
+    while ("mine", "running") not in _safe_statuses(workdir):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert ("mine", "running") in statuses(workdir)
+    llm.latency_s = 0.0
+    again = _start(workdir)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    runs = statuses(workdir)
+    assert runs[:2] == [("run", "abandoned"), ("mine", "abandoned")]
+    assert all(status != "running" for _, status in runs)
+    con = db(workdir)
+    parent = con.execute("SELECT parent_id FROM runs WHERE id = 2").fetchone()[0]
+    con.close()
+    assert parent == 1
+
+
+def _safe_statuses(workdir: Path) -> list[tuple[str, str]]:
+    try:
+        return statuses(workdir) if (workdir / "gloss.db").exists() else []
+    except sqlite3.OperationalError:
+        return []

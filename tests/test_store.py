@@ -21,6 +21,7 @@ from store import (
     decode_acts,
     encode_acts,
 )
+from store.models import Score
 
 NASTY = [
     '"',
@@ -156,13 +157,36 @@ def test_best_simulation_score_is_kept_and_nan_refused(store):
     source, subject = make_source(store)
     ids = mine(store, source, subject)
     explanation = label(store, ids[1], "apples", score=0.3)
-    store.add_score(explanation, "simulation", 0.1)
+    store.add_score(explanation, "simulation", 0.1, simulator_model="other")
     store.add_score(explanation, "simulation", None, details={"reason": "constant"})
     store.add_score(explanation, "detection", 0.9)
     assert store.current_explanation(ids[1]).score == pytest.approx(0.3)
     assert len(store.explanation(explanation).scores) == 4
-    with pytest.raises(InputError):
-        store.add_score(explanation, "simulation", float("nan"))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(InputError):
+            store.add_score(explanation, "simulation", bad, simulator_model="third")
+
+
+def test_one_score_per_label_method_simulator_and_prompt(store):
+    source, subject = make_source(store)
+    ids = mine(store, source, subject)
+    explanation = label(store, ids[1], "apples", score=0.3)
+    with pytest.raises(ConflictError):
+        store.add_score(explanation, "simulation", 0.5, simulator_model="sim")
+    prompt = PromptRef("simulate", "2", "h")
+    store.add_score(explanation, "simulation", 0.2, simulator_model="sim", prompt=prompt)
+    store.add_score(
+        explanation, "simulation", 0.25, simulator_model="sim", prompt=prompt, replace=True
+    )
+    values = sorted(sc.value for sc in store.explanation(explanation).scores)
+    assert values == [pytest.approx(0.25), pytest.approx(0.3)]
+    # Replacing the best score with a worse one lowers the label's best score.
+    store.add_score(explanation, "simulation", 0.1, simulator_model="sim", replace=True)
+    assert store.current_explanation(ids[1]).score == pytest.approx(0.25)
+    # The database refuses a duplicate even when the store's own check is bypassed.
+    with pytest.raises(IntegrityError), store.session() as s:
+        s.add(Score(explanation_id=explanation, method="simulation", value=0.9, details={},
+                    simulator_model="sim"))  # fmt: skip
 
 
 def test_current_label_view_in_plain_sql(store):
@@ -462,14 +486,14 @@ def test_llm_call_cache(store):
 def test_runs_are_recorded(store):
     run = store.start_run("mine", {"model": "minilm"}, "abc123")
     store.update_run(run, counts={"features": 3}, tokens_in=10)
-    store.finish_run(run, "ok", "done")
+    store.finish_run(run, "done", "all good")
     info = store.runs()[0]
     assert (info.id, info.status, info.counts, info.tokens_in, info.message) == (
         run,
-        "ok",
+        "done",
         {"features": 3},
         10,
-        "done",
+        "all good",
     )
     assert info.finished_at is not None
 

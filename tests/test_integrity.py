@@ -1,0 +1,378 @@
+"""Integrity under races and faults (issue 11): no human label lost, no duplicate score,
+no run left `running`, one-line errors for impossible ids.
+
+Concurrency tests release threads together with a barrier, 100 trials each, on SQLite
+and on PostgreSQL, against a real database file or server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from pipeline.cli import main
+from pipeline.explainer import ExplainerConfig, explain_features, score_features
+from pipeline.llm import EndpointConfig, LLMConfig
+from store import (
+    REPLACE_MACHINE,
+    ConflictError,
+    InputError,
+    MinedFeature,
+    NotFoundError,
+    PromptRef,
+    open_store,
+)
+from store.models import Explanation, LLMCall, Review, Run, Score
+from tests.mined import token_features
+from tests.scripted_llm import Fault, ScriptedLLM
+
+TRIALS = 100
+PROMPT = PromptRef("explain-openai", "1", "h")
+WORDS = ["cat", "bridge", "violin", "river", "money", "song"]
+
+
+def race(*fns: Callable[[], Any]) -> list[Any]:
+    """Run the functions in threads released together; each result or the exception raised."""
+    barrier = threading.Barrier(len(fns))
+    results: list[Any] = [None] * len(fns)
+
+    def go(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = fns[i]()
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            results[i] = error
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def bare_features(store, n: int) -> list[int]:
+    subject = store.get_or_create_subject("race", "/models/race", "r1", "toy")
+    source = store.get_or_create_source(subject, "layer.0.mlp", "neurons", n, "r" * 8)
+    store.write_mined_features(source, [MinedFeature(i, 1.0, 0.1, 0.1, 10, None) for i in range(n)])
+    return [f.id for f in sorted(store.features(source), key=lambda f: f.index)]
+
+
+def model_label(store, feature_id: int, text: str = "a model label", **kw) -> int:
+    return store.add_explanation(
+        feature_id, text, author_kind="model", author_name="llm", model="m", prompt=PROMPT, **kw
+    )
+
+
+def rows(store, model, *where) -> list[Any]:
+    with store.session() as s:
+        return list(s.scalars(select(model).where(*where)).all())
+
+
+# ---------------------------------------------------------------- reviews race (item 2)
+
+
+def test_accept_and_reject_of_one_version_never_both_win(store):
+    ids = bare_features(store, TRIALS)
+    for feature_id in ids:
+        label = model_label(store, feature_id)
+        version = store.explanation(label).version
+
+        def act(action: str, feature_id=feature_id, label=label, version=version) -> Callable:
+            return lambda: store.review(
+                feature_id,
+                action,
+                f"{action}er",
+                expected_explanation_id=label,
+                expected_version=version,
+            )
+
+        results = race(act("accept"), act("reject"))
+        won = [r for r in results if not isinstance(r, Exception)]
+        lost = [r for r in results if isinstance(r, Exception)]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert isinstance(lost[0], ConflictError), repr(lost[0])
+        trail = rows(store, Review, Review.feature_id == feature_id)
+        assert len(trail) == 1
+        assert store.explanation(label).status == trail[0].after["status"]
+
+
+def test_two_first_edits_of_an_unlabeled_feature_give_one_label_and_a_conflict(store):
+    ids = bare_features(store, TRIALS)
+    for feature_id in ids:
+
+        def edit(name: str, feature_id=feature_id) -> Callable[[], Any]:
+            return lambda: store.review(
+                feature_id,
+                "edit",
+                name,
+                text=f"label by {name}",
+                expected_explanation_id=None,
+                expected_version=0,
+            )
+
+        results = race(edit("ann"), edit("bo"))
+        errors = [r for r in results if isinstance(r, Exception)]
+        assert len(errors) == 1 and isinstance(errors[0], ConflictError), results
+        current = store.current_explanation(feature_id)
+        assert current.id in results
+        trail = rows(store, Review, Review.feature_id == feature_id)
+        assert [r.after["text"] for r in trail] == [current.text]
+
+
+# ---------------------------------------------------------------- the human rule (items 1, 3)
+
+
+def test_a_model_label_racing_a_human_edit_never_supersedes_it(store):
+    ids = bare_features(store, TRIALS)
+    for feature_id in ids:
+        model_label(store, feature_id, "the old model label")
+        results = race(
+            lambda f=feature_id: model_label(
+                store, f, "a new model label", replace=REPLACE_MACHINE
+            ),
+            lambda f=feature_id: store.review(f, "edit", "ann", text="what ann wrote"),
+        )
+        assert not any(isinstance(r, Exception) for r in results), results
+        current = store.current_explanation(feature_id)
+        assert (current.text, current.author_kind) == ("what ann wrote", "human")
+        statuses = {e.text: e.status for e in store.explanations(feature_id)}
+        assert statuses["a new model label"] in ("candidate", "superseded")
+
+
+def test_an_accepted_label_is_protected_like_a_human_one(store):
+    feature_id, other = bare_features(store, 2)
+    accepted = model_label(store, feature_id)
+    store.review(feature_id, "accept", "ann")
+    new = model_label(store, feature_id, "a second opinion")
+    assert store.current_explanation(feature_id).id == accepted
+    assert store.explanation(accepted).status == "accepted"
+    assert store.explanation(new).status == "candidate"
+    assert store.make_current(new) is False
+    assert store.make_current(new, replace="all") is True
+    assert store.explanation(accepted).status == "superseded"
+    # A baseline only labels an unlabeled feature.
+    baseline = store.add_explanation(
+        other, "tokens 'x'", author_kind="baseline", author_name="b", replace="none"
+    )
+    assert store.explanation(baseline).status == "proposed"
+    later = store.add_explanation(
+        other, "tokens 'y'", author_kind="baseline", author_name="b", replace="none"
+    )
+    assert store.explanation(later).status == "candidate"
+
+
+@pytest.fixture
+def server():
+    with ScriptedLLM() as s:
+        yield s
+
+
+def llm(server: ScriptedLLM, **kw: Any) -> LLMConfig:
+    endpoint = EndpointConfig(
+        model="scripted", base_url=server.base_url, api_key="t", backoff_s=0.01, **kw
+    )
+    return LLMConfig(explainer=endpoint, simulator=endpoint)
+
+
+def test_a_human_label_written_while_its_model_label_is_in_flight_is_kept(store, server):
+    """The explain stage checked "no current label" before calling the LLM; a reviewer
+    labels the feature during the call; the model label must not supersede it."""
+    _, ids = token_features(store, WORDS)
+    server.latency_s = 0.5
+    thread = threading.Thread(
+        target=explain_features,
+        args=(store, ids, llm(server, concurrency=2)),
+        kwargs={"explainer": ExplainerConfig(score=False)},
+    )
+    thread.start()
+    while not server.requests:
+        threading.Event().wait(0.01)
+    for feature_id in ids:
+        store.review(feature_id, "edit", "ann", text=f"ann's label {feature_id}")
+    thread.join(60)
+    for feature_id in ids:
+        current = store.current_explanation(feature_id)
+        assert current.author_kind == "human", feature_id
+    models = rows(store, Explanation, Explanation.author_kind == "model")
+    assert models and {e.status for e in models} == {"candidate"}, "in flight, then kept aside"
+    assert len(server.requests) < len(ids), "features labeled meanwhile were not asked again"
+
+
+def test_explain_force_keeps_human_and_accepted_labels(sqlite_url, server, capsys):
+    with open_store(sqlite_url) as store:
+        _, ids = token_features(store, WORDS[:3])
+        explain_features(store, ids, llm(server), explainer=ExplainerConfig(score=False))
+        accepted = store.current_explanation(ids[0]).id
+        store.review(ids[0], "accept", "ann")
+        human = store.review(ids[1], "edit", "ann", text="ann's words")
+        old = store.current_explanation(ids[2]).id
+    args = ["--db", sqlite_url, "explain", "--base-url", server.base_url, "--model", "scripted"]
+    assert main([*args, "--force", "--no-score"]) == 0
+    with open_store(sqlite_url) as store:
+        assert store.current_explanation(ids[0]).id == accepted
+        assert store.explanation(accepted).status == "accepted"
+        assert store.current_explanation(ids[1]).id == human
+        assert store.current_explanation(ids[2]).id != old
+        assert store.explanation(old).status == "superseded"
+    assert main([*args, "--force", "--relabel-human", "--no-score"]) == 0
+    with open_store(sqlite_url) as store:
+        assert store.current_explanation(ids[1]).author_kind == "model"
+        assert store.explanation(accepted).status == "superseded"
+
+
+# ---------------------------------------------------------------- no duplicate work (item 5)
+
+
+def test_two_scorers_at_once_write_each_score_once_and_pay_once(store, server):
+    _, ids = token_features(store, WORDS)
+    explain_features(store, ids, llm(server), explainer=ExplainerConfig(score=False))
+    server.requests.clear()
+    server.latency_s = 0.2
+    results = race(
+        lambda: score_features(store, ids, llm(server, concurrency=2)),
+        lambda: score_features(store, ids, llm(server, concurrency=2)),
+    )
+    assert not any(isinstance(r, Exception) for r in results), results
+    assert sum(r.scored for r in results) == len(ids)
+    scores = rows(store, Score)
+    assert len(scores) == len({s.explanation_id for s in scores}) == len(ids)
+    assert len([r for r in server.requests if r["kind"] == "simulate"]) == len(ids)
+
+
+def test_two_explainers_at_once_label_each_feature_once(store, server):
+    _, ids = token_features(store, WORDS)
+    server.latency_s = 0.2
+    results = race(
+        lambda: explain_features(store, ids, llm(server, concurrency=2)),
+        lambda: explain_features(store, ids, llm(server, concurrency=2)),
+    )
+    assert not any(isinstance(r, Exception) for r in results), results
+    models = rows(store, Explanation, Explanation.author_kind == "model")
+    assert sorted(e.feature_id for e in models) == sorted(ids)
+    assert len([r for r in server.requests if r["kind"] == "explain"]) == len(ids)
+    assert len(rows(store, Score)) == len(ids)
+    for run in rows(store, Run):
+        assert run.status in ("done", "partial"), (run.id, run.status)
+
+
+# ---------------------------------------------------------------- runs end honestly (item 6)
+
+
+def test_a_stage_that_crashes_is_recorded_failed(sqlite_store, server, monkeypatch):
+    _, ids = token_features(sqlite_store, WORDS[:2])
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the simulator client could not be built")
+
+    monkeypatch.setattr("pipeline.explainer.make_clients", broken)
+    with pytest.raises(RuntimeError):
+        explain_features(sqlite_store, ids, llm(server))
+    (run,) = sqlite_store.runs()
+    assert (run.kind, run.status) == ("explain", "failed")
+    assert run.finished_at is not None
+
+
+def test_one_features_unexpected_error_is_its_failure_not_the_runs(sqlite_store, server):
+    """A well-formed answer of the wrong shape for one feature: recorded, the others labeled."""
+    _, ids = token_features(sqlite_store, WORDS[:4])
+    server.faults.append(Fault(body={"choices": [{"text": 123}]}, when="explain"))
+    summary = explain_features(sqlite_store, ids, llm(server, concurrency=1))
+    assert summary.failed == 1 and summary.explained == 3
+    (run,) = sqlite_store.runs()
+    assert run.status == "partial"
+    failed = [f for f in sqlite_store.features() if f.failures]
+    assert len(failed) == 1 and failed[0].last_error
+
+
+# ---------------------------------------------------------------- impossible ids (items 10, 11)
+
+
+def test_impossible_ids_are_not_found_or_bad_input(store, capsys):
+    (feature_id,) = bare_features(store, 1)
+    huge = 99999999999999999999999
+    for ref in (huge, str(huge), f"race/layer.0.mlp/neurons:{huge}", "²", -1):
+        with pytest.raises((NotFoundError, InputError)):
+            store.feature_card(ref)
+    with pytest.raises(NotFoundError):
+        store.review(huge, "note", "ann", note="hi")
+    with pytest.raises(NotFoundError):
+        store.explanation(-5)
+    for kw in ({"offset": -1}, {"offset": huge}, {"limit": -1}, {"after": f"0.5:{huge}"},
+               {"after": "nan:3"}, {"after": "1e999:3"}):  # fmt: skip
+        with pytest.raises(InputError):
+            store.search(**kw)
+    with pytest.raises(InputError):
+        store.next_to_review(skip=-1)
+    assert main(["--db", store.url, "show", str(huge)]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("gloss: no feature") and len(err.strip().splitlines()) == 1
+
+
+def test_control_characters_never_reach_a_label_or_note(store):
+    (feature_id,) = bare_features(store, 1)
+    for bad in ("nul\x00here", "esc\x1b]0;title\x07", "csi\x9b31m"):
+        with pytest.raises(InputError):
+            store.review(feature_id, "edit", "ann", text=bad)
+        with pytest.raises(InputError):
+            store.review(feature_id, "note", "ann", note=bad)
+        with pytest.raises(InputError):
+            model_label(store, feature_id, bad)
+    store.review(
+        feature_id, "edit", "ann", text="  two\n lines\tjoined ", note="line one\nline two"
+    )
+    current = store.current_explanation(feature_id)
+    assert current.text == "two lines joined"
+    assert store.reviews(feature_id)[0].note == "line one\nline two"
+
+
+def test_the_ledger_keeps_answers_postgresql_cannot_hold(store):
+    call = store.record_llm_call(
+        request_hash="h",
+        role="explainer",
+        model="m",
+        outcome="unusable",
+        error="bad \x00 answer",
+        response={"choices": [{"text": "a\x00b", "logprob": float("nan")}], "x": float("inf")},
+    )
+    (row,) = rows(store, LLMCall, LLMCall.id == call)
+    assert row.response["choices"][0]["text"] == "a\ufffdb"
+    assert row.response["choices"][0]["logprob"] == "nan" and row.response["x"] == "inf"
+    assert "\x00" not in row.error
+
+
+# ---------------------------------------------------------------- baseline labels (item 16)
+
+
+def test_gloss_explain_baseline_labels_are_current_and_scored(sqlite_url, server, capsys):
+    with open_store(sqlite_url) as store:
+        token_features(store, WORDS[:3])
+    assert main(["--db", sqlite_url, "explain", "--baseline"]) == 0
+    capsys.readouterr()
+    assert main(["--db", sqlite_url, "search", "--status", "unlabeled", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    args = ["--db", sqlite_url, "score", "--base-url", server.base_url, "--model", "scripted"]
+    assert main([*args, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["scored"] == 3 and summary["skipped"] == 0
+
+
+# ---------------------------------------------------------------- long calls say so (item 18)
+
+
+def test_label_rescore_says_what_the_call_will_cost_before_it_starts(sqlite_url, server, capsys):
+    with open_store(sqlite_url) as store:
+        token_features(store, ["cat"], holdout_top=3, random_windows=2)
+    args = ["--db", sqlite_url, "label", "toy/mlp.0/neurons:0", "the token 'cat'", "--by", "ann"]
+    sim = ["--rescore", "--simulator-base-url", server.base_url, "--simulator-model", "scripted"]
+    assert main([*args, *sim]) == 0
+    captured = capsys.readouterr()
+    estimate = captured.err.strip().splitlines()[0]
+    assert estimate.startswith("re-scoring label #1 with scripted (logprobs): 5 held-out windows")
+    assert "80 tokens to predict" in estimate and "prompt tokens to read" in estimate
+    assert "simulation score: 0.9" in captured.out
