@@ -497,17 +497,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pipeline.rescore import rescore
-    from review.app import create_app, load_tokens
+    from review.app import create_app, is_loopback, load_tokens, secure_cookies_wanted
     from store import ConfigError
 
     tokens = load_tokens(args.tokens_file) if args.tokens_file else None
     reviewer = args.reviewer or os.environ.get("USER")
     if tokens is None and not reviewer:
         raise ConfigError("who is reviewing? pass --reviewer NAME (or --tokens-file for a team)")
-    if tokens is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+    if tokens is None and not is_loopback(args.host):
         print(
             f"gloss: warning: serving on {args.host} without --tokens-file: anyone who can "
             f"reach it acts as {reviewer!r}",
+            file=sys.stderr,
+        )
+    secure = secure_cookies_wanted(
+        args.host, tls_proxy=args.tls_proxy, explicit=args.secure_cookies
+    )
+    if tokens is not None and not secure and not is_loopback(args.host):
+        print(
+            "gloss: warning: login cookies are not marked Secure: serve the app behind a "
+            "TLS proxy and pass --tls-proxy (or --secure-cookies)",
             file=sys.stderr,
         )
     llm = _simulator_llm(args)
@@ -516,8 +525,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reviewer=reviewer,
         tokens=tokens,
         rescorer=lambda store, explanation_id: rescore(store, explanation_id, llm),
+        secure_cookies=secure,
     )
     mode = f"team mode, {len(tokens)} reviewers" if tokens else f"reviewer {reviewer}"
+    mode += ", Secure cookies" if secure else ""
     print(f"gloss review app on http://{args.host}:{args.port} ({mode})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -594,6 +605,19 @@ def _add_query_commands(sub) -> None:
     p.add_argument("--reviewer", help="your name in the audit trail (default $USER)")
     p.add_argument(
         "--tokens-file", help="team mode: a file of 'TOKEN NAME' lines; requests need a token"
+    )
+    p.add_argument(
+        "--tls-proxy",
+        action="store_true",
+        help="a TLS-terminating proxy serves the app to browsers (cookies become Secure "
+        "unless --host is loopback)",
+    )
+    p.add_argument(
+        "--secure-cookies",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mark cookies Secure (browsers then send them over https only); "
+        "default: on with --tls-proxy and a non-loopback --host",
     )
     _add_simulator_arguments(p)
     p.set_defaults(func=cmd_serve)

@@ -2,22 +2,40 @@
 
 Starlette + Jinja2, server-rendered, one small script for keyboard shortcuts.
 
-Who is acting: in local mode one reviewer name for every request; in team mode
-each request carries a token (cookie set by /login, or `Authorization: Bearer`)
-that a tokens file maps to a name, and anything else gets 401.
+Who is acting: in local mode one reviewer name for every request; in team mode a
+tokens file maps each reviewer's token to a name, and anything else gets 401. Scripts
+send `Authorization: Bearer TOKEN`; browsers log in once at /login, which sets a cookie
+holding a random session id (never the token) that /logout revokes on the server.
+Sessions live in memory and end with the server.
 
-Safety: every POST must echo the per-browser CSRF cookie in a hidden `csrf`
-field (and a cross-site Origin is refused); templates autoescape everything and
-the script never builds HTML from data; review forms carry the label id and
-version the reviewer saw, so a stale edit gets a 409 conflict page, never an
-overwrite.
+Safety: every POST must echo the per-browser CSRF cookie in a hidden `csrf` field, and
+a cross-site or `null` Origin is refused; every response, static files and error pages
+included, carries SECURITY_HEADERS (a strict CSP forbids inline script); templates
+autoescape everything and the script never builds HTML from data; review forms carry
+the label id and version the reviewer saw, so a stale edit gets a 409 conflict page,
+never an overwrite. Numbers in a URL or a form must be finite, and whole numbers lie in
+0..MAX_INT; text may not hold a NUL character: anything else is a 400 (an id out of
+range a 404) before the database sees it.
+
+Re-scoring a label runs the simulator, which takes minutes on the bundled local LLM, so
+the button queues a job for one background thread (at most one job per label) and
+answers at once; the feature page shows the job's state and reloads itself (a meta
+refresh, allowed by the CSP) while the job is queued or running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import ipaddress
+import logging
+import math
+import queue
 import secrets
+import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -25,10 +43,13 @@ from urllib.parse import urlencode, urlsplit
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from store import (
     ConfigError,
@@ -39,10 +60,14 @@ from store import (
     Store,
 )
 
+log = logging.getLogger(__name__)
+
 HERE = Path(__file__).resolve().parent
 CSRF_COOKIE = "gloss_csrf"
-TOKEN_COOKIE = "gloss_token"
+SESSION_COOKIE = "gloss_session"
 PAGE_SIZE = 50
+MAX_INT = 2**63 - 1  # no number a form may carry is larger; the store bounds ids tighter
+CURRENT = ("proposed", "accepted")  # the statuses of a feature's current label
 STATUSES = ("proposed", "accepted", "rejected", "unlabeled", "dead")
 ORDERS = {"score": "best score", "-score": "worst score", "id": "feature id", "rank": "relevance"}
 SECURITY_HEADERS = {
@@ -87,6 +112,24 @@ def default_rescorer(store: Store, explanation_id: int) -> float | None:
     return rescore(store, explanation_id)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def secure_cookies_wanted(host: str, *, tls_proxy: bool, explicit: bool | None = None) -> bool:
+    """Whether cookies get the Secure flag: `explicit` when given, else only when a TLS proxy
+    was declared and the app listens beyond loopback (plain http on loopback must keep working).
+    """
+    if explicit is not None:
+        return explicit
+    return tls_proxy and not is_loopback(host)
+
+
 def create_app(
     store: Store,
     *,
@@ -107,8 +150,19 @@ def create_app(
     env.filters["when"] = lambda v: "" if v is None else f"{v:%Y-%m-%d %H:%M}"
     env.globals["ORDERS"] = ORDERS
     env.globals["STATUSES"] = STATUSES
-    app = _App(store, env, reviewer, tokens, rescorer, secure_cookies)
+    jobs = RescoreJobs(store, rescorer) if rescorer is not None else None
+    app = _App(store, env, reviewer, tokens, jobs, secure_cookies)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette):
+        yield
+        if jobs is not None:
+            jobs.close()
+
     return Starlette(
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={Exception: _server_error},
         routes=[
             Route("/", app.page(app.feature_list)),
             Route("/features/{feature_id:int}", app.page(app.feature_page)),
@@ -119,8 +173,119 @@ def create_app(
             Route("/login", app.page(app.do_login, public=True), methods=["POST"]),
             Route("/logout", app.page(app.do_logout), methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-        ]
+        ],
     )
+
+
+class SecurityHeaders:
+    """ASGI middleware: SECURITY_HEADERS on every response (pages, static files, 404s, 405s)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _server_error(_request: Request, _error: Exception) -> Response:
+    # Starlette sends this from outside every middleware, so it brings its own headers.
+    return PlainTextResponse("Internal Server Error", 500, headers=SECURITY_HEADERS)
+
+
+# ---------------------------------------------------------------- re-scoring in the background
+
+
+@dataclass(frozen=True)
+class RescoreJob:
+    """Where one label's re-score stands, and since when: queued, running, done or failed."""
+
+    state: str
+    since: datetime
+    score: float | None = None
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+
+class RescoreJobs:
+    """Runs the rescorer on one background thread, at most one job per label.
+
+    Job states live in memory and end with the server; the scores land in the store.
+    Whatever the rescorer raises becomes the job's failed state, never a lost traceback.
+    """
+
+    def __init__(self, store: Store, rescorer: Rescorer):
+        self._store = store
+        self._rescorer = rescorer
+        self._lock = threading.Lock()
+        self._jobs: dict[int, RescoreJob] = {}
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, explanation_id: int) -> bool:
+        """Queue a re-score; False when one for this label is already queued or running."""
+        with self._lock:
+            if self._closed:
+                raise GlossError("the server is stopping: re-score again once it is back")
+            job = self._jobs.get(explanation_id)
+            if job is not None and job.active:
+                return False
+            self._jobs[explanation_id] = RescoreJob("queued", datetime.now())
+            if self._worker is None:
+                # A daemon: stopping the server abandons a re-score that may run for
+                # minutes rather than waiting for it.
+                self._worker = threading.Thread(
+                    target=self._work, name="gloss-rescore", daemon=True
+                )
+                self._worker.start()
+            self._queue.put(explanation_id)
+        return True
+
+    def get(self, explanation_id: int) -> RescoreJob | None:
+        with self._lock:
+            return self._jobs.get(explanation_id)
+
+    def close(self) -> None:
+        """Stop the worker after its current job; jobs still queued are dropped."""
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
+
+    def _set(self, explanation_id: int, job: RescoreJob) -> None:
+        with self._lock:
+            self._jobs[explanation_id] = job
+
+    def _work(self) -> None:
+        while (explanation_id := self._queue.get()) is not None and not self._closed:
+            self._set(explanation_id, RescoreJob("running", datetime.now()))
+            try:
+                score = self._rescorer(self._store, explanation_id)
+            except Exception as error:
+                if not isinstance(error, GlossError):
+                    log.exception("re-scoring label #%d failed", explanation_id)
+                job = RescoreJob("failed", datetime.now(), error=_one_line(error))
+            else:
+                job = RescoreJob("done", datetime.now(), score=score)
+            self._set(explanation_id, job)
+
+
+def _one_line(error: Exception) -> str:
+    first = next(iter(str(error).strip().splitlines()), "")
+    if isinstance(error, GlossError) and first:
+        return first
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 class _App:
@@ -130,22 +295,24 @@ class _App:
         env: Environment,
         reviewer: str | None,
         tokens: dict[str, str] | None,
-        rescorer: Rescorer | None,
+        jobs: RescoreJobs | None,
         secure_cookies: bool,
     ):
         self.store = store
         self.env = env
         self.reviewer = reviewer.strip() if reviewer else None
         self.tokens = tokens
-        self.rescorer = rescorer
-        self.secure = secure_cookies
+        self.jobs = jobs
+        self.cookie = {"path": "/", "httponly": True, "samesite": "lax", "secure": secure_cookies}
+        self.sessions: dict[str, str] = {}  # session id (the login cookie) -> reviewer name
+        self.sessions_lock = threading.Lock()
 
     # ------------------------------------------------------------ plumbing
 
     def page(
         self, handler: Callable[..., Response], *, public: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a sync handler: identity, CSRF on POST, errors as pages, security headers."""
+        """Wrap a sync handler: identity, CSRF on POST, input checks, errors as pages."""
 
         async def endpoint(request: Request) -> Response:
             csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
@@ -161,6 +328,7 @@ class _App:
                 response = None
             if response is None:
                 try:
+                    _check_input(request, form)
                     response = await run_in_threadpool(handler, request, form)
                 except NotFoundError as error:
                     response = self.render(request, "message.html", _msg("Not found", error), 404)
@@ -171,10 +339,7 @@ class _App:
                         request, "message.html", _msg("Not available", error), 503
                     )
             if CSRF_COOKIE not in request.cookies:
-                response.set_cookie(
-                    CSRF_COOKIE, csrf, httponly=True, samesite="lax", secure=self.secure
-                )
-            response.headers.update(SECURITY_HEADERS)
+                response.set_cookie(CSRF_COOKIE, csrf, **self.cookie)
             return response
 
         return endpoint
@@ -182,18 +347,22 @@ class _App:
     def _identify(self, request: Request) -> str | None:
         if self.tokens is None:
             return self.reviewer
-        token = request.cookies.get(TOKEN_COOKIE, "")
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
-            token = auth[7:].strip()
-        for known, name in self.tokens.items():
+            return self._token_name(auth[7:].strip())
+        with self.sessions_lock:
+            return self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+
+    def _token_name(self, token: str) -> str | None:
+        for known, name in (self.tokens or {}).items():
             if token and hmac.compare_digest(known, token):
                 return name
         return None
 
     def _check_post(self, request: Request, form: dict[str, str]) -> Response | None:
         origin = request.headers.get("origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        # "null" comes from sandboxed frames, data: URLs and the like: never our own pages.
+        if origin and (origin == "null" or urlsplit(origin).netloc != request.headers.get("host")):
             return self._forbidden(request, "a cross-site form post was refused")
         cookie = request.cookies.get(CSRF_COOKIE, "")
         if not cookie or not hmac.compare_digest(cookie, form.get("csrf", "")):
@@ -241,7 +410,7 @@ class _App:
             raise InputError(f"unknown order {order!r}: use one of {', '.join(ORDERS)}")
         ranked = bool(q) and order == "rank"
         offset = _int(p.get("offset")) or 0
-        after = None if ranked else (p.get("after") or None)
+        after = None if ranked else _cursor(p.get("after"))
         rows = self.store.search(
             q,
             order=order,
@@ -281,7 +450,10 @@ class _App:
     def feature_page(self, request: Request, _form: dict[str, str]) -> Response:
         card = self.store.feature_card(request.path_params["feature_id"])
         queue = _int(request.query_params.get("queue"))
-        return self.render(request, "feature.html", _card_context(card, queue))
+        context = _card_context(card, queue)
+        if self.jobs is not None and card.current is not None:
+            context["job"] = self.jobs.get(card.current.id)
+        return self.render(request, "feature.html", context)
 
     def queue(self, request: Request, _form: dict[str, str]) -> Response:
         skip = _int(request.query_params.get("skip")) or 0
@@ -302,6 +474,7 @@ class _App:
     def do_review(self, request: Request, form: dict[str, str]) -> Response:
         feature_id = request.path_params["feature_id"]
         action = form.get("action", "")
+        queue = _int(form.get("queue"))
         # Version 0 with no id means "I saw no label": a label added since is a conflict.
         expected_id = _int(form.get("expected_explanation_id"))
         expected_version = _int(form.get("expected_version")) or 0
@@ -319,25 +492,32 @@ class _App:
             )
         except ConflictError as error:
             card = self.store.feature_card(feature_id)
-            context = _card_context(card, _int(form.get("queue")))
+            context = _card_context(card, queue)
             context.update(attempt=form, action=action, error=str(error))
             return self.render(request, "conflict.html", context, 409)
-        queue = _int(form.get("queue"))
         if queue is not None and action != "note":
             return RedirectResponse(f"/queue?skip={queue}", status_code=303)
         suffix = f"&queue={queue}" if queue is not None else ""
         return RedirectResponse(f"/features/{feature_id}?done={action}{suffix}", status_code=303)
 
     def do_rescore(self, request: Request, form: dict[str, str]) -> Response:
+        """Queue a re-score and answer at once: the feature page shows how it goes."""
         feature_id = request.path_params["feature_id"]
         explanation_id = _int(form.get("explanation_id"))
-        explanation = self.store.explanation(explanation_id or 0)
+        if explanation_id is None:
+            raise InputError("the form names no label to re-score (explanation_id)")
+        explanation = self.store.explanation(explanation_id)
         if explanation.feature_id != feature_id:
             raise InputError("that label belongs to another feature")
-        if self.rescorer is None:
+        if explanation.status not in CURRENT:
+            raise InputError(
+                f"label #{explanation.id} is {explanation.status}; only a feature's current "
+                "label can be re-scored: reload the page"
+            )
+        if self.jobs is None:
             raise GlossError("re-scoring is switched off in this server")
-        self.rescorer(self.store, explanation.id)
-        return RedirectResponse(f"/features/{feature_id}?done=rescore", status_code=303)
+        self.jobs.submit(explanation.id)
+        return RedirectResponse(f"/features/{feature_id}", status_code=303)
 
     def login_page(self, request: Request, _form: dict[str, str]) -> Response:
         if self.tokens is None or request.state.reviewer:
@@ -347,16 +527,23 @@ class _App:
     def do_login(self, request: Request, form: dict[str, str]) -> Response:
         if self.tokens is None:
             return RedirectResponse("/", status_code=303)
-        token = form.get("token", "").strip()
-        if not any(hmac.compare_digest(known, token) for known in self.tokens):
+        name = self._token_name(form.get("token", "").strip())
+        if name is None:
             return self.render(request, "login.html", {"error": "unknown token"}, 401)
+        session = secrets.token_urlsafe(32)
+        with self.sessions_lock:
+            self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+            self.sessions[session] = name
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="lax", secure=self.secure)
+        response.set_cookie(SESSION_COOKIE, session, **self.cookie)
         return response
 
     def do_logout(self, request: Request, _form: dict[str, str]) -> Response:
+        """End the session on the server too, so a copy of the cookie stops working."""
+        with self.sessions_lock:
+            self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
         response = RedirectResponse("/login" if self.tokens else "/", status_code=303)
-        response.delete_cookie(TOKEN_COOKIE)
+        response.delete_cookie(SESSION_COOKIE, **self.cookie)
         return response
 
 
@@ -381,6 +568,7 @@ def _card_context(card, queue: int | None) -> dict[str, Any]:
         "bars": _histogram_bars(card.feature.histogram),
         "queue": queue,
         "attempt": None,
+        "job": None,
     }
 
 
@@ -429,19 +617,51 @@ def _msg(title: str, error: Exception) -> dict[str, str]:
     return {"title": title, "message": str(error)}
 
 
+def _check_input(request: Request, form: dict[str, str]) -> None:
+    """Refuse what the database would choke on: ids past MAX_INT, text with a NUL."""
+    for name, value in request.path_params.items():
+        if isinstance(value, int) and value > MAX_INT:
+            raise NotFoundError(f"there is no {name.removesuffix('_id')} #{value}")
+    for _, value in [*request.query_params.multi_items(), *form.items()]:
+        if "\x00" in value:
+            raise InputError("text may not contain a NUL character (\\x00)")
+
+
 def _int(value: str | None) -> int | None:
+    """A whole number in 0..MAX_INT from a query or form field; None when absent."""
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise InputError(f"expected a whole number, got {value!r}") from None
+        number = -1
+    if not 0 <= number <= MAX_INT:
+        raise InputError(f"expected a whole number from 0 to {MAX_INT}, got {value[:40]!r}")
+    return number
 
 
 def _float(value: str | None) -> float | None:
+    """A finite number from a query or form field; None when absent."""
     if value is None or value.strip() == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise InputError(f"expected a number, got {value!r}") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise InputError(f"expected a finite number, got {value[:40]!r}")
+    return number
+
+
+def _cursor(value: str | None) -> str | None:
+    """A keyset cursor `SCORE:FEATURE_ID` (FeatureRow.cursor), checked before the database sees it."""
+    if not value:
+        return None
+    score, colon, feature_id = value.rpartition(":")
+    try:
+        _float(score)
+        if colon and _int(feature_id) is not None:
+            return value
+    except InputError:
+        pass
+    raise InputError(f"bad page cursor {value[:40]!r}: follow the page's own next link")

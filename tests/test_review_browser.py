@@ -227,3 +227,39 @@ def test_team_mode_login_and_named_review(tmp_path, page):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_rescore_runs_in_the_background_and_the_page_follows_it(tmp_path, page):
+    pytest.importorskip("pipeline.explainer", reason="the simulator is not merged yet")
+    from tests.mined import token_features
+    from tests.scripted_llm import ScriptedLLM
+
+    url = f"sqlite:///{tmp_path / 'rescore.db'}"
+    with open_store(url) as store:
+        _, (cat,) = token_features(store, ["cat"])
+        store.review(cat, "edit", "ana", text="the token 'cat'")
+    with ScriptedLLM() as llm:
+        proc, base = serve(
+            url,
+            "--reviewer",
+            "ana",
+            "--simulator-base-url",
+            llm.base_url,
+            "--simulator-model",
+            "scripted",
+        )
+        try:
+            page.goto(f"{base}/features/{cat}")
+            with llm.lock:  # the simulator cannot answer until the page has shown the job
+                page.click("#rescore")
+                job = page.wait_for_selector("#rescore-job").inner_text()
+                assert job.startswith("re-score queued") or "running since" in job, job
+                assert page.locator('meta[http-equiv="refresh"]').count() == 1
+                assert page.locator("#rescore").is_disabled()
+            page.wait_for_selector("#rescore-job.done", timeout=60_000)  # its own refresh
+            assert "score 0.9" in page.inner_text("#rescore-job")
+            assert page.inner_text("#current-score").startswith("0.9")
+            assert page.locator('meta[http-equiv="refresh"]').count() == 0
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

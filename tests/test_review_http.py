@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import html
 import re
+import threading
+import time
 
 import pytest
 from markupsafe import escape
 from starlette.testclient import TestClient
 
-from review.app import create_app, load_tokens
-from store import ConfigError, GlossError
+from review.app import SECURITY_HEADERS, create_app, load_tokens, secure_cookies_wanted
+from store import ConfigError, LLMError
 from tests.seed import LABEL_XSS, LABELS, SOURCE, XSS, seed_features
 
 ANA = "a" * 20
@@ -91,7 +93,9 @@ def test_feature_page_shows_stats_history_and_escaped_contexts(client, seeded, s
     assert client.get("/features/99999").status_code == 404
     eid = seeded.explanation_ids[3]
     store.add_score(eid, "simulation", 0.5, details={"top_only": 0.7, "random_only": 0.1})
-    store.add_score(eid, "simulation", None, details={"reason": "constant <truth>"})
+    store.add_score(
+        eid, "simulation", None, details={"reason": "constant <truth>"}, simulator_model="sim-b"
+    )
     text = client.get(f"/features/{fid}").text
     assert "top-only 0.700" in text and "random-only 0.100" in text
     assert "· constant &lt;truth&gt;" in text
@@ -149,10 +153,23 @@ def test_csrf_is_required_on_every_post(client, seeded, store):
         headers={"origin": "http://evil.example"},
     )
     assert cross.status_code == 403
+    sandboxed = client.post(
+        f"/features/{fid}/review",
+        data=form(client, current, action="accept"),
+        headers={"origin": "null"},
+    )
+    assert sandboxed.status_code == 403
     rescore = client.post(f"/features/{fid}/rescore", data={"explanation_id": current.id})
     assert rescore.status_code == 403
     assert client.post("/logout", data={}).status_code == 403
     assert store.reviews(fid) == [] and store.current_explanation(fid).status == "proposed"
+    same_site = client.post(
+        f"/features/{fid}/review",
+        data=form(client, current, action="accept"),
+        headers={"origin": "http://testserver"},
+        follow_redirects=False,
+    )
+    assert same_site.status_code == 303
 
 
 def test_stale_edit_gets_a_conflict_page(client, seeded, store):
@@ -206,39 +223,86 @@ def test_review_queue_walks_lowest_score_first(client, seeded, store):
     assert empty.status_code == 200 and "Queue empty" in empty.text
 
 
-def test_rescore_runs_the_rescorer_or_says_why_not(store, seeded):
+def wait_for_job(client, url: str, state: str) -> str:
+    """Poll the feature page until the re-score job shows `state`; returns the page."""
+    for _ in range(600):
+        page = client.get(url).text
+        if f'class="job {state}"' in page:
+            return page
+        time.sleep(0.05)
+    raise AssertionError(f"the re-score job never reached {state!r}: {page}")
+
+
+def test_rescore_runs_in_the_background_once_per_label(store, seeded):
     calls = []
+    started, release = threading.Event(), threading.Event()
 
     def rescorer(s, explanation_id):
         calls.append(explanation_id)
-        return s.add_score(explanation_id, "simulation", 0.77, simulator_model="sim")
+        started.set()
+        assert release.wait(30), "the test never released the rescorer"
+        s.add_score(explanation_id, "simulation", 0.77, simulator_model="sim")
+        return 0.77
 
-    fid = seeded.feature_ids[0]
+    fid, other = seeded.feature_ids[0], seeded.feature_ids[1]
     new_id = store.review(fid, "edit", "ana", text="apple fruit")
+    other_id = store.review(other, "edit", "ana", text="miles")
     with TestClient(create_app(store, reviewer="ana", rescorer=rescorer)) as c:
         c.get("/")
         csrf = c.cookies.get("gloss_csrf")
-        r = c.post(
-            f"/features/{fid}/rescore",
-            data={"csrf": csrf, "explanation_id": new_id},
-            follow_redirects=False,
-        )
-        assert r.status_code == 303 and calls == [new_id]
+        data = {"csrf": csrf, "explanation_id": new_id}
+        r = c.post(f"/features/{fid}/rescore", data=data, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == f"/features/{fid}"
+        assert not release.is_set() and started.wait(10)
+        page = c.get(f"/features/{fid}").text
+        assert re.search(r'class="job running"[^>]*>re-score running since \d\d:\d\d:\d\d', page)
+        assert '<meta http-equiv="refresh" content="5">' in page
+        assert re.search(r'id="rescore"[^>]*disabled', page)
+        again = c.post(f"/features/{fid}/rescore", data=data, follow_redirects=False)
+        assert again.status_code == 303
+        assert 'class="job running"' in c.get(f"/features/{fid}").text
+        c.post(f"/features/{other}/rescore", data={"csrf": csrf, "explanation_id": other_id})
+        assert 'class="job queued"' in c.get(f"/features/{other}").text
+        release.set()
+        page = wait_for_job(c, f"/features/{fid}", "done")
+        assert "score <b>0.770</b>" in page and "http-equiv" not in page
+        wait_for_job(c, f"/features/{other}", "done")
+        assert calls == [new_id, other_id]  # one worker, in order: a duplicate would sit between
         assert store.explanation(new_id).score == pytest.approx(0.77)
-        other = seeded.explanation_ids[1]
-        wrong = c.post(f"/features/{fid}/rescore", data={"csrf": csrf, "explanation_id": other})
-        assert wrong.status_code == 400
 
+
+def test_rescore_failures_show_on_the_page_and_bad_requests_get_4xx(store, seeded):
     def broken(s, explanation_id):
-        raise GlossError("the simulator LLM is not configured: set OPENAI_BASE_URL")
+        if s.explanation(explanation_id).text == "apple fruit":
+            raise LLMError("the simulator answered nothing usable\nsecond line of detail")
+        raise RuntimeError("boom")
 
+    fid, other = seeded.feature_ids[0], seeded.feature_ids[1]
+    first = store.review(fid, "edit", "ana", text="apple fruit")
+    second = store.review(other, "edit", "ana", text="miles")
     with TestClient(create_app(store, reviewer="ana", rescorer=broken)) as c:
         c.get("/")
-        r = c.post(
-            f"/features/{fid}/rescore",
-            data={"csrf": c.cookies.get("gloss_csrf"), "explanation_id": new_id},
+        csrf = c.cookies.get("gloss_csrf")
+        c.post(f"/features/{fid}/rescore", data={"csrf": csrf, "explanation_id": first})
+        page = wait_for_job(c, f"/features/{fid}", "failed")
+        assert "the simulator answered nothing usable" in page and "second line" not in page
+        c.post(f"/features/{other}/rescore", data={"csrf": csrf, "explanation_id": second})
+        assert "RuntimeError: boom" in wait_for_job(c, f"/features/{other}", "failed")
+        wrong = c.post(f"/features/{fid}/rescore", data={"csrf": csrf, "explanation_id": second})
+        assert wrong.status_code == 400
+        superseded = seeded.explanation_ids[0]
+        stale = c.post(
+            f"/features/{fid}/rescore", data={"csrf": csrf, "explanation_id": superseded}
         )
-        assert r.status_code == 503 and "OPENAI_BASE_URL" in r.text
+        assert stale.status_code == 400 and "only a feature&#39;s current label" in stale.text
+        assert c.post(f"/features/{fid}/rescore", data={"csrf": csrf}).status_code == 400
+    with TestClient(create_app(store, reviewer="ana", rescorer=None)) as c:
+        c.get("/")
+        off = c.post(
+            f"/features/{fid}/rescore",
+            data={"csrf": c.cookies.get("gloss_csrf"), "explanation_id": first},
+        )
+        assert off.status_code == 503 and "switched off" in off.text
 
 
 def test_team_mode_needs_a_token_and_records_its_name(store, seeded, tmp_path):
@@ -265,7 +329,7 @@ def test_team_mode_needs_a_token_and_records_its_name(store, seeded, tmp_path):
         assert c.post("/login", data={"csrf": csrf, "token": "nope"}).status_code == 401
         assert c.post("/login", data={"token": ANA}).status_code == 403
         ok = c.post("/login", data={"csrf": csrf, "token": ANA}, follow_redirects=False)
-        assert ok.status_code == 303 and c.cookies.get("gloss_token") == ANA
+        assert ok.status_code == 303 and ANA not in ok.headers["set-cookie"]
         assert "Ana Lee" in c.get("/").text
         c.post(f"/features/{fid}/review", data=data)
         assert store.reviews(fid)[0].reviewer == "Ana Lee"
@@ -284,3 +348,162 @@ def test_static_files_and_login_in_local_mode(client):
     assert client.get("/static/app.css").status_code == 200
     assert client.get("/login", follow_redirects=False).status_code == 303
     assert LABELS[0][0] in client.get("/").text
+
+
+def test_logout_revokes_a_copied_session_cookie(store, seeded):
+    app = create_app(store, tokens={ANA: "Ana Lee"})
+    with TestClient(app) as c, TestClient(app) as thief:
+        c.get("/")
+        csrf = c.cookies.get("gloss_csrf")
+        c.post("/login", data={"csrf": csrf, "token": ANA})
+        copied = c.cookies.get("gloss_session")
+        assert copied and copied != ANA
+        thief.cookies.set("gloss_session", copied)
+        assert "Ana Lee" in thief.get("/").text
+        out = c.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+        assert out.status_code == 303 and 'gloss_session=""' in out.headers["set-cookie"]
+        assert thief.get("/").status_code == 401
+        assert c.get("/", headers={"authorization": f"Bearer {ANA}"}).status_code == 200
+
+
+def test_secure_cookies_mark_every_cookie_secure(store, seeded):
+    app = create_app(store, tokens={ANA: "Ana Lee"}, secure_cookies=True)
+    with TestClient(app, base_url="https://testserver") as c:
+        first = c.get("/")
+        csrf = c.cookies.get("gloss_csrf")
+        login = c.post("/login", data={"csrf": csrf, "token": ANA}, follow_redirects=False)
+        assert login.status_code == 303
+        logout = c.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+        assert logout.status_code == 303
+        for response in (first, login, logout):
+            cookies = response.headers.get_list("set-cookie")
+            assert cookies
+            for cookie in cookies:
+                attributes = {a.strip().lower() for a in cookie.split(";")[1:]}
+                assert {"secure", "httponly", "path=/", "samesite=lax"} <= attributes, cookie
+    with TestClient(create_app(store, tokens={ANA: "Ana Lee"})) as c:
+        assert "secure" not in c.get("/").headers["set-cookie"].lower()
+
+
+@pytest.mark.parametrize(
+    ("argv", "secure"),
+    [
+        ([], False),
+        (["--tls-proxy"], False),
+        (["--host", "0.0.0.0"], False),
+        (["--host", "0.0.0.0", "--tls-proxy"], True),
+        (["--host", "gloss.example.org", "--tls-proxy"], True),
+        (["--host", "::1", "--tls-proxy"], False),
+        (["--host", "127.0.0.2", "--tls-proxy"], False),
+        (["--host", "0.0.0.0", "--tls-proxy", "--no-secure-cookies"], False),
+        (["--secure-cookies"], True),
+    ],
+)
+def test_gloss_serve_marks_cookies_secure_behind_a_tls_proxy(argv, secure):
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["serve", *argv])
+    wanted = secure_cookies_wanted(
+        args.host, tls_proxy=args.tls_proxy, explicit=args.secure_cookies
+    )
+    assert wanted is secure
+
+
+def test_every_response_carries_the_security_headers(client, store, monkeypatch):
+    responses = {
+        "static file": client.get("/static/app.css"),
+        "unknown page": client.get("/no-such-page"),
+        "not an id": client.get("/features/abc"),
+        "wrong method": client.post("/", data={}),
+        "refused post": client.post("/logout", data={}),
+    }
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "count", broken)
+    with TestClient(client.app, raise_server_exceptions=False) as fresh:
+        responses["server error"] = fresh.get("/")
+    assert [r.status_code for r in responses.values()] == [200, 404, 404, 405, 403, 500]
+    for what, response in responses.items():
+        for header, value in SECURITY_HEADERS.items():
+            assert response.headers.get(header) == value, (what, header)
+
+
+BIG = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (f"/features/{BIG}", 404),
+        ("/features/1?queue=" + BIG, 400),
+        ("/features/1?queue=-1", 400),
+        ("/queue?skip=" + BIG, 400),
+        ("/queue?skip=-1", 400),
+        ("/queue?skip=1e3", 400),
+        ("/?q=apple&offset=-1", 400),
+        ("/?q=apple&offset=" + BIG, 400),
+        ("/?after=1e999:5", 400),
+        ("/?after=nan:5", 400),
+        ("/?after=-inf:5", 400),
+        ("/?after=0.5:" + BIG, 400),
+        ("/?after=0.5:-1", 400),
+        ("/?order=id&after=:" + BIG, 400),
+        ("/?after=0.5", 400),
+        ("/?min_score=nan", 400),
+        ("/?max_score=1e999", 400),
+        ("/?min_score=-0.5", 200),
+        ("/?after=0.5:3", 200),
+        ("/?order=id&after=:3", 200),
+    ],
+)
+def test_numbers_the_database_cannot_take_are_refused(client, path, status):
+    assert client.get(path, follow_redirects=False).status_code == status
+
+
+def test_form_numbers_out_of_range_are_refused(client, seeded, store):
+    fid = seeded.feature_ids[0]
+    current = store.current_explanation(fid)
+    for field, value in [
+        ("expected_explanation_id", BIG),
+        ("expected_explanation_id", "-3"),
+        ("expected_version", BIG),
+        ("expected_version", "-1"),
+        ("queue", BIG),
+    ]:
+        data = {**form(client, current, action="accept"), field: value}
+        assert client.post(f"/features/{fid}/review", data=data).status_code == 400, field
+    for value in (BIG, "-1", "1.5"):
+        data = {"csrf": client.cookies.get("gloss_csrf"), "explanation_id": value}
+        assert client.post(f"/features/{fid}/rescore", data=data).status_code == 400, value
+    assert client.post(f"/features/{BIG}/review", data=form(client, None)).status_code == 404
+    assert store.reviews(fid) == []
+
+
+def test_text_with_a_nul_character_is_refused(client, seeded, store):
+    fid = seeded.feature_ids[0]
+    current = store.current_explanation(fid)
+    edit = form(client, current, action="edit", text="apples\x00pears")
+    assert client.post(f"/features/{fid}/review", data=edit).status_code == 400
+    note = form(client, None, action="note", note="see\x00here")
+    assert client.post(f"/features/{fid}/review", data=note).status_code == 400
+    assert client.get("/?source=a%00b").status_code == 400
+    assert client.get("/queue?source=a%00b").status_code == 400
+    assert store.reviews(fid) == [] and store.current_explanation(fid).text == current.text
+
+
+@pytest.mark.parametrize(
+    ("path", "answers"),
+    [
+        (f"/features/{2**63 - 1}", {404}),
+        (f"/features/{2**31}", {404}),
+        (f"/queue?skip={2**63 - 1}", {200, 400}),
+        (f"/?after=0.5:{2**63 - 1}", {200, 400}),
+        (f"/?order=id&after=:{2**63 - 1}", {200, 400}),
+        (f"/features/1?queue={2**63 - 1}", {200}),
+    ],
+)
+def test_the_largest_numbers_the_app_lets_through_reach_the_store_safely(client, path, answers):
+    """The app passes 0..2**63-1 on; past 32 bits the store must refuse or answer, not overflow."""
+    assert client.get(path, follow_redirects=False).status_code in answers
