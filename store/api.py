@@ -1600,14 +1600,6 @@ class Store:
                 update(Lock).where(Lock.name == name, Lock.holder == holder).values(run_id=run_id)
             )
 
-    def heartbeat_lock(self, name: str, holder: str) -> None:
-        with self.session() as s:
-            s.execute(
-                update(Lock)
-                .where(Lock.name == name, Lock.holder == holder)
-                .values(heartbeat_at=utcnow())
-            )
-
     def release_lock(self, name: str, holder: str) -> None:
         with self.session() as s:
             s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))
