@@ -89,7 +89,7 @@ def main() -> None:
                 f"baseline: the same {summary.calls} calls through LLMClient alone: {raw:.2f}s, "
                 f"ratio {raw / ideal:.2f}; the pipeline adds {summary.wall_s / raw:.2f}x"
             )
-            again = explain_features(store, ids, llm, force=True)
+            again = explain_features(store, ids, llm, relabel=True)
             print(
                 f"forced rerun: wall {again.wall_s:.2f}s, HTTP calls {again.calls}, "
                 f"served from cache {again.explainer.cached + again.simulator.cached}"
