@@ -113,3 +113,15 @@ def minilm():
     from pipeline.subjects import load_subject
 
     return load_subject("minilm")
+
+
+# ---------------------------------------------------------------- a scripted LLM endpoint
+
+
+@pytest.fixture
+def server():
+    """A scripted OpenAI-compatible server on loopback (tests/scripted_llm.py)."""
+    from tests.scripted_llm import ScriptedLLM
+
+    with ScriptedLLM() as s:
+        yield s

@@ -90,6 +90,16 @@ class ScriptedLLM:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
+    def config(self, api: str = "completions", **endpoint: Any):
+        """Explainer and simulator both on this server, with fast retries."""
+        from pipeline.llm import EndpointConfig, LLMConfig
+
+        settings = {"backoff_s": 0.01, "max_backoff_s": 0.05, **endpoint}
+        role = EndpointConfig(
+            model="scripted", base_url=self.base_url, api_key="test", api=api, **settings
+        )
+        return LLMConfig(explainer=role, simulator=role)
+
     def __enter__(self) -> ScriptedLLM:
         self.thread.start()
         return self

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from pipeline.explainer import explain_features, parse_label
-from pipeline.llm import EndpointConfig, LLMClient, LLMConfig, UnusableAnswer, answer_text
+from pipeline.llm import EndpointConfig, LLMClient, UnusableAnswer, answer_text
 from pipeline.scoring import pearson, simulation_score
 from pipeline.simulator import SimulatorConfig, expected_values_from_echo, integers_from_answer
 from store.models import LLMCall, Score
@@ -24,19 +24,6 @@ from tests.mined import token_features
 from tests.scripted_llm import Fault, ScriptedLLM
 
 WORDS = ["cat", "bridge", "violin"]
-
-
-@pytest.fixture
-def server():
-    with ScriptedLLM() as s:
-        yield s
-
-
-def config(server: ScriptedLLM, api: str = "completions", **kw) -> LLMConfig:
-    endpoint = EndpointConfig(
-        model="scripted", base_url=server.base_url, api_key="test", api=api, backoff_s=0.01, **kw
-    )
-    return LLMConfig(explainer=endpoint, simulator=endpoint)
 
 
 def calls(store, outcome=None):
@@ -91,7 +78,7 @@ def test_nan_logprob_is_a_recorded_failure_not_a_perfect_score(store, server):
         next(t for t in tops if t)["0"] = math.nan
 
     corrupt_first(server, "simulate", nan_at_one_position)
-    summary = explain_features(store, ids, config(server, concurrency=1))
+    summary = explain_features(store, ids, server.config(concurrency=1))
     assert_one_scoring_failure(store, ids, summary)
     (unusable,) = calls(store, "unusable")
     assert "nan" in unusable.error and "not a log-probability" in unusable.error
@@ -107,7 +94,7 @@ def test_infinite_integer_prediction_is_a_recorded_failure(store, server):
 
     corrupt_first(server, "simulate", infinity_first)
     sim = SimulatorConfig(method="integers")
-    summary = explain_features(store, ids, config(server, api="chat", concurrency=1), simulator=sim)
+    summary = explain_features(store, ids, server.config(api="chat", concurrency=1), simulator=sim)
     assert_one_scoring_failure(store, ids, summary)
     assert "non-numeric prediction inf" in calls(store, "unusable")[0].error
 
@@ -170,7 +157,7 @@ def test_explain_answer_of_the_wrong_shape_is_a_recorded_failure(sqlite_store, s
     _, ids = token_features(store, WORDS)
     server.faults = [Fault(body=body, when="explain")]
     sim = SimulatorConfig(method="integers") if api == "chat" else None
-    summary = explain_features(store, ids, config(server, api=api, concurrency=1), simulator=sim)
+    summary = explain_features(store, ids, server.config(api=api, concurrency=1), simulator=sim)
     assert summary.failed == 1 and summary.explained == 2 and summary.scored == 2
     unlabeled = [f for f in ids if store.current_explanation(f) is None]
     assert len(unlabeled) == 1 and store.explanations(unlabeled[0]) == []
@@ -183,7 +170,7 @@ def test_explain_answer_of_the_wrong_shape_is_a_recorded_failure(sqlite_store, s
 def test_json_nested_too_deep_is_a_recorded_failure(sqlite_store, server):
     _, ids = token_features(sqlite_store, WORDS)
     server.faults = [Fault(raw="[" * 100_000, when="explain")]
-    summary = explain_features(sqlite_store, ids, config(server, concurrency=1))
+    summary = explain_features(sqlite_store, ids, server.config(concurrency=1))
     assert summary.failed == 1 and summary.explained == 2
     (error,) = calls(sqlite_store, "error")
     assert "malformed JSON" in error.error
@@ -224,7 +211,7 @@ def test_simulation_answer_of_the_wrong_shape_is_a_recorded_failure(sqlite_store
     store = sqlite_store
     _, ids = token_features(store, WORDS)
     corrupt_first(server, "simulate", change)
-    summary = explain_features(store, ids, config(server, concurrency=1))
+    summary = explain_features(store, ids, server.config(concurrency=1))
     assert_one_scoring_failure(store, ids, summary)
 
 
@@ -238,7 +225,7 @@ def test_integers_answer_of_the_wrong_shape_is_a_recorded_failure(sqlite_store, 
     _, ids = token_features(store, WORDS)
     server.faults = [Fault(body=body, when="simulate")]
     sim = SimulatorConfig(method="integers")
-    summary = explain_features(store, ids, config(server, api="chat", concurrency=1), simulator=sim)
+    summary = explain_features(store, ids, server.config(api="chat", concurrency=1), simulator=sim)
     assert_one_scoring_failure(store, ids, summary)
 
 
@@ -301,7 +288,7 @@ def test_a_huge_answer_is_kept_as_a_stub_and_never_served_from_the_cache(sqlite_
 def test_a_label_with_control_characters_is_a_recorded_failure(store, server, label):
     _, ids = token_features(store, WORDS[:1])
     server.label_override = label
-    summary = explain_features(store, ids, config(server))
+    summary = explain_features(store, ids, server.config())
     assert summary.failed == 1 and summary.explained == 0
     assert store.explanations(ids[0]) == []
     assert "control characters" in store.feature(ids[0]).last_error

@@ -17,7 +17,6 @@ from sqlalchemy import select
 
 from pipeline.cli import main
 from pipeline.explainer import ExplainerConfig, explain_features, score_features
-from pipeline.llm import EndpointConfig, LLMConfig
 from store import (
     REPLACE_MACHINE,
     ConflictError,
@@ -29,7 +28,7 @@ from store import (
 )
 from store.models import Explanation, LLMCall, Review, Run, Score
 from tests.mined import token_features
-from tests.scripted_llm import Fault, ScriptedLLM
+from tests.scripted_llm import Fault
 
 TRIALS = 100
 PROMPT = PromptRef("explain-openai", "1", "h")
@@ -167,19 +166,6 @@ def test_an_accepted_label_is_protected_like_a_human_one(store):
     assert store.explanation(later).status == "candidate"
 
 
-@pytest.fixture
-def server():
-    with ScriptedLLM() as s:
-        yield s
-
-
-def llm(server: ScriptedLLM, **kw: Any) -> LLMConfig:
-    endpoint = EndpointConfig(
-        model="scripted", base_url=server.base_url, api_key="t", backoff_s=0.01, **kw
-    )
-    return LLMConfig(explainer=endpoint, simulator=endpoint)
-
-
 def test_a_human_label_written_while_its_model_label_is_in_flight_is_kept(store, server):
     """The explain stage checked "no current label" before calling the LLM; a reviewer
     labels the feature during the call; the model label must not supersede it."""
@@ -187,7 +173,7 @@ def test_a_human_label_written_while_its_model_label_is_in_flight_is_kept(store,
     server.latency_s = 0.5
     thread = threading.Thread(
         target=explain_features,
-        args=(store, ids, llm(server, concurrency=2)),
+        args=(store, ids, server.config(concurrency=2)),
         kwargs={"explainer": ExplainerConfig(score=False)},
     )
     thread.start()
@@ -207,7 +193,7 @@ def test_a_human_label_written_while_its_model_label_is_in_flight_is_kept(store,
 def test_explain_force_keeps_human_and_accepted_labels(sqlite_url, server, capsys):
     with open_store(sqlite_url) as store:
         _, ids = token_features(store, WORDS[:3])
-        explain_features(store, ids, llm(server), explainer=ExplainerConfig(score=False))
+        explain_features(store, ids, server.config(), explainer=ExplainerConfig(score=False))
         accepted = store.current_explanation(ids[0]).id
         store.review(ids[0], "accept", "ann")
         human = store.review(ids[1], "edit", "ann", text="ann's words")
@@ -231,12 +217,12 @@ def test_explain_force_keeps_human_and_accepted_labels(sqlite_url, server, capsy
 
 def test_two_scorers_at_once_write_each_score_once_and_pay_once(store, server):
     _, ids = token_features(store, WORDS)
-    explain_features(store, ids, llm(server), explainer=ExplainerConfig(score=False))
+    explain_features(store, ids, server.config(), explainer=ExplainerConfig(score=False))
     server.requests.clear()
     server.latency_s = 0.2
     results = race(
-        lambda: score_features(store, ids, llm(server, concurrency=2)),
-        lambda: score_features(store, ids, llm(server, concurrency=2)),
+        lambda: score_features(store, ids, server.config(concurrency=2)),
+        lambda: score_features(store, ids, server.config(concurrency=2)),
     )
     assert not any(isinstance(r, Exception) for r in results), results
     assert sum(r.scored for r in results) == len(ids)
@@ -249,8 +235,8 @@ def test_two_explainers_at_once_label_each_feature_once(store, server):
     _, ids = token_features(store, WORDS)
     server.latency_s = 0.2
     results = race(
-        lambda: explain_features(store, ids, llm(server, concurrency=2)),
-        lambda: explain_features(store, ids, llm(server, concurrency=2)),
+        lambda: explain_features(store, ids, server.config(concurrency=2)),
+        lambda: explain_features(store, ids, server.config(concurrency=2)),
     )
     assert not any(isinstance(r, Exception) for r in results), results
     models = rows(store, Explanation, Explanation.author_kind == "model")
@@ -272,7 +258,7 @@ def test_a_stage_that_crashes_is_recorded_failed(sqlite_store, server, monkeypat
 
     monkeypatch.setattr("pipeline.explainer.make_clients", broken)
     with pytest.raises(RuntimeError):
-        explain_features(sqlite_store, ids, llm(server))
+        explain_features(sqlite_store, ids, server.config())
     (run,) = sqlite_store.runs()
     assert (run.kind, run.status) == ("explain", "failed")
     assert run.finished_at is not None
@@ -282,7 +268,7 @@ def test_one_features_unexpected_error_is_its_failure_not_the_runs(sqlite_store,
     """A well-formed answer of the wrong shape for one feature: recorded, the others labeled."""
     _, ids = token_features(sqlite_store, WORDS[:4])
     server.faults.append(Fault(body={"choices": [{"text": 123}]}, when="explain"))
-    summary = explain_features(sqlite_store, ids, llm(server, concurrency=1))
+    summary = explain_features(sqlite_store, ids, server.config(concurrency=1))
     assert summary.failed == 1 and summary.explained == 3
     (run,) = sqlite_store.runs()
     assert run.status == "partial"

@@ -24,7 +24,6 @@ from pipeline.llm import (
     Budget,
     EndpointConfig,
     LLMClient,
-    LLMConfig,
     UnusableAnswer,
     answer_text,
 )
@@ -33,28 +32,9 @@ from pipeline.scoring import pearson, simulation_score
 from pipeline.simulator import SimulatorConfig, expected_values_from_echo, integers_from_answer
 from store import ConfigError, LLMError
 from tests.mined import token_features
-from tests.scripted_llm import Fault, ScriptedLLM
+from tests.scripted_llm import Fault
 
 WORDS = ["cat", "bridge", "violin"]
-
-
-@pytest.fixture
-def server():
-    with ScriptedLLM() as s:
-        yield s
-
-
-def config(server: ScriptedLLM, api: str = "completions", **kw) -> LLMConfig:
-    endpoint = EndpointConfig(
-        model="scripted",
-        base_url=server.base_url,
-        api_key="test",
-        api=api,
-        backoff_s=0.01,
-        max_backoff_s=0.05,
-        **kw,
-    )
-    return LLMConfig(explainer=endpoint, simulator=endpoint)
 
 
 def calls(store, outcome=None):
@@ -73,7 +53,7 @@ def calls(store, outcome=None):
 def test_explain_and_score_store_provenance_and_rerun_is_free(sqlite_store, server):
     store = sqlite_store
     _, ids = token_features(store, WORDS)
-    summary = explain_features(store, ids, config(server))
+    summary = explain_features(store, ids, server.config())
     assert summary.explained == 3 and summary.scored == 3 and summary.failed == 0
     assert summary.calls == 6  # one explain + one simulation per feature
     template = load_prompt("explain_openai")
@@ -99,8 +79,8 @@ def test_explain_and_score_store_provenance_and_rerun_is_free(sqlite_store, serv
 
     # A rerun skips labeled features; a forced rerun is served from the cache.
     before = len(server.requests)
-    assert explain_features(store, ids, config(server)).skipped == 3
-    again = explain_features(store, ids, config(server), relabel=True)
+    assert explain_features(store, ids, server.config()).skipped == 3
+    again = explain_features(store, ids, server.config(), relabel=True)
     assert len(server.requests) == before
     assert again.explainer.cached == 3 and again.calls == 0
     assert len(calls(store, "ok")) == 6
@@ -111,18 +91,18 @@ def test_explain_and_score_store_provenance_and_rerun_is_free(sqlite_store, serv
 def test_score_features_fills_missing_scores_only(sqlite_store, server):
     store = sqlite_store
     _, ids = token_features(store, WORDS[:2])
-    explain_features(store, ids, config(server), explainer=ExplainerConfig(score=False))
+    explain_features(store, ids, server.config(), explainer=ExplainerConfig(score=False))
     assert all(not store.current_explanation(f).scores for f in ids)
-    summary = score_features(store, ids, config(server))
+    summary = score_features(store, ids, server.config())
     assert summary.scored == 2 and summary.simulator.calls == 2
-    assert score_features(store, ids, config(server)).skipped == 2
+    assert score_features(store, ids, server.config()).skipped == 2
 
 
 def test_integers_method_over_chat(sqlite_store, server):
     store = sqlite_store
     _, ids = token_features(store, ["cat"])
     sim = SimulatorConfig(method="integers")
-    summary = explain_features(store, ids, config(server, api="chat"), simulator=sim)
+    summary = explain_features(store, ids, server.config(api="chat"), simulator=sim)
     assert summary.scored == 1
     score = store.current_explanation(ids[0]).scores[0]
     assert score.prompt_name == "simulate-integers" and score.value > 0.9
@@ -142,7 +122,7 @@ def test_best_of_n_keeps_all_candidates_and_promotes_the_best(sqlite_store, serv
 
     server.answer = answer
     summary = explain_features(
-        store, ids, config(server, concurrency=1), explainer=ExplainerConfig(candidates=3)
+        store, ids, server.config(concurrency=1), explainer=ExplainerConfig(candidates=3)
     )
     assert summary.explained == 1
     history = store.explanations(ids[0])
@@ -164,9 +144,9 @@ def test_baseline_explainer_finds_the_lifted_token(sqlite_store, server):
     assert label.author_kind == "baseline" and label.status == "proposed"
     assert label.text.startswith("tokens 'violin'")
     assert baseline_explain(store, ids).skipped == 1
-    assert score_features(store, ids, config(server)).scored == 1
+    assert score_features(store, ids, server.config()).scored == 1
     assert store.explanations(ids[0])[0].scores
-    explain_features(store, ids, config(server))
+    explain_features(store, ids, server.config())
     current = store.current_explanation(ids[0])
     assert current.author_kind == "model"
     assert store.explanation(label.id).status == "superseded"
@@ -175,13 +155,13 @@ def test_baseline_explainer_finds_the_lifted_token(sqlite_store, server):
 def test_a_baseline_beside_a_current_label_stays_a_candidate(sqlite_store, server):
     store = sqlite_store
     _, ids = token_features(store, ["violin"])
-    explain_features(store, ids, config(server), explainer=ExplainerConfig(score=False))
+    explain_features(store, ids, server.config(), explainer=ExplainerConfig(score=False))
     model_label = store.current_explanation(ids[0]).id
     baseline_explain(store, ids)
     assert store.current_explanation(ids[0]).id == model_label
     baseline = next(e for e in store.explanations(ids[0]) if e.author_kind == "baseline")
     assert baseline.status == "candidate"
-    summary = score_features(store, ids, config(server), baseline=True)
+    summary = score_features(store, ids, server.config(), baseline=True)
     assert summary.scored == 2  # the current label and the baseline candidate
     assert store.explanation(baseline.id).scores
 
@@ -253,7 +233,7 @@ def test_failures_are_recorded_with_raw_text(sqlite_store, server):
             when="explain",
         ),
     ]
-    summary = explain_features(store, ids, config(server, concurrency=1))
+    summary = explain_features(store, ids, server.config(concurrency=1))
     assert summary.failed == 2 and summary.explained == 1
     failed = [store.feature(f) for f in ids if store.current_explanation(f) is None]
     assert len(failed) == 2
@@ -264,7 +244,7 @@ def test_failures_are_recorded_with_raw_text(sqlite_store, server):
     assert unusable and unusable[0].response["choices"][0]["text"] == "   \n"
     assert calls(store, "error")[0].error.startswith("explainer endpoint returned malformed")
     # The unusable answer is not cached: the next run asks again and succeeds.
-    assert explain_features(store, ids, config(server)).explained == 2
+    assert explain_features(store, ids, server.config()).explained == 2
 
 
 def test_garbage_usage_counts_as_unknown_not_a_crash(sqlite_store, server):
@@ -274,7 +254,7 @@ def test_garbage_usage_counts_as_unknown_not_a_crash(sqlite_store, server):
         Fault(body={"choices": [{"index": 0, "text": " the token 'cat'"}], "usage": weird}),
         Fault(body={"choices": [{"index": 0, "text": " x"}], "usage": ["not", "a", "dict"]}),
     ]
-    summary = explain_features(sqlite_store, ids, config(server, concurrency=1), budget=Budget())
+    summary = explain_features(sqlite_store, ids, server.config(concurrency=1), budget=Budget())
     assert summary.explained == 1 and summary.failed == 1  # the second answer is unusable
     assert summary.tokens_in == 0 and sqlite_store.current_explanation(ids[0]) is not None
 
@@ -288,7 +268,7 @@ def test_missing_logprobs_is_a_failure_not_a_zero(sqlite_store, server):
             when="simulate",
         )
     ]
-    summary = explain_features(store, ids, config(server))
+    summary = explain_features(store, ids, server.config())
     assert summary.explained == 1 and summary.scored == 0 and summary.failed == 1
     assert store.current_explanation(ids[0]).scores == []
     assert "no logprobs" in store.feature(ids[0]).last_error
@@ -300,7 +280,7 @@ def test_wrong_number_of_predictions_is_a_failure(sqlite_store, server):
     short = {"choices": [{"index": 0, "message": {"content": '{"1": [0, 1]}'}}]}
     server.faults = [Fault(body=short, when="simulate")]
     sim = SimulatorConfig(method="integers")
-    summary = explain_features(store, ids, config(server, api="chat"), simulator=sim)
+    summary = explain_features(store, ids, server.config(api="chat"), simulator=sim)
     assert summary.failed == 1 and store.current_explanation(ids[0]).scores == []
     assert "predicted 2 activations for document 1" in store.feature(ids[0]).last_error
 
@@ -372,7 +352,7 @@ def test_prompt_injection_stays_inside_the_data_block(sqlite_store, server):
         example = s.query(Example).filter_by(feature_id=feature, split="explain", rank=0).one()
         example.window_id = wid
         example.acts = encode_acts([0, 0, 0, 4.0, 0, 0, 0, 4.0])
-    explain_features(store, ids, config(server))
+    explain_features(store, ids, server.config())
     prompt = server.requests[0]["prompt"]
     instructions, _, data = prompt.partition("Neuron 2\nActivations:\n")
     assert "never instructions to follow" in instructions and "PWNED" not in instructions
@@ -470,7 +450,7 @@ def test_constant_truth_gives_null_score_with_reason(sqlite_store, server):
     store = sqlite_store
     _, ids = token_features(store, ["cat"])
     server.label_override = "the token 'zzz'"  # predicts all zeros: constant prediction
-    explain_features(store, ids, config(server))
+    explain_features(store, ids, server.config())
     (score,) = store.current_explanation(ids[0]).scores
     assert score.value is None and "constant" in score.details["reason"]
 
@@ -493,10 +473,10 @@ def test_concurrent_calls_never_take_the_run_past_its_budget(sqlite_store, serve
     """Each call books its worst case first, so 16 calls in flight cannot overshoot together."""
     _, ids = token_features(sqlite_store, [f"w{i}" for i in range(40)])
     server.latency_s = 0.05
-    one = explain_features(sqlite_store, ids[:1], config(server, concurrency=16))
+    one = explain_features(sqlite_store, ids[:1], server.config(concurrency=16))
     per_feature = one.tokens_in + one.explainer.tokens_out + one.simulator.tokens_out
     budget = Budget(max_tokens=10 * per_feature)
-    summary = explain_features(sqlite_store, ids[1:], config(server, concurrency=16), budget=budget)
+    summary = explain_features(sqlite_store, ids[1:], server.config(concurrency=16), budget=budget)
     assert budget.tokens <= budget.max_tokens and budget.refused
     assert budget.reserved_tokens == 0 and budget.reserved_cost == 0
     assert summary.budget_stopped > 0 and summary.explained >= 3, "stops near, not far below"
@@ -561,7 +541,7 @@ def test_copied_worked_example_is_a_failure_not_a_label(sqlite_store, server):
     store = sqlite_store
     _, ids = token_features(store, ["cat"])
     server.label_override = "small animals and pets."
-    summary = explain_features(store, ids, config(server))
+    summary = explain_features(store, ids, server.config())
     assert summary.failed == 1 and store.current_explanation(ids[0]) is None
     assert "copied the prompt's worked example" in store.feature(ids[0]).last_error
 
