@@ -3,12 +3,17 @@
 Entry points (sync wrappers around the async versions):
 
     explain_features(store, feature_ids, llm=LLMConfig(), explainer=ExplainerConfig(),
-                     simulator=SimulatorConfig(), run_id=None) -> Summary
-    score_features(store, feature_ids, llm=..., simulator=..., run_id=None) -> Summary
+                     simulator=SimulatorConfig(), run_id=None, relabel=False,
+                     relabel_human=False) -> Summary
+    score_features(store, feature_ids, llm=..., simulator=..., run_id=None,
+                   rescore=False, baseline=False) -> Summary
     baseline_explain(store, feature_ids, run_id=None) -> Summary
 
-Each feature is committed as soon as it is done; features already labeled (or failed
-too often) are skipped, so an interrupted run resumes where it stopped. Examples for
+Of the features given, only those the store says are pending are worked on
+(`Store.features_to_explain`, `Store.labels_to_score`). Each is claimed in the database
+and checked again before its LLM call, so another process never pays for it twice, and
+committed as soon as it is done, so an interrupted run resumes where it stopped. Who may
+replace a current label is decided by the store when the label is written. Examples for
 the explainer come from the `explain` split only; the simulator sees only `holdout`.
 """
 

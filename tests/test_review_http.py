@@ -507,3 +507,63 @@ def test_text_with_a_nul_character_is_refused(client, seeded, store):
 def test_the_largest_numbers_the_app_lets_through_reach_the_store_safely(client, path, answers):
     """The app passes 0..2**63-1 on; past 32 bits the store must refuse or answer, not overflow."""
     assert client.get(path, follow_redirects=False).status_code in answers
+
+
+def test_reviewers_racing_over_http_get_one_winner_and_409s(store, seeded):
+    """Eight reviewers post on one label version at once, through a real server: one
+    action lands, the others get the conflict page, none a 500; the trail agrees."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from tests.test_integrity import race
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(store, reviewer="ana"), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+    clients = [httpx.Client(base_url=base) for _ in range(8)]
+    try:
+        for client in clients:
+            client.get("/")
+        for round_ in range(10):
+            fid = seeded.feature_ids[round_ % 4]
+            store.review(fid, "edit", "setup", text=f"round {round_}")
+            current = store.current_explanation(fid)
+
+            def post(i: int, fid=fid, current=current) -> int:
+                action = ("accept", "reject", "edit")[i % 3]
+                data = {
+                    "csrf": clients[i].cookies.get("gloss_csrf"),
+                    "action": action,
+                    "expected_explanation_id": current.id,
+                    "expected_version": current.version,
+                    "text": f"edit {i}",
+                }
+                return clients[i].post(f"/features/{fid}/review", data=data).status_code
+
+            codes = race(*(lambda i=i: post(i) for i in range(8)))
+            assert sorted(codes).count(303) == 1 and set(codes) == {303, 409}, codes
+            trail = [r for r in store.reviews(fid) if r.reviewer == "ana"]
+            after = store.current_explanation(fid)
+            landed = trail[0]
+            assert (
+                len([r for r in trail if r.before and r.before["text"] == f"round {round_}"]) == 1
+            )
+            if landed.action == "reject":
+                assert after is None
+            else:
+                assert after.id == landed.explanation_id and after.status == "accepted"
+    finally:
+        for client in clients:
+            client.close()
+        server.should_exit = True
+        thread.join(10)
