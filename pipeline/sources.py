@@ -77,12 +77,27 @@ class Source:
     path: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     encoder: Encoder | None = None
+    # A dictionary shared by several hook points: one encoder per point (each with its
+    # point's input scale folded in), the same latents everywhere. Empty otherwise.
+    encoders: dict[str, Encoder] = field(default_factory=dict)
 
-    def encode(self, acts: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """The hook points a shared dictionary reads; () for a source of any one point."""
+        return tuple(self.encoders)
+
+    def encode(
+        self, acts: torch.Tensor, features: torch.Tensor | None = None, hook: str | None = None
+    ) -> torch.Tensor:
         """Feature activations from hook activations [..., d_in] -> [..., n_features]."""
-        if self.encoder is None:
+        encoder = self.encoder
+        if self.encoders:
+            if hook not in self.encoders:
+                raise InputError(f"this dictionary reads {', '.join(self.encoders)}, not {hook!r}")
+            encoder = self.encoders[hook]
+        if encoder is None:
             return acts if features is None else acts[..., features]
-        return self.encoder.encode(acts, features)
+        return encoder.encode(acts, features)
 
 
 def load_source(spec: str, hook_width: int) -> Source:

