@@ -452,14 +452,16 @@ async def _run_features(
         if budget is not None and budget.exhausted:
             summary.budget_stopped += 1
             return
-        claimed = await ctx.db(
-            store.claim, feature_id, stage, ctx.holder, run_id=ctx.run_id, lease_s=LEASE_S
-        )
-        if not claimed:
-            summary.skipped += 1
-            summary.claimed_elsewhere += 1
-            return
         try:
+            # Released in `finally` even when cancelled while claiming: the claim may
+            # still land, and the one writer thread runs the release after it.
+            claimed = await ctx.db(
+                store.claim, feature_id, stage, ctx.holder, run_id=ctx.run_id, lease_s=LEASE_S
+            )
+            if not claimed:
+                summary.skipped += 1
+                summary.claimed_elsewhere += 1
+                return
             pending = await ctx.db.read(still_pending, feature_id)
             if not pending:
                 summary.skipped += 1
