@@ -230,9 +230,17 @@ class Subject:
         """How each token reads on its own, for showing windows to people and LLMs."""
         return self.tokenizer.batch_decode([[int(t)] for t in token_ids])
 
+    @property
+    def max_text_tokens(self) -> int:
+        """The most text tokens one forward pass takes: the model's positions less its
+        special tokens ([CLS] and [SEP] take two of BERT's 512)."""
+        positions = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
+        return positions - len(self.prefix_ids) - len(self.suffix_ids)
+
     def run_text(self, text: str, hook: str, max_tokens: int = 512) -> TextRun:
-        """Tokenize `text` (truncated to `max_tokens`) and return its activations at `hook`."""
-        ids = self.encode(text)[:max_tokens]
+        """Tokenize `text` (truncated to `max_tokens`, and to what the model takes) and
+        return its activations at `hook`."""
+        ids = self.encode(text)[: min(max_tokens, self.max_text_tokens)]
         if not ids:
             raise InputError("the text has no tokens; give some text to run")
         acts = self.activations(torch.tensor([ids]), None, [hook])[hook][0]

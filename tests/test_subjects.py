@@ -159,3 +159,10 @@ def test_gemma_270m_gguf_hook_points():
         x = seen["x"]
         expected = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
     torch.testing.assert_close(run.acts, expected[0, 1:])
+
+
+def test_a_long_text_is_cut_to_what_the_model_takes(minilm):
+    """512 text tokens plus [CLS]/[SEP] overflowed BERT's 512 positions (gloss fires crashed)."""
+    run = minilm.run_text("word " * 700, "layer.1.mlp")
+    assert len(run.tokens) == minilm.max_text_tokens == 510
+    assert run.acts.shape == (510, minilm.mlp_size)
