@@ -137,6 +137,96 @@ def add_mine_parser(sub) -> None:
     p.set_defaults(func=cmd_mine)
 
 
+# ---------------------------------------------------------------- dictionaries (gloss learn)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from pipeline.corpus import Corpus
+    from pipeline.learn import learn
+    from pipeline.subjects import load_subject, parse_device
+    from store import open_store
+
+    config = _stage_config(args)
+    settings = replace(
+        config.learn,
+        **_given(hooks=args.hooks, width=args.width, k=args.k, train_tokens=args.tokens),
+    )
+    device = args.device or config.subject.device
+    parse_device(device)
+    subject = load_subject(config.subject.model, gguf_file=config.subject.gguf_file, device=device)
+    subject.hook_width(settings.hooks)
+    corpus = Corpus(config.corpus, subject.encode)
+    with open_store(args.database) as store:
+        result = learn(store, subject, corpus, settings, out=args.out, progress=not args.json)
+        name = store.source(result.source_id).name
+    m, q = result.manifest, result.quality
+    training = m.get("training", {})
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "source": name,
+                    "source_id": result.source_id,
+                    "run": result.run_id,
+                    "path": str(result.folder),
+                    "reused": result.reused,
+                    "hooks": m.get("hooks"),
+                    "width": m.get("width"),
+                    "k": m.get("k"),
+                    "tokens": training.get("tokens"),
+                    "steps": training.get("steps"),
+                    "seconds": round(result.seconds, 1),
+                    "quality": q,
+                }
+            )
+        )
+        return 0
+    how = "reused the dictionary learned before" if result.reused else "learned a dictionary"
+    hooks = m.get("hooks", [])
+    where = f"shared by the {len(hooks)} points" if len(hooks) > 1 else "at"
+    print(
+        f"{how}: {m.get('width')} latents, k={m.get('k')}, {where} {settings.hooks} of "
+        f"{subject.name}; {training.get('tokens', 0):,} tokens, "
+        f"{training.get('steps', 0):,} steps; {result.seconds:.1f} s"
+    )
+    print(f"  folder  {result.folder}")
+    print(f"  source  {name} (id {result.source_id}); run {result.run_id}")
+    if q:
+        print(
+            f"  held-out quality on {q.get('holdout_tokens', 0):,} tokens: FVU {q['fvu']:.3f}, "
+            f"L0 {q['l0']:.1f}, dead {q['dead_share']:.1%}"
+        )
+        for hook, figures in q.get("per_hook", {}).items():
+            print(f"    {hook:<16} FVU {figures['fvu']:.3f}")
+        lm = q.get("lm_loss")
+        if lm:
+            print(
+                f"  LM loss: clean {lm['clean']:.3f}, reconstruction spliced in {lm['spliced']:.3f}"
+            )
+    return 0
+
+
+def add_learn_parser(sub) -> None:
+    p = sub.add_parser(
+        "learn", help="train a sparse dictionary (TopK SAE) on the corpus; register it as a source"
+    )
+    p.add_argument(
+        "--config", help="settings file (default ./gloss.toml if present); flags override it"
+    )
+    p.add_argument(
+        "--hooks", help="hook point(s): layer.3.resid, or layer.0-5.resid for one shared dictionary"
+    )
+    p.add_argument("--width", type=int, help="latents (1024)")
+    p.add_argument("--k", type=int, help="latents active per token (16)")
+    p.add_argument("--tokens", type=int, help="corpus tokens to train on (1000000)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:1, mps")
+    p.add_argument("--out", help="folder to write (default $GLOSS_CACHE/dictionaries/<key>)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_learn)
+
+
 # ---------------------------------------------------------------- explain / score / llm (issue 4)
 
 
@@ -768,6 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db_current)
 
     add_mine_parser(sub)
+    add_learn_parser(sub)
     add_llm_commands(sub)
     _add_query_commands(sub)
     add_run_commands(sub)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.corpus import CorpusConfig
 from pipeline.explainer import ExplainerConfig
+from pipeline.learn import LearnConfig
 from pipeline.llm import LLMConfig
 from pipeline.local_llm import LocalServerConfig
 from pipeline.mining import MiningConfig
@@ -146,6 +147,7 @@ class GlossConfig:
     subject: SubjectConfig = field(default_factory=SubjectConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    learn: LearnConfig = field(default_factory=LearnConfig)
     explainer: ExplainerConfig = field(default_factory=ExplainerConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)

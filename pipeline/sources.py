@@ -5,6 +5,8 @@
                 `cfg.json` and `sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec,
                 `threshold` for JumpReLU; b_gate, r_mag, b_mag for gated SAEs).
 - `dictionary`  a dictionary in the `dictionary_learning` layout: `ae.pt` + `config.json`.
+- a folder `gloss learn` wrote (`gloss_dictionary.json` + one SAELens folder per hook
+  point) loads as one `sae` source with an encoder per point (`Source.encoders`).
 
 Every encoder is reduced to the same few tensors and one `encode` function, so the
 formula a test checks is the formula mining uses. A source's identity is the hash of
@@ -25,6 +27,7 @@ import torch
 from store.errors import InputError, ModelError
 
 KINDS = ("neurons", "sae", "dictionary")
+LEARNED = "gloss_dictionary.json"  # a dictionary `gloss learn` wrote: one SAELens folder per point
 
 
 @dataclass
@@ -113,7 +116,10 @@ def load_source(spec: str, hook_width: int) -> Source:
             f"feature source {spec!r}: {folder} is not a folder; give neurons, "
             "sae:FOLDER (cfg.json + sae_weights.safetensors) or dictionary:FOLDER (ae.pt + config.json)"
         )
-    source = _load_sae(folder) if kind == "sae" else _load_dictionary(folder)
+    if kind == "sae" and (folder / LEARNED).exists():
+        source = _load_learned(folder)
+    else:
+        source = _load_sae(folder) if kind == "sae" else _load_dictionary(folder)
     if source.d_in != hook_width:
         raise InputError(
             f"the {kind} at {folder} reads {source.d_in}-dimensional inputs but the hook point "
@@ -123,7 +129,7 @@ def load_source(spec: str, hook_width: int) -> Source:
 
 
 def _detect(folder: Path) -> str:
-    if (folder / "cfg.json").exists():
+    if (folder / "cfg.json").exists() or (folder / LEARNED).exists():
         return "sae"
     if (folder / "ae.pt").exists():
         return "dictionary"
@@ -292,6 +298,46 @@ def _load_sae(folder: Path) -> Source:
             raise InputError(f"{folder}: cfg.json says {key}={cfg[key]} but W_enc has {size}")
     params = _hash(weights_path.read_bytes(), json.dumps(cfg, sort_keys=True).encode())
     return Source("sae", d_sae, d_in, params, str(folder.resolve()), cfg, encoder)
+
+
+def _load_learned(folder: Path) -> Source:
+    """A dictionary shared by several hook points: gloss_dictionary.json names the points,
+    each a SAELens folder with its input scale folded in. One Source, one encoder per point;
+    its identity covers the manifest and every point's weights."""
+    where = folder / LEARNED
+    manifest = _read_json(where)
+    hooks = manifest.get("hooks")
+    if not isinstance(hooks, list) or not hooks or not all(isinstance(h, str) for h in hooks):
+        raise InputError(
+            f'{where}: hooks must be a list of hook point names, e.g. ["layer.0.resid"]'
+        )
+    encoders: dict[str, Encoder] = {}
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
+    for hook in hooks:
+        point = folder / hook
+        if Path(hook).name != hook or not point.is_dir():
+            raise InputError(
+                f"{where} names hook point {hook!r} but {point} is not a folder; "
+                "the dictionary is incomplete, write it again"
+            )
+        source = _load_sae(point)
+        encoders[hook] = source.encoder  # type: ignore[assignment]
+        digest.update(hook.encode())
+        digest.update(source.params_hash.encode())
+    shapes = {tuple(e.W_enc.shape) for e in encoders.values()}
+    if len(shapes) > 1:
+        raise InputError(
+            f"{folder}: the points' encoders have different shapes {sorted(shapes)}; "
+            "a shared dictionary has one width and one input size"
+        )
+    d_in, d_sae = shapes.pop()
+    for key, size in (("d_in", d_in), ("width", d_sae)):
+        stated = _whole(manifest, key, where)
+        if stated is not None and stated != size:
+            raise InputError(f"{where} says {key}={manifest[key]} but the weights have {size}")
+    return Source(
+        "sae", d_sae, d_in, digest.hexdigest(), str(folder.resolve()), manifest, encoders=encoders
+    )
 
 
 def _load_dictionary(folder: Path) -> Source:
