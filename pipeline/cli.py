@@ -121,7 +121,11 @@ def add_mine_parser(sub) -> None:
     )
     p.add_argument("--model", help="minilm (default), gemma-3-270m, a folder, .gguf or hub id")
     p.add_argument("--gguf-file", help="GGUF file name inside --model's folder")
-    p.add_argument("--hook", help="layer.N.mlp or layer.N.resid (default layer.3.mlp)")
+    p.add_argument(
+        "--hook",
+        help="layer.N.mlp or layer.N.resid (default layer.3.mlp); a dictionary shared by "
+        "several points is mined at all of them: layer.0-5.resid",
+    )
     p.add_argument("--source", help="neurons (default), sae:FOLDER, dictionary:FOLDER or FOLDER")
     p.add_argument("--features", help="START:STOP, 7 or 1,2,5:9 (default: all)")
     p.add_argument("--corpus", action="append", help="file, folder or glob (repeatable)")
@@ -716,6 +720,76 @@ def _add_query_commands(sub) -> None:
 # ---------------------------------------------------------------- end of query and review
 
 
+# ---------------------------------------------------------------- decompose (issue 12)
+
+
+def cmd_decompose(args: argparse.Namespace) -> int:
+    from pipeline.decompose import decompose, text_lines
+    from pipeline.terminal import to_json
+
+    with _open(args) as store:
+        result = decompose(
+            store,
+            args.word,
+            args.context or [],
+            source=args.source,
+            hooks=args.hook,
+            top=args.top,
+        )
+    print(to_json(result) if args.json else "\n".join(text_lines(result)))
+    return 0
+
+
+def add_decompose_parser(sub) -> None:
+    p = sub.add_parser(
+        "decompose",
+        help="the features active on a word in context, per hook point; with several "
+        "contexts, which features they share and which tell them apart",
+    )
+    p.add_argument("word", help="the word to open up (whole word, any case)")
+    p.add_argument(
+        "--context",
+        action="append",
+        help="a text that contains the word (repeatable: compare its senses)",
+    )
+    p.add_argument(
+        "--source",
+        help="feature source name (see gloss search); default: the newest learned "
+        "dictionary, else the only source",
+    )
+    p.add_argument("--hook", help="only these of the source's points, e.g. layer.2-4.resid")
+    p.add_argument("--top", type=int, default=10, help="features listed per context and point")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_decompose)
+
+
+# ---------------------------------------------------------------- layers (issue 12)
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from pipeline.terminal import format_layer_peaks, layer_peaks_dict
+
+    with _open(args) as store:
+        source = store.source(args.source)
+        peaks = store.layer_peaks(source.id, top=args.top)
+    if args.json:
+        print(json.dumps(layer_peaks_dict(source, peaks), ensure_ascii=False))
+    else:
+        print(format_layer_peaks(source, peaks))
+    return 0
+
+
+def add_layers_parser(sub) -> None:
+    p = sub.add_parser(
+        "layers",
+        help="a dictionary shared by several hook points: per point, the features that peak there",
+    )
+    p.add_argument("source", help="feature source name or id (see gloss search)")
+    p.add_argument("--top", type=at_least_one, default=10, help="features listed per point")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
+
+
 # ---------------------------------------------------------------- nightly runs (gloss run)
 
 
@@ -862,6 +936,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_llm_commands(sub)
     _add_query_commands(sub)
     add_run_commands(sub)
+    add_decompose_parser(sub)
+    add_layers_parser(sub)
     return parser
 
 

@@ -4,6 +4,10 @@ This answers "what does the model see in *apple* here?" with the database's labe
 Features are ranked by activation relative to their own maximum over the mined
 corpus (1.0 = as strong as they ever fired), so a feature with small raw values
 but a sharp meaning is not drowned by one with large raw values.
+
+A dictionary shared by several hook points is read at all of them in one forward
+pass, and a token's activation is the largest over the points, as in mining (so it
+compares with the mined maximum); `point` says where it was largest.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class FeatureFire:
     relative: float  # activation / the feature's max over the mined corpus
     label: str | None
     score: float | None
+    point: str | None = None  # a shared dictionary: the hook point where it fired most
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class TokenFires:
 def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -> list[TokenFires]:
     """Per token of `text`, the `top` labeled features of `source` that fire most (relative)."""
     try:
+        from pipeline.mining import text_activations
         from pipeline.subjects import BUILTIN, load_subject
     except ImportError:
         raise GlossError(
@@ -65,13 +71,11 @@ def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -
         labeled = store.current_labels(info.id)
         if not labeled:
             continue
-        run = subject.run_text(text, info.hook)
-        tokens = run.tokens
-        acts = _load(info, subject.hook_width(info.hook)).encode(run.acts)
         indices = torch.tensor(sorted(labeled))
+        source = _load(info, subject.hook_width(info.hook))
+        tokens, acts, points, at = text_activations(subject, source, info.hook, text, indices)
         scale = torch.tensor([labeled[i].max_act or 1.0 for i in indices.tolist()])
-        picked = acts[:, indices]
-        relative = picked / scale.clamp_min(1e-8)
+        relative = acts / scale.clamp_min(1e-8)
         k = min(top, len(indices))
         values, order = relative.topk(k, dim=-1)
         if per_token is None:
@@ -87,10 +91,11 @@ def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -
                     FeatureFire(
                         feature_id=row.feature_id,
                         ref=row.ref,
-                        activation=float(picked[position, column]),
+                        activation=float(acts[position, column]),
                         relative=value,
                         label=row.label,
                         score=row.score,
+                        point=points[int(at[position, column])] if at is not None else None,
                     )
                 )
     if per_token is None:

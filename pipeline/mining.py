@@ -15,6 +15,15 @@ reservoir ranks windows by their max activation, the others by seeded random key
 (the k largest of independent uniform keys are a uniform sample without replacement).
 Memory is features x slots x ctx_len, whatever the corpus length.
 
+A dictionary shared by several hook points (`Source.encoders`, mined at a spec such as
+`layer.0-5.resid`) reads every point in one forward pass; a token's activation of a
+feature is its largest over the points, so everything above is as for one point. Each
+feature also gets a layer map: per point, the mean of its LAYER_TOP largest token
+activations there (zeros count when it fired on fewer tokens), in raw activation units
+(the encoders fold each point's scale in, so points compare); displays scale it to the
+feature's largest point. This is Yun et al.'s (2021) importance per layer; it costs
+points x LAYER_TOP floats per feature.
+
 Examples go to two disjoint splits: `explain` (what the explainer reads) and `holdout`
 (what the simulator is scored on: top and random windows). A window is used at most
 once per feature. Features are written to the store in groups, each its own
@@ -46,6 +55,8 @@ from store import ExampleIn, MinedFeature, Store, WindowIn
 from store.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
+
+LAYER_TOP = 20  # token activations per feature and point behind its layer map
 
 
 @dataclass
@@ -215,12 +226,50 @@ class Reservoir:
         self.acts[rows, slots, :width] = strips[columns, rows]
 
 
+class LayerMap:
+    """Per point and feature, the LAYER_TOP largest token activations seen so far.
+
+    Values start at 0 (the encoders of shared dictionaries never go below 0). A batch
+    only touches the features whose largest activation there beats their current
+    smallest kept value, which after the first batches is a small share of them.
+    """
+
+    def __init__(self, n_points: int, n_features: int, device: torch.device):
+        self.values = torch.zeros((n_points, LAYER_TOP, n_features), device=device)
+
+    def update(self, point: int, acts: torch.Tensor, valid: torch.Tensor) -> None:
+        """acts [B, T, F] at one point, valid [B, T]."""
+        flat = acts.reshape(-1, acts.shape[2])
+        if not bool(valid.all()):
+            flat = flat[valid.reshape(-1)]
+        if flat.shape[0] == 0:
+            return
+        kept = self.values[point]
+        touched = (flat.amax(dim=0) > kept[-1]).nonzero().squeeze(1)
+        if len(touched) == 0:
+            return
+        if len(touched) == flat.shape[1]:
+            top = flat.topk(min(LAYER_TOP, flat.shape[0]), dim=0).values
+            kept[:] = torch.cat([kept, top]).topk(LAYER_TOP, dim=0).values
+            return
+        top = flat[:, touched].topk(min(LAYER_TOP, flat.shape[0]), dim=0).values
+        kept[:, touched] = torch.cat([kept[:, touched], top]).topk(LAYER_TOP, dim=0).values
+
+    def means(self) -> torch.Tensor:
+        """[points, features]: each feature's mean top activation at each point."""
+        return self.values.mean(dim=1)
+
+
 class FeatureMiner:
     """The streaming statistics and samples of a block of features."""
 
-    def __init__(self, n_features: int, ctx_len: int, config: MiningConfig, device="cpu"):
+    def __init__(
+        self, n_features: int, ctx_len: int, config: MiningConfig, device="cpu", n_points: int = 1
+    ):
         self.config = config
         device = torch.device(device)
+        # A layer map only for a dictionary read at several points.
+        self.layers = LayerMap(n_points, n_features, device) if n_points > 1 else None
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.top = Reservoir(n_features, config.top_explain + config.top_holdout, ctx_len, device)
         pool = config.quantile_pool if config.quantiles else 0
@@ -241,6 +290,7 @@ class FeatureMiner:
             "top": self.top.state(), "pool": self.pool.state(), "random": self.random.state(),
             "max": self.max, "sum": self.sum, "hist": self.hist, "hist_top": self.hist_top,
             "tokens": self.tokens, "generator": self.generator.get_state(),
+            **({"layers": self.layers.values} if self.layers is not None else {}),
         }  # fmt: skip
 
     def load(self, state: dict[str, Any]) -> None:
@@ -251,6 +301,8 @@ class FeatureMiner:
         self.hist, self.hist_top = state["hist"].to(device), state["hist_top"].to(device)
         self.tokens = state["tokens"]
         self.generator.set_state(state["generator"])
+        if self.layers is not None:
+            self.layers.values = state["layers"].to(device)
 
     def update(self, acts: torch.Tensor, valid: torch.Tensor, window_ids: torch.Tensor) -> None:
         """acts [B, T, F] feature activations, valid [B, T], window_ids [B] (global indices)."""
@@ -380,13 +432,81 @@ def choose_examples(
 # ---------------------------------------------------------------- the mine stage
 
 
+def mining_points(subject: Subject, source: Source, hook: str) -> list[str]:
+    """The hook points a pass over `source` at `hook` reads, shallowest first.
+
+    Several points make one feature set only for a dictionary shared by them: the
+    neurons (or one SAE) of several layers are different features, so such a spec is
+    refused rather than mixed into one.
+    """
+    points = subject.parse_hooks(hook)
+    if source.encoders:
+        missing = [p for p in points if p not in source.encoders]
+        if missing:
+            raise InputError(
+                f"the dictionary at {source.path or 'this source'} reads "
+                f"{', '.join(source.hooks)}, not {', '.join(missing)}; mine it at those points"
+            )
+    elif len(points) > 1:
+        raise InputError(
+            f"hook {hook!r} names {len(points)} points, but a {source.kind} source reads one; "
+            "give one point (e.g. layer.3.mlp), or a dictionary trained on all of them"
+        )
+    return points
+
+
+def encode_points(
+    source: Source,
+    captured: dict[str, torch.Tensor],
+    points: Sequence[str],
+    features: torch.Tensor | None = None,
+    layers: LayerMap | None = None,
+    valid: torch.Tensor | None = None,
+    *,
+    where: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Feature activations, the largest over `points`, and with `where` (several points) the
+    index of the point each is largest at; `layers` takes in each point's own activations."""
+    if len(points) == 1:
+        return source.encode(captured[points[0]], features, hook=points[0]), None
+    best = at = None
+    for i, point in enumerate(points):
+        acts = source.encode(captured.pop(point), features, hook=point)
+        if layers is not None:
+            layers.update(i, acts, valid)
+        if best is None:
+            best = acts
+            if where:
+                at = torch.zeros(acts.shape, dtype=torch.uint8, device=acts.device)
+        else:
+            if at is not None:
+                at.masked_fill_(acts > best, i)
+            best = torch.maximum(best, acts, out=best)
+    return best, at
+
+
 def feature_activations(
     subject: Subject, source: Source, hook: str, text: str, features: Sequence[int] | None = None
 ) -> tuple[list[str], torch.Tensor]:
     """(tokens, activations [n_tokens, n_features]) of a text: what `gloss fires` shows."""
-    run = subject.run_text(text, hook)
+    tokens, acts, _, _ = text_activations(subject, source, hook, text, features)
+    return tokens, acts
+
+
+def text_activations(
+    subject: Subject, source: Source, hook: str, text: str, features: Sequence[int] | None = None
+) -> tuple[list[str], torch.Tensor, list[str], torch.Tensor | None]:
+    """(tokens, activations [n_tokens, n_features], the points read, and for several points
+    the index of the point where each activation is largest), from one forward pass."""
+    points = mining_points(subject, source, hook)
+    ids = subject.encode(text)[:512]
+    if not ids:
+        raise InputError("the text has no tokens; give some text to run")
+    captured = subject.activations(torch.tensor([ids]), None, points)
+    captured = {point: acts[0].cpu() for point, acts in captured.items()}
     index = None if features is None else torch.tensor(list(features))
-    return run.tokens, source.encode(run.acts, index)
+    acts, at = encode_points(source, captured, points, index, where=True)
+    return subject.token_strings(ids), acts, points, at
 
 
 def mine(
@@ -409,7 +529,7 @@ def mine(
     that ends done, failed or interrupted, or is found abandoned if the process dies.
     """
     config = config or MiningConfig()
-    subject.parse_hook(hook)
+    points = mining_points(subject, source, hook)
     started = time.perf_counter()
     wanted = list(range(source.width)) if features is None else sorted(set(features))
     bad = [i for i in wanted if not 0 <= i < source.width]
@@ -445,8 +565,8 @@ def mine(
         try:
             for start in range(0, len(todo), config.feature_chunk):
                 chunk = todo[start : start + config.feature_chunk]
-                _mine_chunk(store, subject, source, hook, corpus, config, chunk, subject_id,
-                            source_id, run_id, result, progress, on_write)  # fmt: skip
+                _mine_chunk(store, subject, source, hook, points, corpus, config, chunk,
+                            subject_id, source_id, run_id, result, progress, on_write)  # fmt: skip
         except BaseException as error:
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             store.finish_run(run_id, status, str(error)[:2000] or type(error).__name__,
@@ -514,14 +634,14 @@ def mined_otherwise(
 
 
 def _mine_chunk(
-    store, subject, source, hook, corpus, config, chunk, subject_id, source_id, run_id,
+    store, subject, source, hook, points, corpus, config, chunk, subject_id, source_id, run_id,
     result, progress, on_write,
 ) -> None:  # fmt: skip
     """One pass over the corpus for a block of features, then write them in groups."""
     from tqdm.auto import tqdm
 
     ctx_len = corpus.config.ctx_len
-    miner = FeatureMiner(len(chunk), ctx_len, config, subject.device)
+    miner = FeatureMiner(len(chunk), ctx_len, config, subject.device, n_points=len(points))
     index = None if len(chunk) == source.width else torch.tensor(chunk, device=subject.device)
     tokens: dict[int, np.ndarray] = {}  # token ids of the windows the reservoirs hold
     docs: dict[int, tuple[str, int]] = {}
@@ -549,8 +669,12 @@ def _mine_chunk(
         desc=f"mining {len(chunk)} feat",
     )  # fmt: skip
     for ids, valid, batch in iter_batches(subject, windows, config.batch_size):
-        hook_acts = subject.activations(ids, valid.long(), [hook])[hook]
-        acts = source.encode(hook_acts, index)
+        captured = subject.activations(ids, valid.long(), points)
+        if miner.layers is None:
+            acts = source.encode(captured[points[0]], index, hook=points[0])
+        else:
+            mask = valid.to(subject.device)
+            acts, _ = encode_points(source, captured, points, index, miner.layers, mask)
         window_ids = torch.arange(seen, seen + len(batch), device=acts.device)
         miner.update(acts, valid.to(acts.device), window_ids)
         for offset, window in enumerate(batch):
@@ -573,6 +697,7 @@ def _mine_chunk(
     result.tokens, result.windows = n_tokens, seen
     _forget_unused(miner, tokens, docs)
     lengths = {w: len(t) for w, t in tokens.items()}
+    layer_means = miner.layers.means().T.tolist() if miner.layers is not None else None
     for start in range(0, len(chunk), config.write_every):
         group = range(start, min(start + config.write_every, len(chunk)))
         picks = {
@@ -601,6 +726,11 @@ def _mine_chunk(
                     density=positive / max(miner.tokens, 1),
                     n_tokens=miner.tokens,
                     histogram=miner.histogram(f),
+                    layers=(
+                        dict(zip(points, layer_means[f], strict=True))
+                        if layer_means is not None
+                        else None
+                    ),
                     examples=[
                         ExampleIn(
                             window_row[p.window],

@@ -143,12 +143,14 @@ def take_lock(store: Store, config: GlossConfig, holder: str) -> None:
 
 def _open_source(store: Store, config: GlossConfig) -> tuple[Any, Any, int]:
     """Load the subject model and feature source, and register them in the store."""
+    from pipeline.mining import mining_points
     from pipeline.sources import load_source
     from pipeline.subjects import load_subject
 
     s = config.subject
     subject = load_subject(s.model, gguf_file=s.gguf_file, device=s.device)
     source = load_source(s.source, subject.hook_width(s.hook))
+    mining_points(subject, source, s.hook)  # a spec the source cannot mine is refused here
     subject_id = store.get_or_create_subject(**subject.identity())
     source_id = store.get_or_create_source(
         subject_id,

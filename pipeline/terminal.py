@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.prompts import printable, spell
-from store import ExampleOut, ExplanationInfo, FeatureCard, FeatureRow
+from store import ExampleOut, ExplanationInfo, FeatureCard, FeatureRow, SourceInfo
+from store.api import LayerPeaks
 
 KIND_ORDER = {"top": 0, "quantile": 1, "random": 2}
 BAR = "█"
@@ -53,6 +54,45 @@ def format_rows(rows: list[FeatureRow], total: int) -> str:
     return "\n".join(lines)
 
 
+def format_layer_peaks(source: SourceInfo, peaks: list[LayerPeaks]) -> str:
+    """`gloss layers`: per hook point, the features that peak there, strongest first."""
+    out = [f"{printable(source.name)}  hook {printable(source.hook)}: features by the point "
+           "where their layer map peaks",
+           f"  {'peak':>8}  {'score':>6}  {'feature':<34}  label"]  # fmt: skip
+    for layer in peaks:
+        shown = (
+            f", the strongest {len(layer.features)}" if len(layer.features) < layer.count else ""
+        )
+        noun = "feature peaks" if layer.count == 1 else "features peak"
+        out += ["", f"{printable(layer.point)}: {layer.count} {noun} here{shown}"]
+        for row, layers in layer.features:
+            score = "" if row.score is None else f"{row.score:.3f}"
+            out.append(
+                f"  {layers[layer.point]:8.3f}  {score:>6}  {printable(row.ref):<34}  "
+                f"{_short(row.label or '(no label yet)', 70)}"
+            )
+    return "\n".join(out)
+
+
+def layer_peaks_dict(source: SourceInfo, peaks: list[LayerPeaks]) -> dict[str, Any]:
+    """`gloss layers --json`."""
+    return {
+        "source": source.name,
+        "hook": source.hook,
+        "points": [
+            {
+                "point": layer.point,
+                "count": layer.count,
+                "features": [
+                    {**row_dict(row), "peak": layers[layer.point], "layers": layers}
+                    for row, layers in layer.features
+                ],
+            }
+            for layer in peaks
+        ],
+    }
+
+
 def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
     f, src = card.feature, card.source
     out = [
@@ -65,6 +105,7 @@ def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
     if f.last_error:
         out.append(f"last error ({f.failures} failures): {_short(f.last_error, 100)}")
     out += _histogram(f.histogram)
+    out += layer_map(f.layers)
     out.append("")
     if card.current is None:
         out.append("label: none yet (run gloss explain, or gloss label FEATURE TEXT --by NAME)")
@@ -151,6 +192,20 @@ def _histogram(histogram: dict[str, Any] | None) -> list[str]:
         lines.append(
             f"  {lo:7.3f} – {hi:7.3f} {BAR * max(1 if count else 0, round(30 * count / peak)):<30} {count}"
         )
+    return lines
+
+
+def layer_map(layers: dict[str, float] | None) -> list[str]:
+    """One bar per hook point of a shared dictionary, scaled to the feature's largest."""
+    if not layers:
+        return []
+    peak = max(layers.values())
+    width = max(len(printable(point)) for point in layers)
+    lines = ["layer map (mean of the top activations at each point):"]
+    for point, value in layers.items():
+        bar = BAR * round(30 * value / peak) if peak > 0 else ""
+        mark = "  peak" if peak > 0 and value == peak else ""
+        lines.append(f"  {printable(point):<{width}} {bar:<30} {value:7.3f}{mark}")
     return lines
 
 

@@ -169,6 +169,7 @@ def create_app(
             Route("/features/{feature_id:int}/review", app.page(app.do_review), methods=["POST"]),
             Route("/features/{feature_id:int}/rescore", app.page(app.do_rescore), methods=["POST"]),
             Route("/queue", app.page(app.queue)),
+            Route("/decompose", app.page(app.decompose_page)),
             Route("/login", app.page(app.login_page, public=True)),
             Route("/login", app.page(app.do_login, public=True), methods=["POST"]),
             Route("/logout", app.page(app.do_logout), methods=["POST"]),
@@ -546,6 +547,61 @@ class _App:
         response.delete_cookie(SESSION_COOKIE, **self.cookie)
         return response
 
+    def decompose_page(self, request: Request, _form: dict[str, str]) -> Response:
+        """Type a text (and a second one), click a word: its features per hook point.
+
+        The word buttons submit the form (GET) with the character where the word starts,
+        `at` in the first text or `at2` in the second; `word` names one directly.
+        """
+        from pipeline.decompose import PAGE_CHARS, decompose, split_words, word_at
+
+        p = request.query_params
+        texts = [p.get("text", "").strip(), p.get("text2", "").strip()]
+        source = p.get("source") or None
+        context: dict[str, Any] = {
+            "texts": texts,
+            "source": source,
+            "sources": [s.name for s in self.store.sources()],
+            "top": 10,
+            "words": [split_words(t) if t else [] for t in texts],
+            "selected": None,
+            "result": None,
+            "error": None,
+        }
+        status = 200
+        try:
+            for number, text in enumerate(texts, 1):
+                if len(text) > PAGE_CHARS:
+                    raise InputError(
+                        f"text {number} is {len(text)} characters long; this page reads at "
+                        f"most {PAGE_CHARS}: shorten it to the sentence around the word"
+                    )
+            context["top"] = min(_int(p.get("top")) or 10, 50)
+            at = [_int(p.get("at")), _int(p.get("at2"))]
+            word = p.get("word", "").strip()
+            for i, start in enumerate(at):
+                if start is not None and not word:
+                    word = word_at(texts[i], start)
+                    context["selected"] = (i, start)
+                else:
+                    at[i] = None
+            if word:
+                if not texts[0]:
+                    raise InputError("type a text first, then click a word of it")
+                given = [t for t in texts if t]
+                context["result"] = decompose(
+                    self.store,
+                    word,
+                    given,
+                    source=source,
+                    top=context["top"],
+                    at=[a for a, t in zip(at, texts, strict=True) if t],
+                )
+        except (InputError, NotFoundError) as error:
+            context["error"] = str(error)
+            status = 404 if isinstance(error, NotFoundError) else 400
+        return self.render(request, "decompose.html", context, status)
+
 
 # ---------------------------------------------------------------- view helpers
 
@@ -566,6 +622,7 @@ def _card_context(card, queue: int | None) -> dict[str, Any]:
         "current": card.current,
         "groups": groups,
         "bars": _histogram_bars(card.feature.histogram),
+        "layers": _layer_bars(card.feature.layers),
         "queue": queue,
         "attempt": None,
         "job": None,
@@ -586,6 +643,22 @@ def _shaded(ex, scale: float) -> dict[str, Any]:
         for (gap, text), act in zip(spell(ex.tokens), ex.acts, strict=False)
     ]
     return {"example": ex, "tokens": tokens}
+
+
+def _layer_bars(layers: dict[str, float] | None) -> list[dict[str, Any]]:
+    """A shared dictionary's layer map: per hook point, its value and bar width in 0..100."""
+    if not layers:
+        return []
+    peak = max(layers.values())
+    return [
+        {
+            "point": point,
+            "value": value,
+            "w": round(100 * value / peak, 2) if peak > 0 else 0,
+            "peak": peak > 0 and value == peak,
+        }
+        for point, value in layers.items()
+    ]
 
 
 def _histogram_bars(histogram: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ Every write method commits before it returns: a crash loses only what was in fli
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import re
 import struct
@@ -109,6 +110,8 @@ class MinedFeature:
     n_tokens: int
     histogram: dict[str, Any] | None
     examples: list[ExampleIn] = field(default_factory=list)
+    # A dictionary shared by several hook points: {point: mean of top activations there}.
+    layers: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class FeatureInfo:
     histogram: dict[str, Any] | None
     failures: int
     last_error: str | None
+    # {point: mean of top activations there}, shallowest point first; None for one point.
+    layers: dict[str, float] | None = None
 
     @property
     def ref(self) -> str:
@@ -241,6 +246,15 @@ class FeatureCard:
     history: list[ExplanationInfo]
     examples: list[ExampleOut]
     reviews: list[ReviewInfo]
+
+
+@dataclass(frozen=True)
+class LayerPeaks:
+    """The features of a shared dictionary whose layer map peaks at one hook point."""
+
+    point: str
+    count: int  # all of them; `features` holds the strongest few
+    features: list[tuple[FeatureRow, dict[str, float]]]  # with each one's layer map
 
 
 @dataclass(frozen=True)
@@ -513,6 +527,7 @@ class Store:
                         "density": f.density,
                         "n_tokens": f.n_tokens,
                         "histogram": f.histogram,
+                        "layers": f.layers,
                         "mine_run_id": run_id,
                     }
                     for f in features
@@ -1378,6 +1393,63 @@ class Store:
         with self.session() as s:
             return {row.index: row for row in map(_feature_row, s.execute(stmt).all())}
 
+    def layer_peaks(self, source: int | str, *, top: int | None = None) -> list[LayerPeaks]:
+        """For each point of a shared dictionary (shallowest first), the features whose layer
+        map peaks there, strongest peak first (at most `top`), with current labels and maps.
+
+        Features that never fire are left out. The peak is read in Python, not SQL: JSON
+        queries differ between the databases and every mined feature is read once anyway.
+        """
+        info = self.source(source)
+        if top is not None and top < 1:
+            raise InputError("--top must be at least 1")
+        stmt = (
+            self._feature_rows([])
+            .add_columns(Feature.layers)
+            .where(Feature.source_id == info.id, Feature.layers.is_not(None))
+        )
+        peaks: dict[str, list[tuple[float, int, FeatureRow, dict[str, float]]]] = {}
+        counts: dict[str, int] = {}
+        with self.session() as s:
+            for row in s.execute(stmt).yield_per(1000):
+                layers = _points_in_order(row[-1]) or {}
+                for point in layers:
+                    peaks.setdefault(point, [])
+                if not layers:
+                    continue
+                point = max(layers, key=lambda p: layers[p])  # the first (shallowest) of ties
+                if layers[point] <= 0:
+                    continue
+                counts[point] = counts.get(point, 0) + 1
+                entry = (layers[point], -row[0], _feature_row(row[:-1]), layers)
+                heap = peaks[point]
+                if top is None or len(heap) < top:
+                    heapq.heappush(heap, entry)
+                elif entry[:2] > heap[0][:2]:
+                    heapq.heapreplace(heap, entry)
+            if not peaks:
+                mined = s.scalar(
+                    select(func.count())
+                    .select_from(Feature)
+                    .where(Feature.source_id == info.id, Feature.status.in_(("mined", "dead")))
+                )
+                if not mined:
+                    raise NotFoundError(
+                        f"no feature of {info.name} is mined yet: run gloss mine first"
+                    )
+                raise InputError(
+                    f"{info.name} reads one hook point ({info.hook}): only a dictionary shared "
+                    "by several points has a layer map; mine one at a spec like layer.0-5.resid"
+                )
+        return [
+            LayerPeaks(
+                point,
+                counts.get(point, 0),
+                [(r, m) for *_, r, m in sorted(peaks[point], key=lambda e: e[:2], reverse=True)],
+            )
+            for point in _points_in_order(dict.fromkeys(peaks, 0.0)) or {}
+        ]
+
     def export(
         self, *, source: str | None = None, batch_size: int = 1000
     ) -> Iterator[dict[str, Any]]:
@@ -1942,7 +2014,19 @@ def _feature_info(f: Feature, source_name: str) -> FeatureInfo:
         histogram=f.histogram,
         failures=f.failures,
         last_error=f.last_error,
+        layers=_points_in_order(f.layers),
     )
+
+
+def _points_in_order(layers: dict[str, float] | None) -> dict[str, float] | None:
+    """Shallowest point first: PostgreSQL's JSONB keeps keys in its own order, not ours."""
+    if layers is None:
+        return None
+
+    def key(point: str) -> list[tuple[int, int | str]]:
+        return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", point)]
+
+    return {point: layers[point] for point in sorted(layers, key=key)}
 
 
 def _feature_row(row) -> FeatureRow:

@@ -118,6 +118,11 @@ class Feature(Base):
     n_tokens: Mapped[int | None] = mapped_column(Integer)
     # {"edges": [...], "counts": [...]} over nonzero activations.
     histogram: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # A dictionary shared by several hook points: {point: mean of the feature's top
+    # activations there}. NULL for a feature of one hook point.
+    layers: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+    )
     mine_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     # Explain/score failures, so later runs retry only up to a limit.
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
