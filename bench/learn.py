@@ -86,14 +86,14 @@ def main() -> None:
         print(f"  bare forward to {hooks[-1]}: {base_tokens / base_s:,.0f} tokens/s "
               f"({base_tokens:,} tokens, {base_s:.1f} s)", flush=True)  # fmt: skip
         for lr in [float(x) for x in args.lr.split(",")] if args.lr else [None]:
-            config = LearnConfig(hooks=spec, width=args.width, k=args.k,
+            config = LearnConfig(width=args.width, k=args.k,
                                  train_tokens=args.tokens, holdout_tokens=args.holdout, lr=lr)  # fmt: skip
             if args.batch_size:
                 config = replace(config, batch_size=args.batch_size)
             started = time.perf_counter()
             select_holdout(corpus, config.holdout_tokens, config.seed)
             holdout_s = time.perf_counter() - started
-            trained = train(subject, corpus, config, progress=sys.stderr.isatty())
+            trained = train(subject, spec, corpus, config, progress=sys.stderr.isatty())
             sync(subject.device)
             train_s = trained.seconds - holdout_s  # the held-out sample is drawn once, up front
             started = time.perf_counter()

@@ -46,8 +46,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from pipeline.config import DEFAULT_PATH, parse_features
     from pipeline.corpus import Corpus
     from pipeline.mining import mine
-    from pipeline.sources import load_source
-    from pipeline.subjects import load_subject
+    from pipeline.run import open_source
     from store import open_store
 
     started = time.perf_counter()
@@ -78,9 +77,9 @@ def cmd_mine(args: argparse.Namespace) -> int:
             seed=args.seed,
         ),
     )
-    subject = load_subject(s.model, gguf_file=s.gguf_file, device=s.device)
-    source = load_source(s.source, subject.hook_width(s.hook))
     store = open_store(args.database)
+    config = replace(config, subject=s, corpus=corpus_config, mining=mining)
+    subject, source, _ = open_source(store, config)  # source "learn" learns it first
     corpus = Corpus(corpus_config, subject.encode)
     result = mine(
         store, subject, source, s.hook, corpus, mining, features,
@@ -126,7 +125,11 @@ def add_mine_parser(sub) -> None:
         help="layer.N.mlp or layer.N.resid (default layer.3.mlp); a dictionary shared by "
         "several points is mined at all of them: layer.0-5.resid",
     )
-    p.add_argument("--source", help="neurons (default), sae:FOLDER, dictionary:FOLDER or FOLDER")
+    p.add_argument(
+        "--source",
+        help="neurons (default), sae:FOLDER, dictionary:FOLDER, FOLDER, or learn (the [learn] "
+        "dictionary at --hook, learned first if need be)",
+    )
     p.add_argument("--features", help="START:STOP, 7 or 1,2,5:9 (default: all)")
     p.add_argument("--corpus", action="append", help="file, folder or glob (repeatable)")
     p.add_argument("--field", help="text field of JSONL/Parquet records (text)")
@@ -155,15 +158,16 @@ def cmd_learn(args: argparse.Namespace) -> int:
     config = _stage_config(args)
     settings = replace(
         config.learn,
-        **_given(hooks=args.hooks, width=args.width, k=args.k, train_tokens=args.tokens),
+        **_given(width=args.width, k=args.k, train_tokens=args.tokens),
     )
+    hook = args.hook or config.subject.hook
     device = args.device or config.subject.device
     parse_device(device)
     subject = load_subject(config.subject.model, gguf_file=config.subject.gguf_file, device=device)
-    subject.hook_width(settings.hooks)
+    subject.hook_width(hook)
     corpus = Corpus(config.corpus, subject.encode)
     with open_store(args.database) as store:
-        result = learn(store, subject, corpus, settings, out=args.out, progress=not args.json)
+        result = learn(store, subject, hook, corpus, settings, out=args.out, progress=not args.json)
         name = store.source(result.source_id).name
     m, q = result.manifest, result.quality
     training = m.get("training", {})
@@ -191,7 +195,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     hooks = m.get("hooks", [])
     where = f"shared by the {len(hooks)} points" if len(hooks) > 1 else "at"
     print(
-        f"{how}: {m.get('width')} latents, k={m.get('k')}, {where} {settings.hooks} of "
+        f"{how}: {m.get('width')} latents, k={m.get('k')}, {where} {hook} of "
         f"{subject.name}; {training.get('tokens', 0):,} tokens, "
         f"{training.get('steps', 0):,} steps; {result.seconds:.1f} s"
     )
@@ -220,7 +224,9 @@ def add_learn_parser(sub) -> None:
         "--config", help="settings file (default ./gloss.toml if present); flags override it"
     )
     p.add_argument(
-        "--hooks", help="hook point(s): layer.3.resid, or layer.0-5.resid for one shared dictionary"
+        "--hook",
+        help="hook point(s), default [subject] hook: layer.3.resid, or layer.0-5.resid for one "
+        "dictionary shared by blocks 0 to 5",
     )
     p.add_argument("--width", type=int, help="latents (1024)")
     p.add_argument("--k", type=int, help="latents active per token (16)")

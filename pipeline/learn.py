@@ -52,7 +52,7 @@ from pipeline.corpus import Corpus, Window
 from pipeline.liveness import heartbeat, sweep
 from pipeline.mining import iter_batches
 from pipeline.sources import Source, load_source
-from pipeline.subjects import HOOK_RE, Subject, cache_dir
+from pipeline.subjects import Subject, cache_dir, hook_spec
 from store import Store
 from store.errors import ConfigError, InputError
 
@@ -72,7 +72,6 @@ class LearnConfig:
     """What `gloss learn` trains. Token counts are corpus tokens unless they say vectors;
     a vector is one token's activation at one hook point."""
 
-    hooks: str = "layer.0-5.resid"  # one point, or several sharing one dictionary
     width: int = 1024  # latents
     k: int = 16  # latents active per vector
     train_tokens: int = 1_000_000  # corpus tokens trained on (passes repeat on a small corpus)
@@ -87,13 +86,9 @@ class LearnConfig:
 
     def __post_init__(self) -> None:
         """Bad settings fail when read, with the key named, not after the model loaded."""
-        if not isinstance(self.hooks, str) or not self.hooks.strip():
-            raise ConfigError(
-                f"learn setting hooks={self.hooks!r} must name hook points, e.g. layer.0-5.resid"
-            )
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("hooks", "lr", "checkpoint_every_s"):
+            if f.name in ("lr", "checkpoint_every_s"):
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"learn setting {f.name}={value!r} must be a whole number")
@@ -253,17 +248,6 @@ class TopKSAE(nn.Module):
 # ---------------------------------------------------------------- the stream
 
 
-def hook_spec(hooks: Sequence[str]) -> str:
-    """The shortest spec naming these points: `layer.0-5.resid` for a run, else a comma list."""
-    parsed = [HOOK_RE.match(h) for h in hooks]
-    if len(hooks) > 1 and all(parsed):
-        layers = [int(m.group(1)) for m in parsed if m]
-        kinds = {m.group(2) for m in parsed if m}
-        if len(kinds) == 1 and layers == list(range(layers[0], layers[0] + len(layers))):
-            return f"layer.{layers[0]}-{layers[-1]}.{kinds.pop()}"
-    return ",".join(hooks)
-
-
 def _window_key(seed: int, window: Window) -> float:
     key = f"{seed}\0holdout\0{window.doc_id}\0{window.offset}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest()) / 2.0**64
@@ -396,6 +380,7 @@ def _lr_factor(done: float) -> float:
 
 def train(
     subject: Subject,
+    hook: str,
     corpus: Corpus,
     config: LearnConfig,
     *,
@@ -403,7 +388,8 @@ def train(
     progress: bool = True,
     on_block: Callable[[int], None] | None = None,
 ) -> Trained:
-    """Train a dictionary on `config.hooks` over the corpus (resuming from `checkpoint`).
+    """Train a dictionary at the points `hook` names over the corpus (resuming from
+    `checkpoint`); several points share one dictionary.
 
     `on_block(tokens_done)` is called after every block (and its checkpoint, if one is
     due): tests interrupt training there.
@@ -411,8 +397,8 @@ def train(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    hooks = subject.parse_hooks(config.hooks)
-    d_in = subject.hook_width(config.hooks)
+    hooks = subject.parse_hooks(hook)
+    d_in = subject.hook_width(hook)
     if corpus.n_windows == 0:
         corpus.scan()
     holdout = select_holdout(corpus, config.holdout_tokens, config.seed)
@@ -795,6 +781,15 @@ def finished(folder: Path, key: str | None = None) -> dict[str, Any] | None:
     return manifest
 
 
+def cached(subject: Subject, hook: str, corpus: Corpus, config: LearnConfig) -> Path | None:
+    """The cache folder of the dictionary `learn` would make, if it was made already."""
+    if corpus.n_windows == 0:
+        corpus.scan()
+    hooks = subject.parse_hooks(hook)
+    folder = cache_dir() / "dictionaries" / dictionary_key(subject, hooks, corpus, config)
+    return folder if finished(folder) is not None else None
+
+
 # ---------------------------------------------------------------- the learn stage
 
 
@@ -816,6 +811,7 @@ class LearnResult:
 def learn(
     store: Store,
     subject: Subject,
+    hook: str,
     corpus: Corpus,
     config: LearnConfig,
     *,
@@ -832,8 +828,8 @@ def learn(
     interrupted, or is found abandoned if the process dies.
     """
     started = time.perf_counter()
-    hooks = subject.parse_hooks(config.hooks)
-    d_in = subject.hook_width(config.hooks)
+    hooks = subject.parse_hooks(hook)
+    d_in = subject.hook_width(hook)
     spec = hook_spec(hooks)
     if corpus.n_windows == 0:
         corpus.scan()
@@ -866,7 +862,7 @@ def learn(
             if manifest is None:
                 checkpoint = cache_dir() / "learn" / f"{key}.pt"
                 trained = train(
-                    subject, corpus, config, checkpoint=checkpoint, progress=progress,
+                    subject, spec, corpus, config, checkpoint=checkpoint, progress=progress,
                     on_block=on_block,
                 )  # fmt: skip
                 quality = evaluate(subject, trained, corpus.config.ctx_len)

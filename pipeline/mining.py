@@ -499,7 +499,7 @@ def text_activations(
     """(tokens, activations [n_tokens, n_features], the points read, and for several points
     the index of the point where each activation is largest), from one forward pass."""
     points = mining_points(subject, source, hook)
-    ids = subject.encode(text)[:512]
+    ids = subject.encode(text)[: min(512, subject.max_text_tokens)]
     if not ids:
         raise InputError("the text has no tokens; give some text to run")
     captured = subject.activations(torch.tensor([ids]), None, points)
@@ -529,6 +529,7 @@ def mine(
     that ends done, failed or interrupted, or is found abandoned if the process dies.
     """
     config = config or MiningConfig()
+    hook = subject.canonical_hook(hook)
     points = mining_points(subject, source, hook)
     started = time.perf_counter()
     wanted = list(range(source.width)) if features is None else sorted(set(features))

@@ -35,6 +35,7 @@ from store import CANDIDATE, REPLACE_NONE, LockedError, Store, open_store
 log = logging.getLogger(__name__)
 
 LOCK = "run"
+LEARN = "learn"  # [subject] source: the dictionary [learn] describes, learned on first use
 
 # Exit codes: 0 all done; PARTIAL when work is left (budget, limit, failures);
 # LockedError.exit_code (75) when another run holds the lock; 130 when interrupted.
@@ -51,9 +52,10 @@ class Plan:
     explain_calls: int = 0
     score_calls: int = 0
     est_prompt_tokens: int = 0
+    learn: str | None = None  # the dictionary to learn first, if it is not learned yet
 
     def lines(self) -> list[str]:
-        return [
+        return ([f"learn:   {self.learn}"] if self.learn else []) + [
             f"mine:    {self.mine} features",
             f"explain: {self.explain} features ({self.explain_calls} explainer calls)",
             f"score:   {self.score} labels ({self.score_calls} simulator calls)",
@@ -141,20 +143,37 @@ def take_lock(store: Store, config: GlossConfig, holder: str) -> None:
 # ---------------------------------------------------------------- stages
 
 
-def _open_source(store: Store, config: GlossConfig) -> tuple[Any, Any, int]:
-    """Load the subject model and feature source, and register them in the store."""
+def open_source(
+    store: Store, config: GlossConfig, *, run_id: int | None = None, dry_run: bool = False
+) -> tuple[Any, Any, int | None]:
+    """Load the subject model and feature source, and register them in the store.
+
+    `source = "learn"` is the dictionary that [learn] describes at the subject's hook:
+    learned now inside run `run_id` unless it is in the cache already. A dry run
+    learns nothing; it returns no source then.
+    """
     from pipeline.mining import mining_points
     from pipeline.sources import load_source
     from pipeline.subjects import load_subject
 
     s = config.subject
     subject = load_subject(s.model, gguf_file=s.gguf_file, device=s.device)
-    source = load_source(s.source, subject.hook_width(s.hook))
-    mining_points(subject, source, s.hook)  # a spec the source cannot mine is refused here
+    hook = subject.canonical_hook(s.hook)
+    if s.source == LEARN:
+        from pipeline.corpus import Corpus
+        from pipeline.learn import cached, learn
+
+        corpus = Corpus(config.corpus, subject.encode)
+        if dry_run and cached(subject, hook, corpus, config.learn) is None:
+            return subject, None, None
+        result = learn(store, subject, hook, corpus, config.learn, parent_run_id=run_id)
+        return subject, result.source, result.source_id
+    source = load_source(s.source, subject.hook_width(hook))
+    mining_points(subject, source, hook)  # a spec the source cannot mine is refused here
     subject_id = store.get_or_create_subject(**subject.identity())
     source_id = store.get_or_create_source(
         subject_id,
-        s.hook,
+        hook,
         source.kind,
         source.width,
         source.params_hash,
@@ -178,8 +197,22 @@ def _templates(config: GlossConfig, llm: LLMConfig) -> tuple[ExplainerConfig, Si
 
 
 def plan(store: Store, config: GlossConfig) -> Plan:
-    """The dry run: what `gloss run` would do now, without mining or calling an LLM."""
-    _, source, source_id = _open_source(store, config)
+    """The dry run: what `gloss run` would do now, without learning, mining or calling an LLM."""
+    subject, source, source_id = open_source(store, config, dry_run=True)
+    if source is None:  # the dictionary is learned first: everything after it is to do
+        learn = config.learn
+        indices = config.subject.indices(width=learn.width)
+        out = Plan(mine=len(indices) if indices is not None else learn.width)
+        out.learn = (
+            f"a dictionary of {learn.width} latents (k={learn.k}) at "
+            f"{subject.canonical_hook(config.subject.hook)}, {learn.train_tokens:,} tokens"
+        )
+        out.explain = min(out.mine, config.run.limit or out.mine)
+        explainer = config.explainer.for_endpoint(config.llm.explainer)
+        out.explain_calls = out.explain * explainer.candidates
+        out.score_calls = out.explain_calls if explainer.score else 0
+        out.est_prompt_tokens = _estimate_prompt_tokens(store, config, explainer, [], out)
+        return out
     indices = config.subject.indices(width=source.width)
     to_mine = _unmined(store, source_id, source.width, indices)
     explainer, simulator = _templates(config, config.llm)
@@ -271,7 +304,7 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
     from pipeline.mining import mine, mined_otherwise
 
     reasons: list[str] = []
-    subject, source, source_id = _open_source(store, config)
+    subject, source, source_id = open_source(store, config, run_id=run_id)
     indices = config.subject.indices(width=source.width)
     to_mine = _unmined(store, source_id, source.width, indices)
     if to_mine:

@@ -107,6 +107,10 @@ class Subject:
             )
         return self.mlp_size if kinds == {"mlp"} else self.hidden_size
 
+    def canonical_hook(self, spec: str) -> str:
+        """One name per set of points, so the store never holds one source under two."""
+        return hook_spec(self.parse_hooks(spec))
+
     def parse_hooks(self, spec: str) -> list[str]:
         """The hook points a spec names, shallowest first: `layer.3.mlp`, `layer.0-5.resid`
         (blocks 0 to 5, inclusive) or a comma list of both; each checked like parse_hook."""
@@ -245,6 +249,17 @@ class Subject:
             raise InputError("the text has no tokens; give some text to run")
         acts = self.activations(torch.tensor([ids]), None, [hook])[hook][0]
         return TextRun(token_ids=ids, tokens=self.token_strings(ids), acts=acts.cpu())
+
+
+def hook_spec(hooks: Sequence[str]) -> str:
+    """The shortest spec naming these points: `layer.0-5.resid` for a run, else a comma list."""
+    parsed = [HOOK_RE.match(h) for h in hooks]
+    if len(hooks) > 1 and all(parsed):
+        layers = [int(m.group(1)) for m in parsed if m]
+        kinds = {m.group(2) for m in parsed if m}
+        if len(kinds) == 1 and layers == list(range(layers[0], layers[0] + len(layers))):
+            return f"layer.{layers[0]}-{layers[-1]}.{kinds.pop()}"
+    return ",".join(hooks)
 
 
 # ---------------------------------------------------------------- loading

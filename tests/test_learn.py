@@ -29,12 +29,12 @@ from pipeline.learn import (
     Trained,
     evaluate,
     grad_weight,
-    hook_spec,
     manifest_of,
     save_dictionary,
     train,
 )
 from pipeline.sources import load_source
+from pipeline.subjects import hook_spec
 from store import open_store
 
 SPEC = "layer.0-1.resid"
@@ -49,7 +49,7 @@ SENTENCES = [
     "In 1905 Einstein published four papers that changed physics.",
 ]
 TINY = LearnConfig(
-    hooks=SPEC, width=48, k=4, train_tokens=1200, holdout_tokens=80, batch_size=64,
+    width=48, k=4, train_tokens=1200, holdout_tokens=80, batch_size=64,
     lr=0.01, aux_k=8, dead_after_tokens=300, buffer_tokens=320, checkpoint_every_s=0,
 )  # fmt: skip
 
@@ -87,9 +87,11 @@ def raw_acts(subject, hooks: list[str], text: str) -> dict[str, torch.Tensor]:
 
 
 def test_same_seed_same_dictionary_and_fvu_falls(minilm, corpus_dir):
-    first = train(minilm, corpus_of(minilm, corpus_dir), TINY, progress=False)
-    again = train(minilm, corpus_of(minilm, corpus_dir), TINY, progress=False)
-    other = train(minilm, corpus_of(minilm, corpus_dir), replace(TINY, seed=1), progress=False)
+    first = train(minilm, SPEC, corpus_of(minilm, corpus_dir), TINY, progress=False)
+    again = train(minilm, SPEC, corpus_of(minilm, corpus_dir), TINY, progress=False)
+    other = train(
+        minilm, SPEC, corpus_of(minilm, corpus_dir), replace(TINY, seed=1), progress=False
+    )
     a, b, c = weights(first), weights(again), weights(other)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["W_enc"], c["W_enc"])
@@ -100,7 +102,7 @@ def test_same_seed_same_dictionary_and_fvu_falls(minilm, corpus_dir):
     for h, x in acts.items():
         assert 0.5 < float((x * first.scales[h]).norm(dim=1).mean()) / math.sqrt(384) < 2
 
-    short = train(minilm, corpus_of(minilm, corpus_dir), replace(TINY, train_tokens=60),
+    short = train(minilm, SPEC, corpus_of(minilm, corpus_dir), replace(TINY, train_tokens=60),
                   progress=False)  # fmt: skip
     ctx = corpus_of(minilm, corpus_dir).config.ctx_len
     q_short, q_long = evaluate(minilm, short, ctx), evaluate(minilm, first, ctx)
@@ -117,7 +119,7 @@ def test_same_seed_same_dictionary_and_fvu_falls(minilm, corpus_dir):
 
 
 def test_interrupted_training_resumes_to_the_same_weights(minilm, corpus_dir, tmp_path):
-    whole = train(minilm, corpus_of(minilm, corpus_dir), TINY, progress=False)
+    whole = train(minilm, SPEC, corpus_of(minilm, corpus_dir), TINY, progress=False)
     checkpoint = tmp_path / "ckpt.pt"
 
     def stop(tokens: int) -> None:
@@ -125,10 +127,10 @@ def test_interrupted_training_resumes_to_the_same_weights(minilm, corpus_dir, tm
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(minilm, corpus_of(minilm, corpus_dir), TINY, checkpoint=checkpoint,
+        train(minilm, SPEC, corpus_of(minilm, corpus_dir), TINY, checkpoint=checkpoint,
               progress=False, on_block=stop)  # fmt: skip
     assert checkpoint.exists()
-    resumed = train(minilm, corpus_of(minilm, corpus_dir), TINY, checkpoint=checkpoint,
+    resumed = train(minilm, SPEC, corpus_of(minilm, corpus_dir), TINY, checkpoint=checkpoint,
                     progress=False)  # fmt: skip
     assert resumed.resumed_from is not None and 600 <= resumed.resumed_from < TINY.train_tokens
     a, b = weights(whole), weights(resumed)
@@ -141,7 +143,7 @@ def test_saved_folder_encodes_as_the_trained_module(minilm, corpus_dir, tmp_path
     corpus = corpus_of(minilm, corpus_dir).scan()
     text = " ".join(SENTENCES[:3])
     for spec in (SPEC, "layer.1.resid"):
-        trained = train(minilm, corpus, replace(TINY, hooks=spec, train_tokens=400),
+        trained = train(minilm, spec, corpus, replace(TINY, train_tokens=400),
                         progress=False)  # fmt: skip
         quality = evaluate(minilm, trained, corpus.config.ctx_len)
         manifest = manifest_of(minilm, corpus, TINY, trained, quality, "test")
@@ -171,7 +173,7 @@ def test_saved_folder_encodes_as_the_trained_module(minilm, corpus_dir, tmp_path
 def test_sae_lens_loads_the_point_folders(minilm, corpus_dir, tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
     corpus = corpus_of(minilm, corpus_dir).scan()
-    trained = train(minilm, corpus, replace(TINY, train_tokens=300), progress=False)
+    trained = train(minilm, SPEC, corpus, replace(TINY, train_tokens=300), progress=False)
     manifest = manifest_of(minilm, corpus, TINY, trained, {}, "test")
     save_dictionary(tmp_path / "d", trained, manifest)
     for h, x in raw_acts(minilm, trained.hooks, SENTENCES[4]).items():
@@ -223,7 +225,7 @@ def test_hook_spec_is_the_shortest_name():
 
 def write_config(folder: Path, corpus: Path, **learn) -> Path:
     settings = {**{k: v for k, v in TINY.to_dict().items() if v is not None}, **learn}
-    lines = ["[subject]", 'model = "minilm"', "[corpus]", f"paths = [{json.dumps(str(corpus))}]",
+    lines = ["[subject]", 'model = "minilm"', f'hook = "{SPEC}"', "[corpus]", f"paths = [{json.dumps(str(corpus))}]",
              "ctx_len = 16", "min_len = 4", "[learn]"]  # fmt: skip
     lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     path = folder / "gloss.toml"
@@ -284,8 +286,8 @@ def test_gloss_learn_registers_the_source_and_reuses_it(corpus_dir, tmp_path, ca
     ("flags", "message"),
     [
         (["--k", "64", "--width", "32"], "k=64 is invalid"),
-        (["--hooks", "layer.9.resid"], "unknown hook point 'layer.9.resid'"),
-        (["--hooks", "layer.0.mlp,layer.1.resid"], "mixes mlp and resid"),
+        (["--hook", "layer.9.resid"], "unknown hook point 'layer.9.resid'"),
+        (["--hook", "layer.0.mlp,layer.1.resid"], "mixes mlp and resid"),
         (["--width", "0"], "width=0 is invalid"),
         (["--device", "gpu"], "device 'gpu' is not a torch device"),
     ],
@@ -371,7 +373,7 @@ def tiny_gpt2(minilm, tmp_path_factory):
 
 def test_lm_loss_with_the_reconstruction_spliced_in(tiny_gpt2, corpus_dir):
     corpus = corpus_of(tiny_gpt2, corpus_dir)
-    trained = train(tiny_gpt2, corpus, replace(TINY, hooks="layer.0-1.resid", width=16, k=2,
+    trained = train(tiny_gpt2, "layer.0-1.resid", corpus, replace(TINY, width=16, k=2,
                                                train_tokens=300), progress=False)  # fmt: skip
     quality = evaluate(tiny_gpt2, trained, corpus.config.ctx_len)
     lm = quality["lm_loss"]

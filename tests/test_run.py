@@ -435,3 +435,38 @@ def _safe_statuses(workdir: Path) -> list[tuple[str, str]]:
         return statuses(workdir) if (workdir / "gloss.db").exists() else []
     except sqlite3.OperationalError:
         return []
+
+
+# ---------------------------------------------------------------- issue 12: source = "learn"
+
+
+def test_a_run_learns_its_dictionary_once_then_labels_its_features(
+    workdir, llm, capsys, monkeypatch
+):
+    monkeypatch.setenv("GLOSS_CACHE", str(workdir / "cache"))
+    path = workdir / "gloss.toml"
+    text = path.read_text().replace('hook = "layer.1.mlp"', 'hook = "layer.0-2.resid"')
+    text = text.replace("[subject]\n", '[subject]\nsource = "learn"\n')
+    text += (
+        "[learn]\nwidth = 32\nk = 4\ntrain_tokens = 1500\nholdout_tokens = 100\nbatch_size = 64\n"
+    )
+    path.write_text(text)
+    assert main(["run", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "learn:   a dictionary of 32 latents (k=4) at layer.0-2.resid" in out
+    assert f"mine:    {N_FEATURES} features" in out
+    assert gloss(workdir) == 0
+    first = counts(workdir)
+    assert first["features"] == N_FEATURES and first["labeled"] >= 1
+    assert first["scored"] == first["labeled"]
+    con = db(workdir)
+    (source,) = con.execute("SELECT name, hook, kind FROM feature_sources").fetchall()
+    layers = con.execute("SELECT count(*) FROM features WHERE layers IS NOT NULL").fetchone()[0]
+    con.close()
+    assert source[1:] == ("layer.0-2.resid", "sae") and layers == N_FEATURES
+    assert statuses(workdir)[:3] == [("run", "done"), ("learn", "done"), ("mine", "done")]
+    assert gloss(workdir) == 0
+    assert counts(workdir) == first
+    with open_store(f"sqlite:///{workdir / 'gloss.db'}") as store:
+        learn_runs = [r for r in store.runs() if r.kind == "learn"]
+    assert [r.counts["reused"] for r in learn_runs] == [1, 0]
