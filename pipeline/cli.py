@@ -431,9 +431,10 @@ def add_llm_commands(sub) -> None:
     _add_llm_arguments(p)
     p.add_argument(
         "--style",
-        choices=["auto", "openai", "delphi"],
-        help="explainer prompt: token<TAB>value listing (openai) or <<marked>> text (delphi); "
-        "auto: delphi on the local model, openai elsewhere",
+        choices=["auto", "openai", "delphi", "local"],
+        help="explainer prompt: token<TAB>value listing (openai), <<marked>> text (delphi), or "
+        "worked examples and active words for small local models (local); auto: local on the "
+        "bundled model, openai elsewhere",
     )
     p.add_argument("--prompt", help="explainer template name or path (default per style)")
     p.add_argument("--candidates", type=int, help="best-of-n labels by simulation score (1)")

@@ -64,14 +64,15 @@ from store import (
 
 log = logging.getLogger(__name__)
 
-STYLES = ("auto", "openai", "delphi")
+STYLES = ("auto", "openai", "delphi", "local")
 
 
 @dataclass
 class ExplainerConfig:
     """`style` openai: token<TAB>value listing; delphi: text with <<marked>> tokens;
-    auto: openai, except delphi on grammar-capable (local llama.cpp) endpoints, where
-    the tiny bundled model does better with it."""
+    local: several varied worked examples, a summary of the most active words and a few
+    marked contexts, for small base models that continue patterns; auto: openai, except
+    local on grammar-capable (local llama.cpp) endpoints, i.e. the bundled model."""
 
     style: str = "auto"
     prompt: str | None = None  # template name; default follows the style
@@ -86,7 +87,7 @@ class ExplainerConfig:
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ConfigError(
-                f"explainer style {self.style!r} is unknown: use auto, openai or delphi"
+                f"explainer style {self.style!r} is unknown: use auto, openai, delphi or local"
             )
         if self.candidates < 1 or self.max_examples < 1:
             raise ConfigError("explainer candidates and max_examples must be at least 1")
@@ -94,7 +95,7 @@ class ExplainerConfig:
     def for_endpoint(self, endpoint: EndpointConfig) -> ExplainerConfig:
         if self.style != "auto":
             return self
-        return dataclasses.replace(self, style="delphi" if endpoint.grammar else "openai")
+        return dataclasses.replace(self, style="local" if endpoint.grammar else "openai")
 
     def template(self) -> Prompt:
         style = "openai" if self.style == "auto" else self.style
@@ -222,12 +223,104 @@ def render_delphi(shown: Sequence[tuple[list[str], list[float]]]) -> str:
     return "\n".join(lines)
 
 
+_ACTIVE_SHARE = 0.5  # a word is active where it reaches this share of its window's peak
+
+
+def _words(tokens: Sequence[str], acts: Sequence[float]) -> list[tuple[str, float]]:
+    """A window as (word, activation) pairs: WordPiece `##` pieces and byte-level BPE pieces
+    glued into whole words (a word's activation is its strongest piece's), punctuation
+    marks kept as words of their own."""
+    words: list[tuple[str, float]] = []
+    glue = False  # may the next piece join the last word?
+    for (gap, token), act in zip(spell(list(tokens)), acts, strict=True):
+        text = token.strip()
+        if not text:
+            glue = False
+            continue
+        alnum = text[0].isalnum()
+        if words and glue and alnum and not gap and not token[:1].isspace():
+            word, best = words[-1]
+            words[-1] = (word + text, max(best, act))
+        else:
+            words.append((text, act))
+        glue = text[-1].isalnum()
+    return words
+
+
+def render_local(
+    shown: Sequence[tuple[list[str], list[float]]],
+    *,
+    max_words: int = 8,
+    max_contexts: int = 5,
+    context_words: int = 14,
+) -> dict[str, str]:
+    """The `contexts`, `words` and `top` of the local-model prompt (prompts/explain_local.txt).
+
+    `contexts`: the strongest windows, each cut to `context_words` words around its peak,
+    one per line, the active words (half of the window's peak or more) marked <<like this>>.
+    `words`: the words active most often, most often first, e.g. "pie, apple, baked"
+    (without counts: a small model copies them into its label). `top`: the leading ones,
+    those active at least half as often as the first, at most three; the prompt asks for
+    a "Label for {top}:", which keeps a small model from repeating the last worked label.
+    Corpus text is neutralised as in render_delphi: its `<` and `>` become `‹` `›`.
+    """
+    counts: dict[str, int] = defaultdict(int)
+    weight: dict[str, float] = defaultdict(float)
+    spelled: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    lines = []
+    for tokens, acts in shown:
+        words = _words(tokens, acts)
+        peak = max((a for _, a in words), default=0.0)
+        if peak <= 0:
+            continue
+        active = [a >= _ACTIVE_SHARE * peak for _, a in words]
+        for (word, act), on in zip(words, active, strict=True):
+            if on:
+                key = word.lower()
+                counts[key] += 1
+                weight[key] += act
+                spelled[key][word] += 1
+        if len(lines) >= max_contexts:
+            continue
+        top = max(range(len(words)), key=lambda i: words[i][1])
+        start = max(0, min(top - context_words // 2, len(words) - context_words))
+        parts = []
+        for i in range(start, min(len(words), start + context_words)):
+            text = neutralize(words[i][0], brackets=True)
+            parts.append(f"<<{text}>>" if active[i] else text)
+        line = "- " + " ".join(parts)
+        if line not in lines:  # a corpus that repeats itself shows each context once
+            lines.append(line)
+    ranked = sorted(counts, key=lambda k: (-counts[k], -weight[k], k))[:max_words]
+    shown_words = []
+    for key in ranked:
+        word = max(spelled[key].items(), key=lambda kv: (kv[1], kv[0]))[0]
+        text = neutralize(word, brackets=True)
+        if not any(c.isalnum() for c in text):  # punctuation, quoted: "?" or '"'
+            text = f"'{text}'" if '"' in text else f'"{text}"'
+        shown_words.append(text)
+    return {
+        "words": ", ".join(shown_words),
+        "top": ", ".join(
+            w
+            for w, k in zip(shown_words[:3], ranked, strict=False)
+            if 2 * counts[k] >= counts[ranked[0]]
+        ),
+        "contexts": "\n".join(lines),
+    }
+
+
 def explain_prompt(
     template: Prompt, examples: Sequence[ExampleOut], config: ExplainerConfig
 ) -> str:
     shown = shown_examples(examples, config)
     if not shown:
         raise UnusableAnswer("no active explain-split examples to show the explainer")
+    if config.style == "local":
+        parts = render_local(shown)
+        if not parts["contexts"]:
+            raise UnusableAnswer("the explain-split examples hold no words to show the explainer")
+        return template.render(**parts)
     render = render_delphi if config.style == "delphi" else render_openai
     return template.render(examples=render(shown))
 
@@ -244,8 +337,12 @@ _ECHOES = ("<start>", "<end>", "Activations:", "Neuron 2", "Feature 2", "\t")
 
 
 def example_labels(template: Prompt) -> set[str]:
-    """The labels of a template's worked examples: an answer repeating one is a copy."""
+    """The labels of a template's worked examples: an answer repeating one is a copy.
+
+    A worked label follows "... does is find" (openai, delphi) or "Label ...:" at the
+    start of a line (local); the answer slot, with nothing after it, is not a label."""
     found = re.findall(r"does is find (.+)$", template.text, re.MULTILINE)
+    found += re.findall(r"^Label\b[^:\n]*:[ \t]*(\S.*)$", template.text, re.MULTILINE)
     return {label.rstrip(" .").lower() for label in found if label.strip()}
 
 
@@ -271,15 +368,41 @@ def parse_label(text: str, copies: set[str] = frozenset()) -> str:
         raise UnusableAnswer(f"the explainer answer has no label: {text[:300]!r}")
     if _copied(label, copies):
         raise UnusableAnswer(f"the explainer copied the prompt's worked example: {label!r}")
+    if _token_list(label):
+        raise UnusableAnswer(f"the explainer listed tokens instead of a label: {label!r}")
     return label
 
 
+def _token_list(label: str) -> bool:
+    """'the, ",", your, almost, was' says nothing a baseline does not: mostly single
+    tokens between commas, not a phrase about them."""
+    parts = [p.strip(" '\"") for p in label.split(",")]
+    singles = sum(1 for p in parts if " " not in p)
+    return len(parts) >= 3 and " " not in parts[0] and singles >= 0.75 * len(parts)
+
+
+# Words a label's frame is made of: two labels that share only these ("the word "X" in
+# sentences about Y" filled in with another X and Y) say different things.
+_FRAME_WORDS = frozenset(
+    "a an the of in on at to for from and or as such like that about with by is are "
+    "word words sentence sentences text texts meaning means".split()
+)
+
+
 def _copied(label: str, copies: set[str]) -> bool:
-    """A label is a copy when most of its words are a worked example's (a word dropped or swapped)."""
+    """A label is a copy when most of its words are a worked example's (a word dropped or
+    swapped) and it keeps one of that example's own words, not only the shared frame; or
+    when it repeats most of the own words of a longer example ("pets, the words 'cat' and
+    'kitten' are used to describe the same thing")."""
     words = set(re.findall(r"\w+", label.lower()))
     for copy in copies:
         theirs = set(re.findall(r"\w+", copy.lower()))
-        if words and len(words & theirs) / len(words | theirs) >= 0.6:
+        content = theirs - _FRAME_WORDS
+        if len(content) >= 3 and len(words & content) >= 0.6 * len(content):
+            return True
+        if not words or len(words & theirs) / len(words | theirs) < 0.6:
+            continue
+        if not content or words & content or not words - _FRAME_WORDS:
             return True
     return False
 

@@ -391,13 +391,18 @@ def test_openai_prompt_normalises_to_0_10(sqlite_store):
         ("**Explanation:** the token 'cat'", "the token 'cat'"),
         ("Explanation: the main thing this feature does is find dates", "dates"),
         ("\n\n plural nouns e.g. dogs", "plural nouns e.g. dogs"),
+        ("money, work, help: words about money", "money, work, help: words about money"),
+        ("cities such as Paris, Rome, Lima", "cities such as Paris, Rome, Lima"),
     ],
 )
 def test_parse_label_accepts(text, label):
     assert parse_label(text) == label
 
 
-@pytest.mark.parametrize("text", ["", "  \n ", "...", "42", "<start>\nthe\t0", "x" * 400])
+@pytest.mark.parametrize(
+    "text",
+    ["", "  \n ", "...", "42", "<start>\nthe\t0", "x" * 400, 'the, ",", your, almost, was, we'],
+)
 def test_parse_label_rejects(text):
     with pytest.raises(UnusableAnswer):
         parse_label(text)

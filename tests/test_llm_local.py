@@ -70,7 +70,9 @@ def calls(store):
 def test_explain_and_score_real_features(sqlite_store, server_config):
     store = sqlite_store
     _, ids = token_features(store, ["river"], ctx=8, holdout_top=1, random_windows=1)
-    explainer = ExplainerConfig(max_examples=3, max_tokens_per_example=8, max_label_tokens=20)
+    explainer = ExplainerConfig(
+        style="delphi", max_examples=3, max_tokens_per_example=8, max_label_tokens=20
+    )
     with endpoints(local_llm(server_config), server_config) as llm:
         assert llm.simulator.grammar and llm.simulator.base_url == server_config.base_url
         assert llm.explainer.concurrency == 1  # the local server answers one at a time
