@@ -98,7 +98,7 @@ class SubjectConfig:
     device: str = "cpu"
     hook: str = "layer.3.mlp"  # layer.N.mlp or layer.N.resid
     source: str = "neurons"  # neurons, sae:FOLDER, dictionary:FOLDER
-    features: str | None = "0:24"  # selector (0:100, 7, 1,2,5:9); None = every feature
+    features: str | None = None  # selector (0:100, 7, 1,2,5:9); None = every feature
 
     def __post_init__(self) -> None:
         """Catch a bad device or selector when the settings are read, not after model loading."""

@@ -335,7 +335,9 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
             indices=indices,
         )
         if limit is not None and len(to_explain) > limit:
-            reasons.append(f"limit {limit} left {len(to_explain) - limit} features unlabeled")
+            reasons.append(
+                f"limit {limit} left {len(to_explain) - limit} features for later runs to explain"
+            )
             to_explain = to_explain[:limit]
         if to_explain:
             summary = asyncio.run(
@@ -345,6 +347,12 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
                 )
             )  # fmt: skip
             reasons += _left_undone(summary, "features")
+            if summary.failed and llm.explainer.grammar:
+                reasons.append(
+                    "the bundled model's answers were refused for those (features.last_error "
+                    "says why): they keep their baseline label, and a stronger model labels "
+                    "them, see 'LLM endpoints' in the README"
+                )
         if config.run.baseline:
             promoted = _promote_baselines(store, mined_ids)
             counts = store.run(run_id).counts
@@ -366,10 +374,24 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
                 ascore_features(store, to_score, llm, simulator, run_id, budget=budget)
             )
             reasons += _left_undone(summary, "labels")
+        labels = _label_counts(store, source_id, mined_ids)
+        store.update_run(run_id, counts={**store.run(run_id).counts, "labels": labels})
     if budget.exhausted:
         reasons.insert(0, f"budget reached ({budget.describe()}): stopped cleanly")
     report.message = "; ".join(reasons)
     return "partial" if reasons else "done"
+
+
+def _label_counts(store: Store, source_id: int, feature_ids: list[int]) -> dict[str, int]:
+    """Who wrote the current labels of these features: the report a first run ends with."""
+    current = {row.feature_id: row.author_kind for row in store.current_labels(source_id).values()}
+    kinds = [current.get(feature_id) for feature_id in feature_ids]
+    return {
+        "llm": kinds.count("model"),
+        "baseline": kinds.count("baseline"),
+        "human": kinds.count("human"),
+        "none": kinds.count(None),
+    }
 
 
 def _left_undone(summary: Any, what: str) -> list[str]:

@@ -314,7 +314,7 @@ def test_a_killed_gloss_learn_resumes_from_its_checkpoint(
 ):
     """A real SIGKILL mid-training; the rerun resumes and ends where an uninterrupted run does."""
     db = f"sqlite:///{tmp_path / 'gloss.db'}"
-    config = write_config(tmp_path, corpus_dir, train_tokens=1500)
+    config = write_config(tmp_path, corpus_dir, train_tokens=6000)
     env = {**os.environ, "GLOSS_CACHE": str(cache)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "--db", db, "learn", "--config", str(config),
@@ -326,7 +326,7 @@ def test_a_killed_gloss_learn_resumes_from_its_checkpoint(
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.05)
-    time.sleep(0.2)  # a few more blocks
+    assert proc.poll() is None, "training ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     code, out, err = gloss(capsys, "--db", db, "learn", "--config", str(config), "--json")
