@@ -36,18 +36,9 @@ from pipeline.learn import (
 from pipeline.sources import load_source
 from pipeline.subjects import hook_spec
 from store import open_store
+from tests.test_mining import SENTENCES
 
 SPEC = "layer.0-1.resid"
-SENTENCES = [
-    "The committee approved the budget after a long debate about roads and schools.",
-    "She poured the tea, added two spoons of sugar, and stirred it slowly.",
-    "Convert 5 miles to kilometers: multiply by 1.609 to get about 8 kilometers.",
-    "The river flooded the valley in April, and the farmers lost their wheat.",
-    "He wrote the function in Python, but the tests failed on Windows.",
-    "Three hundred soldiers marched north through the snow toward the castle.",
-    "The recipe calls for flour, butter, eggs and a pinch of salt.",
-    "In 1905 Einstein published four papers that changed physics.",
-]
 TINY = LearnConfig(
     width=48, k=4, train_tokens=1200, holdout_tokens=80, batch_size=64,
     lr=0.01, aux_k=8, dead_after_tokens=300, buffer_tokens=320, checkpoint_every_s=0,
