@@ -1,9 +1,10 @@
 """gloss.toml: every setting of every stage in one file.
 
-Each stage owns a dataclass of its settings (`MiningConfig`, `ExplainerConfig`,
-`LLMConfig`, ...); `GlossConfig` gathers them under one table each. A key the
-dataclasses do not know is an error that names it. Environment variables
-override the file (see `ENVIRONMENT`), and command-line flags override both.
+The settings are the dataclasses of `pipeline.settings` (`MiningConfig`,
+`ExplainerConfig`, `LLMConfig`, ...); `GlossConfig` gathers them under one table each.
+A key the dataclasses do not know is an error that names it. Environment variables
+override the file (see `ENVIRONMENT`), and command-line flags override both. Reading
+settings imports nothing heavy: query commands stay fast.
 """
 
 from __future__ import annotations
@@ -13,146 +14,28 @@ import os
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pipeline.corpus import CorpusConfig
-from pipeline.explainer import ExplainerConfig
-from pipeline.learn import LearnConfig
-from pipeline.llm import LLMConfig
-from pipeline.local_llm import LocalServerConfig
-from pipeline.mining import MiningConfig
-from pipeline.simulator import SimulatorConfig
-from pipeline.subjects import parse_device
+from pipeline.settings import (  # noqa: F401 - the settings, importable from here too
+    MAX_SELECTED,
+    CorpusConfig,
+    ExplainerConfig,
+    GlossConfig,
+    LearnConfig,
+    LLMConfig,
+    LocalServerConfig,
+    MiningConfig,
+    RunConfig,
+    SimulatorConfig,
+    SubjectConfig,
+    feature_ranges,
+    parse_features,
+)
 from store.errors import ConfigError, InputError
 
 DEFAULT_PATH = Path("gloss.toml")
-
-
-MAX_SELECTED = 100_000_000  # indices a selector may name when the source's width is unknown
-
-
-def feature_ranges(spec: str | None) -> list[range] | None:
-    """The half-open ranges a selector names (`7` is 7:8), checked; None = every feature."""
-    if spec is None or not spec.strip():
-        return None
-    ranges: list[range] = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        start_text, colon, stop_text = part.partition(":")
-        try:
-            start = int(start_text or 0)
-            stop = int(stop_text) if colon else start + 1
-        except ValueError:
-            raise InputError(
-                f"bad --features {part!r} (or [subject] features): use 0:100, 7 or 1,2,5:9"
-            ) from None
-        if start < 0 or stop < 0:
-            raise InputError(
-                f"bad --features {part!r}: feature indices start at 0, so none is negative"
-            )
-        if stop <= start:
-            raise InputError(
-                f"bad --features {part!r}: the range is empty (stop must be greater than start)"
-            )
-        ranges.append(range(start, stop))
-    return ranges
-
-
-def parse_features(spec: str | None, width: int | None = None) -> list[int] | None:
-    """Feature indices from `0:100` (half-open), `7`, or a comma list of both; None = all.
-
-    With `width` (the source's number of features) the selector is clipped to it before
-    it is built, so `0:3000000000` costs what the source has and indices past the end
-    select nothing. Without it, a selector naming more than MAX_SELECTED indices is
-    refused rather than built, and the caller reports indices past the end.
-    """
-    ranges = feature_ranges(spec)
-    if ranges is None:
-        return None
-    if width is not None:
-        ranges = [range(r.start, min(r.stop, width)) for r in ranges]
-    named = sum(max(0, r.stop - r.start) for r in ranges)
-    if named > MAX_SELECTED:
-        raise InputError(
-            f"bad --features {spec.strip()!r}: it names {named:,} features, more than "
-            f"{MAX_SELECTED:,}; omit --features (or [subject] features) to select every "
-            "feature, or give a smaller range"
-        )
-    indices: set[int] = set()
-    for r in ranges:
-        indices.update(r)
-    return sorted(indices)
-
-
-@dataclass
-class SubjectConfig:
-    """Which model, hook point and feature source the run labels."""
-
-    model: str = "minilm"  # minilm, gemma-3-270m, a folder, a .gguf file or a hub id
-    gguf_file: str | None = None  # GGUF file name inside `model`'s folder
-    device: str = "cpu"
-    hook: str = "layer.3.mlp"  # layer.N.mlp or layer.N.resid
-    source: str = "neurons"  # neurons, sae:FOLDER, dictionary:FOLDER
-    features: str | None = None  # selector (0:100, 7, 1,2,5:9); None = every feature
-
-    def __post_init__(self) -> None:
-        """Catch a bad device or selector when the settings are read, not after model loading."""
-        parse_device(self.device)
-        feature_ranges(self.features)
-
-    def indices(self, width: int | None = None) -> list[int] | None:
-        return parse_features(self.features, width)
-
-
-@dataclass
-class RunConfig:
-    """What one nightly `gloss run` may do and spend."""
-
-    limit: int | None = None  # at most this many features per LLM stage
-    max_llm_tokens: int | None = None  # no call starts that could pass this many tokens
-    max_cost: float | None = None  # likewise for cost (needs prices in [llm.*])
-    relabel_human: bool = False  # relabel features whose label a human wrote or accepted
-    baseline: bool = True  # store the no-LLM baseline label; current until an LLM label exists
-    lock_stale_s: float = 900.0  # a lock without heartbeat this long belongs to a dead run
-    log_file: str | None = None
-
-    def __post_init__(self) -> None:
-        """A negative limit would slice off features and a zero lock timeout steals live locks."""
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(
-                f"limit = {self.limit} is invalid: give at least 1 feature per stage, "
-                "or omit it for no limit"
-            )
-        if not self.lock_stale_s > 0:
-            raise ConfigError(
-                f"lock_stale_s = {self.lock_stale_s} is invalid: give seconds above 0 (default 900)"
-            )
-        for key in ("max_llm_tokens", "max_cost"):
-            value = getattr(self, key)
-            if value is not None and not value >= 0:
-                raise ConfigError(
-                    f"{key} = {value} is invalid: give a budget of 0 or more, "
-                    "or omit it for no budget"
-                )
-
-
-@dataclass
-class GlossConfig:
-    database: str | None = None
-    subject: SubjectConfig = field(default_factory=SubjectConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
-    learn: LearnConfig = field(default_factory=LearnConfig)
-    explainer: ExplainerConfig = field(default_factory=ExplainerConfig)
-    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    local_server: LocalServerConfig = field(default_factory=LocalServerConfig)
-    run: RunConfig = field(default_factory=RunConfig)
 
 
 # variable -> (path in GlossConfig, meaning)

@@ -26,51 +26,16 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.settings import DEFAULT_CORPUS, CorpusConfig
 from store.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst"}
 BLOCK_BYTES = 1 << 20
-DEFAULT_CORPUS = "shakespeare"
-
-
-@dataclass(frozen=True)
-class CorpusConfig:
-    """Which text to read and how to cut it; recorded with every mining run."""
-
-    paths: tuple[str, ...] = (DEFAULT_CORPUS,)
-    field: str = "text"
-    ctx_len: int = 64
-    min_len: int = 16  # shortest document tail kept as a window (capped at ctx_len)
-    max_tokens: int | None = None
-    seed: int = 0
-    max_line_chars: int = 100_000
-
-    def __post_init__(self) -> None:
-        """Reject settings that would crash or silently empty a mining run later."""
-        bad = [p for p in self.paths if not isinstance(p, str)]
-        if bad:
-            raise ConfigError(
-                f"corpus paths must be strings (file, folder or glob), not {bad[0]!r}"
-            )
-        rules = (
-            ("ctx_len", self.ctx_len, 2, "tokens per window"),
-            ("min_len", self.min_len, 1, "tokens in the shortest window kept"),
-            ("max_tokens", self.max_tokens, 1, "corpus tokens read; omit it for no cap"),
-            ("max_line_chars", self.max_line_chars, 1, "characters before a line is cut"),
-        )
-        for key, value, least, meaning in rules:
-            if value is not None and value < least:
-                raise ConfigError(
-                    f"{key} = {value} is invalid: it must be at least {least} ({meaning})"
-                )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ the explainer come from the `explain` split only; the simulator sees only `holdo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import re
@@ -38,7 +37,6 @@ from pipeline.llm import (
     Budget,
     BudgetExhausted,
     CallStats,
-    EndpointConfig,
     LLMClient,
     LLMConfig,
     StoreWorker,
@@ -46,16 +44,16 @@ from pipeline.llm import (
     answer_text,
     make_clients,
 )
-from pipeline.prompts import Prompt, load_prompt, neutralize, printable, spell
+from pipeline.prompts import Prompt, neutralize, printable, spell
 from pipeline.scoring import simulation_score
-from pipeline.simulator import SimulatorConfig, simulate
+from pipeline.settings import ExplainerConfig, SimulatorConfig
+from pipeline.simulator import simulate
 from store import (
     CANDIDATE,
     PROPOSED,
     REPLACE_ALL,
     REPLACE_MACHINE,
     REPLACE_NONE,
-    ConfigError,
     ConflictError,
     ExampleOut,
     LLMError,
@@ -63,43 +61,6 @@ from store import (
 )
 
 log = logging.getLogger(__name__)
-
-STYLES = ("auto", "openai", "delphi", "local")
-
-
-@dataclass
-class ExplainerConfig:
-    """`style` openai: token<TAB>value listing; delphi: text with <<marked>> tokens;
-    local: several varied worked examples, a summary of the most active words and a few
-    marked contexts, for small base models that continue patterns; auto: openai, except
-    local on grammar-capable (local llama.cpp) endpoints, i.e. the bundled model."""
-
-    style: str = "auto"
-    prompt: str | None = None  # template name; default follows the style
-    max_examples: int = 10
-    max_tokens_per_example: int = 64  # longer windows are cut around their peak
-    candidates: int = 1  # best-of-n: n > 1 samples n labels and keeps the best-scored
-    candidate_temperature: float = 0.8
-    max_label_tokens: int = 48
-    max_failures: int = 3  # features that failed this often are skipped
-    score: bool = True  # score each new label with the simulator right away
-
-    def __post_init__(self) -> None:
-        if self.style not in STYLES:
-            raise ConfigError(
-                f"explainer style {self.style!r} is unknown: use auto, openai, delphi or local"
-            )
-        if self.candidates < 1 or self.max_examples < 1:
-            raise ConfigError("explainer candidates and max_examples must be at least 1")
-
-    def for_endpoint(self, endpoint: EndpointConfig) -> ExplainerConfig:
-        if self.style != "auto":
-            return self
-        return dataclasses.replace(self, style="local" if endpoint.grammar else "openai")
-
-    def template(self) -> Prompt:
-        style = "openai" if self.style == "auto" else self.style
-        return load_prompt(self.prompt or f"explain_{style}")
 
 
 @dataclass

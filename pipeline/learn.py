@@ -40,7 +40,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,11 @@ from torch import nn
 from pipeline.corpus import Corpus, Window
 from pipeline.liveness import heartbeat, sweep
 from pipeline.mining import iter_batches
+from pipeline.settings import LearnConfig
 from pipeline.sources import Source, load_source
 from pipeline.subjects import Subject, cache_dir, hook_spec
 from store import Store
-from store.errors import ConfigError, InputError
+from store.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -65,64 +66,6 @@ FORWARD_TOKENS = 8192  # corpus tokens per forward pass of the subject
 LM_LOSS_TOKENS = 4096  # held-out tokens the spliced LM loss is measured on (a forward per point)
 WARMUP = 0.05  # share of the training tokens over which the learning rate rises
 DECAY = 0.2  # share at the end over which it falls linearly to 0
-
-
-@dataclass
-class LearnConfig:
-    """What `gloss learn` trains. Token counts are corpus tokens unless they say vectors;
-    a vector is one token's activation at one hook point."""
-
-    width: int = 1024  # latents
-    k: int = 16  # latents active per vector
-    train_tokens: int = 1_000_000  # corpus tokens trained on (passes repeat on a small corpus)
-    holdout_tokens: int = 20_000  # corpus tokens held out for the quality figures
-    batch_size: int = 4096  # vectors per optimizer step
-    lr: float | None = None  # Adam; None: 8e-4 * sqrt(2^14 / width)
-    aux_k: int = 256  # dead latents that reconstruct the residual error
-    dead_after_tokens: int = 500_000  # vectors a latent may stay silent before it is dead
-    buffer_tokens: int = 131_072  # vectors in the shuffled activation buffer (memory bound)
-    checkpoint_every_s: float = 300.0  # at the next block boundary after this long
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        """Bad settings fail when read, with the key named, not after the model loaded."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("lr", "checkpoint_every_s"):
-                continue
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"learn setting {f.name}={value!r} must be a whole number")
-        for name in (
-            "width", "train_tokens", "holdout_tokens", "batch_size", "aux_k",
-            "dead_after_tokens", "buffer_tokens",
-        ):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ConfigError(
-                    f"learn setting {name}={getattr(self, name)} is invalid: it must be at least 1"
-                )
-        if not 1 <= self.k <= self.width:
-            raise ConfigError(
-                f"learn setting k={self.k} is invalid: a top-k dictionary keeps k latents of "
-                f"its width, so k must be in 1..{self.width} (width={self.width})"
-            )
-        if self.lr is not None and not (isinstance(self.lr, int | float) and self.lr > 0):
-            raise ConfigError(
-                f"learn setting lr={self.lr!r} is invalid: give a learning rate above 0, "
-                "or omit it for the default"
-            )
-        if not (isinstance(self.checkpoint_every_s, int | float) and self.checkpoint_every_s >= 0):
-            raise ConfigError(
-                f"learn setting checkpoint_every_s={self.checkpoint_every_s!r} must be 0 or more"
-            )
-
-    @property
-    def learning_rate(self) -> float:
-        """Gao et al.'s 2e-4 * sqrt(2^14 / width), times 4: on MiniLM (4,096 latents, 1M
-        tokens, layer.0-5.resid) it ends at held-out FVU 0.156 against 0.189 for theirs."""
-        return float(self.lr) if self.lr is not None else 8e-4 * math.sqrt(2**14 / self.width)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------- the model

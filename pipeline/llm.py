@@ -22,12 +22,11 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -39,71 +38,18 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from pipeline.settings import LOCAL, EndpointConfig, LLMConfig
 from store import ConfigError, GlossError, LLMError, Store
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-LOCAL = "local"
-APIS = ("completions", "chat")
 LEDGER_MAX_CHARS = 2_000_000  # a response larger than this, as JSON, is stored as a stub
 LEDGER_HEAD_CHARS = 10_000
 # What a parser raises on an answer of the wrong shape ({"text": 123}, a string where
 # a list belongs, ...): the answer is unusable, not the program broken.
 _SHAPE_ERRORS = (TypeError, KeyError, IndexError, AttributeError, ValueError, ArithmeticError)
-
-
-@dataclass
-class EndpointConfig:
-    """Where one role's requests go and how hard to push the endpoint.
-
-    `base_url` None means $OPENAI_BASE_URL, or the bundled local server when that is
-    unset; "local" always means the bundled server (started on demand). `api_key` None
-    means $OPENAI_API_KEY (a placeholder for servers that ignore it). Prices are per
-    million tokens.
-    """
-
-    model: str = "gemma-3-270m"
-    base_url: str | None = None
-    api_key: str | None = None
-    api: str = "completions"
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_attempts: int = 5
-    backoff_s: float = 1.0
-    max_backoff_s: float = 60.0
-    price_in: float = 0.0
-    price_out: float = 0.0
-    grammar: bool = False  # the endpoint takes llama.cpp GBNF grammars (the local one does)
-
-    def __post_init__(self) -> None:
-        if self.api not in APIS:
-            raise ConfigError(f"llm api {self.api!r} is unknown: use one of {', '.join(APIS)}")
-        if self.concurrency < 1 or self.max_attempts < 1:
-            raise ConfigError("llm concurrency and max_attempts must be at least 1")
-        if not self.timeout_s > 0:
-            raise ConfigError(
-                f"timeout_s = {self.timeout_s} is invalid: give seconds above 0 (default 120)"
-            )
-        for key in ("backoff_s", "max_backoff_s", "price_in", "price_out"):
-            value = getattr(self, key)
-            if not value >= 0:
-                raise ConfigError(f"{key} = {value} is invalid: it must be 0 or more")
-
-    def resolved_url(self) -> str:
-        return self.base_url or os.environ.get("OPENAI_BASE_URL") or LOCAL
-
-    def resolved_key(self) -> str:
-        return self.api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-needed"
-
-
-@dataclass
-class LLMConfig:
-    """The explainer's and the simulator's endpoints (often the same one)."""
-
-    explainer: EndpointConfig = field(default_factory=EndpointConfig)
-    simulator: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 @dataclass

@@ -21,40 +21,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
 
 from pipeline.llm import LOCAL, EndpointConfig, LLMConfig
+from pipeline.settings import LocalServerConfig
 from store import ConfigError, LLMError
 
 log = logging.getLogger(__name__)
-
-LOCAL_MODEL = "gemma-3-270m"
-
-
-@dataclass
-class LocalServerConfig:
-    """How to run the local server. `model_path` None means the bundled Gemma 3 270M."""
-
-    model_path: str | None = None
-    host: str = "127.0.0.1"
-    port: int = field(default_factory=lambda: int(os.environ.get("GLOSS_LOCAL_LLM_PORT", "8767")))
-    alias: str = LOCAL_MODEL
-    n_ctx: int = 8192
-    n_threads: int | None = None
-    # Prompt logprobs (the simulator's logprobs method) need logits for every position:
-    # n_ctx x vocabulary floats (2 GB for Gemma 3 at n_ctx 2048), and llama-cpp-python
-    # then spends about a second per prompt token. Off by default: the local simulator
-    # uses grammar-constrained integers instead.
-    logits_all: bool = False
-    startup_timeout_s: float = 180.0
-    stop_grace_s: float = 5.0  # after SIGTERM, seconds until the server is killed
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
 
 
 def bundled_model_path() -> Path:

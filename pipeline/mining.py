@@ -39,7 +39,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -49,63 +49,15 @@ import torch
 
 from pipeline.corpus import Corpus, CorpusConfig, Window
 from pipeline.liveness import heartbeat, sweep
+from pipeline.settings import MiningConfig
 from pipeline.sources import Source
 from pipeline.subjects import Subject, cache_dir
 from store import ExampleIn, MinedFeature, Store, WindowIn
-from store.errors import ConfigError, InputError
+from store.errors import InputError
 
 log = logging.getLogger(__name__)
 
 LAYER_TOP = 20  # token activations per feature and point behind its layer map
-
-
-@dataclass
-class MiningConfig:
-    """How many examples of each kind a feature gets, and how the pass is run.
-
-    Defaults follow the peers: 20 top windows to explain and 5 top + 5 random held out
-    (Bills et al. 2023); 10 quantiles (Paulo et al. 2024).
-    """
-
-    top_explain: int = 20
-    top_holdout: int = 5
-    quantiles: int = 10
-    quantile_explain: int = 2  # per quantile
-    quantile_holdout: int = 1  # per quantile
-    quantile_pool: int = 100  # active windows sampled per feature to cut into quantiles
-    random_explain: int = 0
-    random_holdout: int = 5
-    histogram_bins: int = 32
-    batch_size: int = 32  # windows per forward pass
-    feature_chunk: int = 8192  # features per corpus pass (bounds memory)
-    write_every: int = 256  # features per store transaction
-    checkpoint_every_s: int = 300  # mid-pass state saved this often; a rerun resumes from it
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"mining setting {f.name}={value!r} must be an integer >= 0")
-        for name in ("batch_size", "feature_chunk", "write_every", "histogram_bins"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"mining setting {name} must be at least 1")
-        if self.top_explain + self.top_holdout < 1:
-            raise ConfigError("mining needs top_explain + top_holdout >= 1")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MiningConfig:
-        """From a config file's [mining] table; unknown keys are errors that name the key."""
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ConfigError(
-                    f"unknown mining setting {key!r}; known settings: {', '.join(sorted(known))}"
-                )
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

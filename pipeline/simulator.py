@@ -20,50 +20,18 @@ the prediction is the expected value over "0".."9".
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from pipeline.llm import Answer, EndpointConfig, LLMClient, UnusableAnswer, answer_text
-from pipeline.prompts import Prompt, load_prompt, neutralize
-from store import ConfigError
+from pipeline.llm import Answer, LLMClient, UnusableAnswer, answer_text
+from pipeline.prompts import Prompt, neutralize
+from pipeline.settings import SimulatorConfig
 
-METHODS = ("auto", "logprobs", "integers")
 PLACEHOLDER = "unknown"
 _DIGITS = {str(i): i for i in range(11)}
-
-
-@dataclass
-class SimulatorConfig:
-    """`method` auto: logprobs, except integers on endpoints that take grammars (local)."""
-
-    method: str = "auto"
-    prompt: str | None = None  # template name; default follows the method
-    top_logprobs: int = 20
-    max_answer_tokens: int | None = None  # integers method; None: sized to the windows
-    kinds: tuple[str, ...] = ("top", "random")  # which holdout windows are simulated
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"simulator method {self.method!r} is unknown: use one of {', '.join(METHODS)}"
-            )
-        self.kinds = tuple(self.kinds)
-
-    def for_endpoint(self, endpoint: EndpointConfig) -> SimulatorConfig:
-        """This config with `auto` resolved for `endpoint`."""
-        if self.method != "auto":
-            return self
-        method = "integers" if endpoint.grammar else "logprobs"
-        return dataclasses.replace(self, method=method)
-
-    def template(self) -> Prompt:
-        default = "simulate_integers" if self.method == "integers" else "simulate_all_at_once"
-        return load_prompt(self.prompt or default)
 
 
 def render_logprobs_windows(windows: Sequence[Sequence[str]]) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.settings import check_device
 from store.errors import ConfigError, InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -264,18 +265,11 @@ def hook_spec(hooks: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------- loading
 
-DEVICE_TYPES = ("cpu", "cuda", "mps")
-
 
 def parse_device(name: str) -> torch.device:
     """The torch device a setting names, checked for spelling only (settings are read on any machine)."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        device = None
-    if device is None or device.type not in DEVICE_TYPES:
-        raise ConfigError(f"device {name!r} is not a torch device: use cpu, cuda, cuda:N or mps")
-    return device
+    check_device(name)
+    return torch.device(name.strip())
 
 
 def resolve_device(name: str) -> torch.device:

