@@ -39,7 +39,6 @@ from pipeline.llm import (
     CallStats,
     LLMClient,
     LLMConfig,
-    StoreWorker,
     UnusableAnswer,
     answer_text,
     make_clients,
@@ -58,6 +57,7 @@ from store import (
     ExampleOut,
     LLMError,
     Store,
+    StoreWorker,
 )
 
 log = logging.getLogger(__name__)

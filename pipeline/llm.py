@@ -25,9 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 import openai
@@ -39,7 +37,7 @@ from tenacity import (
 )
 
 from pipeline.settings import LOCAL, EndpointConfig, LLMConfig
-from store import ConfigError, GlossError, LLMError, Store
+from store import ConfigError, GlossError, LLMError, Store, StoreWorker
 
 log = logging.getLogger(__name__)
 
@@ -168,33 +166,6 @@ def request_hash(api: str, request: dict[str, Any]) -> str:
 
 def is_deterministic(request: dict[str, Any]) -> bool:
     return request.get("temperature", 1.0) == 0 or request.get("seed") is not None
-
-
-class StoreWorker:
-    """Runs store calls off the event loop: writes one at a time, reads beside them.
-
-    SQLite has a single writer; queueing writes here is far cheaper than letting
-    threads collide in SQLite's busy handler, which sleeps in steps of milliseconds.
-    Reads go to their own small pool so they never wait behind a queue of writes.
-    """
-
-    def __init__(self, store: Store, readers: int = 2):
-        self.store = store
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-store-w")
-        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="gloss-store-r")
-
-    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A write (or anything that must not race a write)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, partial(fn, *args, **kwargs))
-
-    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, partial(fn, *args, **kwargs))
-
-    def close(self) -> None:
-        self._writer.shutdown(wait=True)
-        self._readers.shutdown(wait=True)
 
 
 class LLMClient:

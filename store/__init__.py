@@ -19,6 +19,10 @@ Querying and reviewing from Python (the same calls the CLI and web app make):
 search filters: min_score/max_score, source (name), status (proposed, accepted,
 rejected, unlabeled, or feature status new/mined/dead), reviewed (True/False);
 order: rank (text relevance, else score), score, -score, id.
+
+Statuses are the enums of `store.statuses` (ExplanationStatus, FeatureStatus, RunStatus,
+AuthorKind, ReplacePolicy); each member equals its word, so plain strings work too.
+Async code calls the store through `StoreWorker` (one writer thread, a reader pool).
 """
 
 from store.api import (
@@ -34,6 +38,8 @@ from store.api import (
     FeatureCard,
     FeatureInfo,
     FeatureRow,
+    LayerPeaks,
+    LockInfo,
     MinedFeature,
     PromptRef,
     ReviewInfo,
@@ -59,6 +65,14 @@ from store.errors import (
     SchemaAheadError,
     SchemaBehindError,
 )
+from store.statuses import (
+    AuthorKind,
+    ExplanationStatus,
+    FeatureStatus,
+    ReplacePolicy,
+    RunStatus,
+)
+from store.worker import StoreWorker
 
 __all__ = [
     "CANDIDATE",
@@ -67,30 +81,38 @@ __all__ = [
     "REPLACE_MACHINE",
     "REPLACE_NONE",
     "EXPORT_FIELDS",
+    "AuthorKind",
     "ConfigError",
     "ConflictError",
     "DatabaseError",
     "ExampleIn",
     "ExampleOut",
     "ExplanationInfo",
+    "ExplanationStatus",
     "FeatureCard",
     "FeatureInfo",
     "FeatureRow",
+    "FeatureStatus",
     "GlossError",
     "InputError",
     "LLMError",
+    "LayerPeaks",
+    "LockInfo",
     "LockedError",
     "MinedFeature",
     "ModelError",
     "NotFoundError",
     "PromptRef",
+    "ReplacePolicy",
     "ReviewInfo",
     "RunInfo",
+    "RunStatus",
     "SchemaAheadError",
     "SchemaBehindError",
     "ScoreInfo",
     "SourceInfo",
     "Store",
+    "StoreWorker",
     "WindowIn",
     "decode_acts",
     "encode_acts",

@@ -8,12 +8,14 @@ is named here with the same words the CLI and web app use.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -28,30 +30,40 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from store.statuses import (
+    CURRENT_SQL,
+    AuthorKind,
+    ExplanationStatus,
+    FeatureStatus,
+    ReplacePolicy,
+    RunStatus,
+)
+from store.statuses import CURRENT_STATUSES as CURRENT_STATUSES  # re-exported
+
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
-# Explanation statuses. At most one explanation per feature is "current":
-# status proposed or accepted (a partial unique index enforces it).
-PROPOSED, ACCEPTED, REJECTED, SUPERSEDED, CANDIDATE = (
-    "proposed",
-    "accepted",
-    "rejected",
-    "superseded",
-    "candidate",
-)
-CURRENT_STATUSES = (PROPOSED, ACCEPTED)
-EXPLANATION_STATUSES = (PROPOSED, ACCEPTED, REJECTED, SUPERSEDED, CANDIDATE)
-AUTHOR_KINDS = ("model", "human", "baseline")
+# The status words as the pipeline imports them; the enums in store.statuses define them.
+# At most one explanation per feature is current (CURRENT_STATUSES: proposed or accepted).
+PROPOSED, ACCEPTED, REJECTED, SUPERSEDED, CANDIDATE = ExplanationStatus
+EXPLANATION_STATUSES = tuple(ExplanationStatus)
+AUTHOR_KINDS = tuple(AuthorKind)
 SOURCE_KINDS = ("neurons", "sae", "dictionary")
 SPLITS = ("explain", "holdout")
-# Who may replace a feature's current label when a machine writes one. A label a human
-# wrote or accepted is protected: only REPLACE_ALL (--relabel-human) replaces it.
-REPLACE_NONE, REPLACE_MACHINE, REPLACE_ALL = "none", "machine", "all"
-# Run statuses: "running" until the run ends one of the other ways; a run whose
-# process died is marked abandoned by the next run that notices.
-RUN_STATUSES = ("running", "done", "partial", "failed", "interrupted", "abandoned")
-# Feature statuses: "new" until mined; "mined" or "dead" (never active) after.
-FEATURE_STATUSES = ("new", "mined", "dead")
+REPLACE_NONE, REPLACE_MACHINE, REPLACE_ALL = ReplacePolicy
+RUN_STATUSES = tuple(RunStatus)
+FEATURE_STATUSES = tuple(FeatureStatus)
+
+
+def _words(enum: type[StrEnum]) -> Enum:
+    """A column holding one of an enum's words: VARCHAR(20) as the migrations made it,
+    no CHECK constraint, read back as the enum's members (which equal their words)."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=20,
+        values_callable=lambda members: [m.value for m in members],
+    )
 
 
 def utcnow() -> datetime:
@@ -111,7 +123,7 @@ class Feature(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("feature_sources.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="new")
+    status: Mapped[FeatureStatus] = mapped_column(_words(FeatureStatus), default=FeatureStatus.NEW)
     max_act: Mapped[float | None] = mapped_column(Float)
     mean_act: Mapped[float | None] = mapped_column(Float)
     density: Mapped[float | None] = mapped_column(Float)
@@ -174,7 +186,7 @@ class Run(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(20), default="running")
+    status: Mapped[RunStatus] = mapped_column(_words(RunStatus), default=RunStatus.RUNNING)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     failures: Mapped[list[Any]] = mapped_column(default=list)
@@ -203,8 +215,8 @@ class Explanation(Base):
             "uq_explanations_current",
             "feature_id",
             unique=True,
-            sqlite_where=text("status IN ('proposed', 'accepted')"),
-            postgresql_where=text("status IN ('proposed', 'accepted')"),
+            sqlite_where=text(CURRENT_SQL),
+            postgresql_where=text(CURRENT_SQL),
         ),
         # Created by migration 0003 as (score DESC [NULLS LAST], feature_id) and, for
         # the worst-first order, (score ASC [NULLS LAST], feature_id). Migration 0004
@@ -214,22 +226,22 @@ class Explanation(Base):
             "ix_explanations_current_score",
             "score",
             "feature_id",
-            sqlite_where=text("status IN ('proposed', 'accepted')"),
-            postgresql_where=text("status IN ('proposed', 'accepted')"),
+            sqlite_where=text(CURRENT_SQL),
+            postgresql_where=text(CURRENT_SQL),
         ),
         Index(
             "ix_explanations_current_score_asc",
             "score",
             "feature_id",
-            sqlite_where=text("status IN ('proposed', 'accepted')"),
-            postgresql_where=text("status IN ('proposed', 'accepted')"),
+            sqlite_where=text(CURRENT_SQL),
+            postgresql_where=text(CURRENT_SQL),
         ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
     text: Mapped[str] = mapped_column(Text)
-    author_kind: Mapped[str] = mapped_column(String(20))
+    author_kind: Mapped[AuthorKind] = mapped_column(_words(AuthorKind))
     author_name: Mapped[str] = mapped_column(String(200))
     model: Mapped[str | None] = mapped_column(String(300))
     prompt_name: Mapped[str | None] = mapped_column(String(100))
@@ -238,7 +250,9 @@ class Explanation(Base):
     parent_id: Mapped[int | None] = mapped_column(
         ForeignKey("explanations.id", ondelete="SET NULL")
     )
-    status: Mapped[str] = mapped_column(String(20), default=PROPOSED)
+    status: Mapped[ExplanationStatus] = mapped_column(
+        _words(ExplanationStatus), default=ExplanationStatus.PROPOSED
+    )
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Best simulation score so far, kept by the store so lists sort without a join.

@@ -1,0 +1,192 @@
+"""Mined data: windows of corpus tokens, and each feature's statistics and examples.
+
+Mining writes here and the explainers and scorers read back. A window is stored once
+per subject (deduplicated by its tokens) and shared by every feature that fires on
+it; an example points at a window and carries the feature's per-token activations.
+Writes are idempotent, so mining resumes feature by feature: `feature_statuses` and
+`mining_runs` say what is done. A dictionary shared by several hook points also keeps
+each feature's layer map (its mean top activation at every point), which
+`Store.layer_peaks` (store.search) reads back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy.orm import Session
+
+from store.base import StoreBase, index_in
+from store.models import Example, Feature, Window
+from store.statuses import MINED_STATUSES, FeatureStatus
+from store.types import ExampleOut, MinedFeature, WindowIn, decode_acts
+
+
+class Mined(StoreBase):
+    # ------------------------------------------------------------ writes
+
+    def add_windows(self, subject_id: int, windows: Sequence[WindowIn]) -> list[int]:
+        """Store windows once per subject (deduplicated by token content); ids in input order."""
+        if not windows:
+            return []
+        hashes = [_window_hash(w.token_ids) for w in windows]
+        rows = [
+            {
+                "subject_id": subject_id,
+                "doc_id": w.doc_id,
+                "offset": w.offset,
+                "content_hash": h,
+                "token_ids": list(w.token_ids),
+                "tokens": list(w.tokens),
+            }
+            for w, h in zip(windows, hashes, strict=True)
+        ]
+        ids: dict[str, int] = {}
+        with self.session() as s:
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                s.execute(
+                    self._insert(Window).on_conflict_do_nothing(
+                        index_elements=["subject_id", "content_hash"]
+                    ),
+                    chunk,
+                )
+                chunk_hashes = [r["content_hash"] for r in chunk]
+                ids.update(
+                    s.execute(
+                        select(Window.content_hash, Window.id).where(
+                            Window.subject_id == subject_id,
+                            Window.content_hash.in_(chunk_hashes),
+                        )
+                    ).all()
+                )
+        return [ids[h] for h in hashes]
+
+    def write_mined_features(
+        self, source_id: int, features: Sequence[MinedFeature], run_id: int | None = None
+    ) -> None:
+        """Write statistics and examples for mined features in one transaction.
+
+        Idempotent: a feature mined again has its old examples replaced, never doubled.
+        A feature with max_act <= 0 is recorded as dead.
+        """
+        if not features:
+            return
+        indices = [f.index for f in features]
+        with self.session() as s:
+            s.execute(
+                self._insert(Feature).on_conflict_do_nothing(index_elements=["source_id", "index"]),
+                [
+                    {"source_id": source_id, "index": i, "status": FeatureStatus.NEW, "failures": 0}
+                    for i in indices
+                ],
+            )
+            id_of = dict(
+                s.execute(
+                    select(Feature.index, Feature.id).where(
+                        Feature.source_id == source_id, index_in(indices)
+                    )
+                ).all()
+            )
+            feature_ids = list(id_of.values())
+            s.execute(
+                delete(Example).where(
+                    Example.feature_id.in_(
+                        bindparam("ids", feature_ids, expanding=True, literal_execute=True)
+                    )
+                )
+            )
+            s.execute(
+                update(cast(Table, Feature.__table__)).where(Feature.id == bindparam("feature_id")),
+                [
+                    {
+                        "feature_id": id_of[f.index],
+                        "status": FeatureStatus.MINED if f.max_act > 0 else FeatureStatus.DEAD,
+                        "max_act": f.max_act,
+                        "mean_act": f.mean_act,
+                        "density": f.density,
+                        "n_tokens": f.n_tokens,
+                        "histogram": f.histogram,
+                        "layers": f.layers,
+                        "mine_run_id": run_id,
+                    }
+                    for f in features
+                ],
+            )
+            rows = [
+                (id_of[f.index], e.window_id, e.split, e.kind, e.rank, e.max_act, e.acts)
+                for f in features
+                for e in f.examples
+            ]
+            if rows:
+                self._bulk_insert_examples(s, rows)
+
+    def _bulk_insert_examples(self, s: Session, rows: list[tuple]) -> None:
+        """The hot path of mining: straight to the driver (COPY on PostgreSQL)."""
+        columns = "feature_id, window_id, split, kind, rank, max_act, acts"
+        driver: Any = s.connection().connection.driver_connection  # psycopg or sqlite3
+        cursor = driver.cursor()
+        if self.dialect == "postgresql":
+            with cursor.copy(f"COPY examples ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            cursor.executemany(
+                f"INSERT INTO examples ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        cursor.close()
+
+    # ------------------------------------------------------------ reads
+
+    def feature_statuses(self, source_id: int) -> dict[int, str]:
+        """Each feature's index and status (new, mined, dead), for mining to resume."""
+        with self.session() as s:
+            return dict(
+                s.execute(
+                    select(Feature.index, Feature.status).where(Feature.source_id == source_id)
+                ).all()
+            )
+
+    def mining_runs(self, source_id: int) -> dict[int, int | None]:
+        """Each mined (or dead) feature's index and the run that mined it."""
+        with self.session() as s:
+            return dict(
+                s.execute(
+                    select(Feature.index, Feature.mine_run_id).where(
+                        Feature.source_id == source_id, Feature.status.in_(MINED_STATUSES)
+                    )
+                ).all()
+            )
+
+    def examples(self, feature_id: int, split: str | None = None) -> list[ExampleOut]:
+        query = (
+            select(Example, Window)
+            .join(Window, Window.id == Example.window_id)
+            .where(Example.feature_id == feature_id)
+            .order_by(Example.split, Example.kind, Example.rank)
+        )
+        if split is not None:
+            query = query.where(Example.split == split)
+        with self.session() as s:
+            return [
+                ExampleOut(
+                    window_id=w.id,
+                    split=e.split,
+                    kind=e.kind,
+                    rank=e.rank,
+                    max_act=e.max_act,
+                    doc_id=w.doc_id,
+                    offset=w.offset,
+                    tokens=list(w.tokens),
+                    token_ids=list(w.token_ids),
+                    acts=decode_acts(e.acts),
+                )
+                for e, w in s.execute(query).all()
+            ]
+
+
+def _window_hash(token_ids: Sequence[int]) -> str:
+    return hashlib.sha256(struct.pack(f"<{len(token_ids)}q", *token_ids)).hexdigest()

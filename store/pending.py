@@ -1,0 +1,173 @@
+"""Pending work: the one place that says what is left to explain and to score.
+
+Every stage does only the work the database says is missing, so a rerun resumes
+where the last one stopped and two workers never disagree about what is done. A
+feature whose explain or score attempts failed too often (`record_failure`) is left
+flagged instead of being retried forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, false, or_, select, update
+
+from store.base import StoreBase, index_in
+from store.models import Explanation, Feature, Score
+from store.statuses import CURRENT_STATUSES, AuthorKind, ExplanationStatus, FeatureStatus
+from store.types import PromptRef
+
+
+class Pending(StoreBase):
+    def features_to_explain(
+        self,
+        source_id: int | None,
+        *,
+        model: str,
+        prompt: PromptRef,
+        max_failures: int | None = None,
+        relabel: bool = False,
+        relabel_human: bool = False,
+        indices: Sequence[int] | None = None,
+        feature_ids: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Mined features that need a label from this explainer model and prompt version.
+
+        Pending: no current label, or a machine label from another model or prompt
+        version. `relabel` adds features whose current label is this explainer's own; a
+        label a human wrote or accepted is kept unless `relabel_human`. Features that
+        failed `max_failures` times are left flagged.
+        """
+        current = Explanation.status.in_(CURRENT_STATUSES)
+        protected = (Explanation.author_kind == AuthorKind.HUMAN) | (
+            Explanation.status == ExplanationStatus.ACCEPTED
+        )
+        own = (
+            (Explanation.model == model)
+            & (Explanation.prompt_name == prompt.name)
+            & (Explanation.prompt_version == prompt.version)
+        )
+        keep: ColumnElement[bool]
+        if relabel_human:
+            keep = false() if relabel else own
+        else:
+            keep = protected if relabel else or_(protected, own)
+        labeled = (
+            select(Explanation.id)
+            .where(Explanation.feature_id == Feature.id, current, keep)
+            .exists()
+        )
+        query = _pending(source_id, max_failures, indices, feature_ids).where(~labeled)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.session() as s:
+            return list(s.scalars(query).all())
+
+    def labels_to_score(
+        self,
+        source_id: int | None,
+        *,
+        simulator_model: str,
+        prompt: PromptRef,
+        method: str = "simulation",
+        max_failures: int | None = None,
+        rescore: bool = False,
+        baseline: bool = False,
+        indices: Sequence[int] | None = None,
+        feature_ids: Sequence[int] | None = None,
+    ) -> list[tuple[int, int, str]]:
+        """(feature id, explanation id, text) of labels without a score from this simulator.
+
+        Current labels (and with `baseline`, each feature's baseline label) that have
+        no `method` score from this simulator model and prompt version; with
+        `rescore`, all of them.
+        """
+        scored = (
+            select(Score.id)
+            .where(
+                Score.explanation_id == Explanation.id,
+                Score.method == method,
+                Score.simulator_model == simulator_model,
+                Score.prompt_name == prompt.name,
+                Score.prompt_version == prompt.version,
+            )
+            .exists()
+        )
+        wanted: ColumnElement[bool] = Explanation.status.in_(CURRENT_STATUSES)
+        if baseline:
+            wanted = or_(wanted, Explanation.author_kind == AuthorKind.BASELINE)
+        query = (
+            _pending(source_id, max_failures, indices, feature_ids)
+            .join(Explanation, Explanation.feature_id == Feature.id)
+            .where(wanted)
+            .add_columns(Explanation.id, Explanation.text)
+            .order_by(Explanation.id)
+        )
+        if not rescore:
+            query = query.where(~scored)
+        with self.session() as s:
+            return [tuple(row) for row in s.execute(query).all()]
+
+    def features_to_score(
+        self,
+        source_id: int | None,
+        *,
+        simulator_model: str,
+        prompt: PromptRef,
+        max_failures: int | None = None,
+        indices: Sequence[int] | None = None,
+        feature_ids: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Features whose current label has no simulation score from this model and prompt."""
+        labels = self.labels_to_score(
+            source_id,
+            simulator_model=simulator_model,
+            prompt=prompt,
+            max_failures=max_failures,
+            indices=indices,
+            feature_ids=feature_ids,
+        )
+        ids = list(dict.fromkeys(feature_id for feature_id, _, _ in labels))
+        return ids[:limit] if limit is not None else ids
+
+    # ------------------------------------------------------------ failures
+
+    def record_failure(self, feature_id: int, error: str) -> None:
+        """Count a failed explain/score attempt so later runs retry only up to a limit."""
+        with self.session() as s:
+            s.execute(
+                update(Feature)
+                .where(Feature.id == feature_id)
+                .values(failures=Feature.failures + 1, last_error=error[:2000])
+            )
+
+    def clear_failures(self, feature_id: int) -> None:
+        with self.session() as s:
+            s.execute(
+                update(Feature).where(Feature.id == feature_id).values(failures=0, last_error=None)
+            )
+
+
+def _pending(
+    source_id: int | None,
+    max_failures: int | None,
+    indices: Sequence[int] | None,
+    feature_ids: Sequence[int] | None = None,
+) -> Any:
+    """Mined features, in source and index order, kept to the ones asked for."""
+    query = select(Feature.id).where(Feature.status == FeatureStatus.MINED)
+    if source_id is not None:
+        query = query.where(Feature.source_id == source_id)
+    if max_failures is not None:
+        query = query.where(Feature.failures < max_failures)
+    if indices is not None:
+        query = query.where(index_in(indices))
+    if feature_ids is not None:
+        wanted = sorted(set(feature_ids))
+        query = query.where(
+            Feature.id.in_(bindparam("feature_ids", wanted, expanding=True, literal_execute=True))
+        )
+    return query.order_by(Feature.source_id, Feature.index)

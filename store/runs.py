@@ -1,0 +1,308 @@
+"""Runs, locks, claims and the LLM ledger: who is working, and what their work cost.
+
+- A run is one invocation of a stage or of the nightly job, with its config, counts,
+  tokens and cost; its holder (host:pid) and heartbeat let the next run tell a live
+  run from one whose process died.
+- A named lock keeps the nightly job to one at a time; a stale lock is taken over.
+- A claim keeps two processes from paying for the same feature's LLM work; its lease
+  is renewed by `heartbeat` and expires when the holder dies.
+- The LLM ledger (`llm_calls`) records every call whatever it answered, and serves
+  earlier successful answers as a cache.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from store.base import StoreBase, check_id
+from store.errors import InputError, LockedError, NotFoundError
+from store.models import Claim, LLMCall, Lock, Run, utcnow
+from store.statuses import RunStatus
+from store.types import LockInfo, RunInfo
+
+
+class Runs(StoreBase):
+    # ------------------------------------------------------------ runs
+
+    def start_run(
+        self,
+        kind: str,
+        config: dict[str, Any],
+        code_version: str = "",
+        *,
+        parent_id: int | None = None,
+        holder: str | None = None,
+    ) -> int:
+        """A new run in status running; `holder` (host:pid) lets a dead process's run be found."""
+        now = utcnow()
+        with self.session() as s:
+            run = Run(
+                kind=kind,
+                config=config,
+                code_version=code_version,
+                counts={},
+                failures=[],
+                parent_id=parent_id,
+                holder=holder,
+                started_at=now,
+                heartbeat_at=now,
+            )
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        """Set run columns (counts, failures, tokens_in, tokens_out, cost, status, message)."""
+        if "status" in values and values["status"] not in tuple(RunStatus):
+            raise InputError(
+                f"unknown run status {values['status']!r}: use one of {', '.join(RunStatus)}"
+            )
+        with self.session() as s:
+            s.execute(update(Run).where(Run.id == run_id).values(**values))
+
+    def finish_run(
+        self, run_id: int, status: str, message: str | None = None, **values: Any
+    ) -> None:
+        self.update_run(run_id, status=status, message=message, finished_at=utcnow(), **values)
+
+    def running_runs(self) -> list[RunInfo]:
+        """Runs still marked running, oldest first: live ones, and any whose process died."""
+        with self.session() as s:
+            return [
+                _run_info(r)
+                for r in s.scalars(
+                    select(Run).where(Run.status == RunStatus.RUNNING).order_by(Run.id)
+                )
+            ]
+
+    def heartbeat(self, holder: str, lease_s: float) -> None:
+        """This process is alive: its lock, its running runs and its claims stay fresh."""
+        now = utcnow()
+        with self.session() as s:
+            s.execute(update(Lock).where(Lock.holder == holder).values(heartbeat_at=now))
+            s.execute(
+                update(Run)
+                .where(Run.holder == holder, Run.status == RunStatus.RUNNING)
+                .values(heartbeat_at=now)
+            )
+            s.execute(
+                update(Claim)
+                .where(Claim.holder == holder)
+                .values(expires_at=now + timedelta(seconds=lease_s))
+            )
+
+    def run(self, run_id: int) -> RunInfo:
+        check_id(run_id, "run")
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise NotFoundError(f"no run with id {run_id}")
+            return _run_info(run)
+
+    def runs(self, limit: int = 20) -> list[RunInfo]:
+        with self.session() as s:
+            return [
+                _run_info(r) for r in s.scalars(select(Run).order_by(Run.id.desc()).limit(limit))
+            ]
+
+    # ------------------------------------------------------------ locks
+
+    def acquire_lock(
+        self, name: str, holder: str, *, run_id: int | None = None, stale_after_s: float = 600
+    ) -> None:
+        """Take a named lock, or raise LockedError naming who holds it.
+
+        A lock whose heartbeat is older than `stale_after_s` is taken over.
+        """
+        now = utcnow()
+        with self.session() as s:
+            s.execute(
+                delete(Lock).where(
+                    Lock.name == name, Lock.heartbeat_at < now - timedelta(seconds=stale_after_s)
+                )
+            )
+        try:
+            with self.session() as s:
+                s.add(
+                    Lock(name=name, holder=holder, run_id=run_id, acquired_at=now, heartbeat_at=now)
+                )
+        except IntegrityError:
+            with self.session() as s:
+                lock = s.get(Lock, name)
+            if lock is None:
+                return self.acquire_lock(name, holder, run_id=run_id, stale_after_s=stale_after_s)
+            raise LockedError(
+                f"another gloss run holds the {name!r} lock ({lock.holder}, run {lock.run_id}, "
+                f"since {lock.acquired_at:%Y-%m-%d %H:%M:%S} UTC); wait for it, or if it died, "
+                f"the lock expires {stale_after_s:.0f}s after its last heartbeat"
+            ) from None
+
+    def lock(self, name: str) -> LockInfo | None:
+        with self.session() as s:
+            lock = s.get(Lock, name)
+            if lock is None:
+                return None
+            return LockInfo(
+                lock.name, lock.holder, lock.run_id, lock.acquired_at, lock.heartbeat_at
+            )
+
+    def set_lock_run(self, name: str, holder: str, run_id: int) -> None:
+        with self.session() as s:
+            s.execute(
+                update(Lock).where(Lock.name == name, Lock.holder == holder).values(run_id=run_id)
+            )
+
+    def release_lock(self, name: str, holder: str) -> None:
+        with self.session() as s:
+            s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))
+
+    # ------------------------------------------------------------ claims
+
+    def claim(
+        self,
+        feature_id: int,
+        stage: str,
+        holder: str,
+        *,
+        run_id: int | None = None,
+        lease_s: float = 300.0,
+    ) -> bool:
+        """Claim a feature for a stage before paying for its LLM work.
+
+        False when another holder's claim has not expired; the holder keeps it fresh
+        with `heartbeat` and ends it with `release`.
+        """
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_s)
+        with self.serialized(feature_id) as s:
+            claim = s.get(Claim, (feature_id, stage))
+            if claim is None:
+                s.add(
+                    Claim(
+                        feature_id=feature_id,
+                        stage=stage,
+                        holder=holder,
+                        run_id=run_id,
+                        expires_at=expires,
+                    )
+                )
+                return True
+            if claim.holder != holder and claim.expires_at > now:
+                return False
+            claim.holder, claim.run_id, claim.expires_at = holder, run_id, expires
+            return True
+
+    def release(self, feature_id: int, stage: str, holder: str) -> None:
+        with self.session() as s:
+            s.execute(
+                delete(Claim).where(
+                    Claim.feature_id == feature_id, Claim.stage == stage, Claim.holder == holder
+                )
+            )
+
+    def claim_holders(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Claim.holder).distinct()))
+
+    def drop_claims(self, holder: str) -> int:
+        """Release every claim of a holder whose process is known to be dead."""
+        with self.session() as s:
+            result = s.execute(delete(Claim).where(Claim.holder == holder))
+            return cast("CursorResult[Any]", result).rowcount
+
+    # ------------------------------------------------------------ the LLM ledger
+
+    def cached_llm_response(self, request_hash: str) -> dict[str, Any] | None:
+        """The response of an earlier successful, cacheable call with this request hash."""
+        with self.session() as s:
+            return s.scalar(
+                select(LLMCall.response)
+                .where(
+                    LLMCall.request_hash == request_hash,
+                    LLMCall.outcome == "ok",
+                    LLMCall.cacheable.is_(True),
+                )
+                .order_by(LLMCall.id.desc())
+                .limit(1)
+            )
+
+    def record_llm_call(
+        self,
+        *,
+        request_hash: str,
+        role: str,
+        model: str,
+        outcome: str,
+        endpoint: str = "",
+        cacheable: bool = True,
+        error: str | None = None,
+        request: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost: float = 0.0,
+        latency_s: float = 0.0,
+        run_id: int | None = None,
+    ) -> int:
+        """Keep a call in the ledger whatever it answered: NUL characters and non-finite
+        numbers (which PostgreSQL's text and JSON cannot hold) are stored as readable
+        stand-ins, so a garbage answer is recorded instead of failing the write."""
+        with self.session() as s:
+            call = LLMCall(
+                request_hash=request_hash,
+                role=role,
+                model=model,
+                endpoint=endpoint,
+                cacheable=cacheable,
+                outcome=outcome,
+                error=_storable(error),
+                request=_storable(request),
+                response=_storable(response),
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cost=cost,
+                latency_s=latency_s,
+                run_id=run_id,
+            )
+            s.add(call)
+            s.flush()
+            return call.id
+
+
+def _storable(value: Any) -> Any:
+    """`value` with NUL characters replaced (U+FFFD) and NaN/infinities as strings."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def _run_info(r: Run) -> RunInfo:
+    return RunInfo(
+        id=r.id,
+        kind=r.kind,
+        status=r.status,
+        config=dict(r.config or {}),
+        counts=dict(r.counts or {}),
+        failures=list(r.failures or []),
+        tokens_in=r.tokens_in,
+        tokens_out=r.tokens_out,
+        cost=r.cost,
+        code_version=r.code_version,
+        message=r.message,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        parent_id=r.parent_id,
+        holder=r.holder,
+        heartbeat_at=r.heartbeat_at,
+    )
