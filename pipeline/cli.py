@@ -25,8 +25,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
-    from store.db import current_revision, head_revision
+    from store.db import current_revision, head_revision, must_exist, resolve_url
 
+    must_exist(resolve_url(args.database))
     current = current_revision(args.database)
     head = head_revision()
     if args.json:
@@ -477,9 +478,10 @@ def add_llm_commands(sub) -> None:
 
 
 def _open(args: argparse.Namespace):
+    """The database a query or review command reads: it must exist already."""
     from store import open_store
 
-    return open_store(args.database)
+    return open_store(args.database, read_only=True)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -863,9 +865,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from pipeline.prompts import printable
-    from store import open_store
 
-    with open_store(args.database) as store:
+    with _open(args) as store:
         runs = store.runs(args.limit)
     if args.json:
         print(json.dumps([r.__dict__ for r in runs], default=str))

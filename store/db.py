@@ -198,15 +198,26 @@ def _ahead_message(url: str, revision: str) -> str:
     )
 
 
-def connect(url: str | None = None) -> Engine:
-    """An engine on a database at the newest revision, creating the schema in an empty one."""
+def connect(url: str | None = None, *, read_only: bool = False) -> Engine:
+    """An engine on a database at the newest revision, creating the schema in an empty one.
+
+    `read_only` (commands that only read) creates and migrates nothing: a missing SQLite
+    file or an empty database is a one-line error naming the URL.
+    """
     url = resolve_url(url)
-    engine = create(url)
+    engine = create(url)  # a malformed URL fails here, with its one-line error
+    if read_only:
+        must_exist(url)
     current = current_revision(url, engine)
     head = head_revision()
     if current is None:
+        if read_only:
+            raise DatabaseError(
+                f"{describe(url)} holds no gloss database yet: run gloss run (or gloss mine) "
+                "first, or point GLOSS_DATABASE_URL / --database at the one it filled"
+            )
         _migrate(engine, url, "upgrade", "head", create=True)
-        current = current_revision(url, engine)
+        current = current_revision(url, engine) or ""
     if current == head:
         return engine
     if current not in _known_revisions():
@@ -214,4 +225,18 @@ def connect(url: str | None = None) -> Engine:
     raise SchemaBehindError(
         f"{describe(url)} is at schema revision {current}, older than this gloss ({head}): "
         "run gloss db upgrade"
+    )
+
+
+def must_exist(url: str) -> None:
+    """SQLite creates a missing file on connect: a mistyped path must not become a database."""
+    parsed = make_url(create(url).url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    database = parsed.database or ""
+    if database in ("", ":memory:") or Path(database).expanduser().exists():
+        return
+    raise DatabaseError(
+        f"no database at {describe(url)}: run gloss run (or gloss mine) first, or point "
+        "GLOSS_DATABASE_URL / --database at the one it filled"
     )

@@ -164,3 +164,27 @@ def test_the_review_app_imports_no_model():
     code = f"import sys, review.app; print([m for m in {HEAVY!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "command", [["search"], ["show", "1"], ["runs"], ["export"], ["db", "current"]]
+)
+def test_a_read_only_command_on_a_missing_database_says_so_and_creates_nothing(
+    tmp_path, capsys, command
+):
+    missing = tmp_path / "typo" / "gloss.db"
+    missing.parent.mkdir()
+    code = main(["--database", f"sqlite:///{missing}", *command])
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith(f"gloss: no database at sqlite:///{missing}")
+    assert len(err.strip().splitlines()) == 1
+    assert not missing.exists()
+
+
+@pytest.mark.empty_database
+def test_a_read_only_command_on_an_empty_database_creates_no_schema(postgres_url, capsys):
+    from store.db import current_revision
+
+    code = main(["--database", postgres_url, "search"])
+    assert code == 3 and "holds no gloss database yet" in capsys.readouterr().err
+    assert current_revision(postgres_url) is None
