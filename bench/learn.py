@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.corpus import Corpus, CorpusConfig  # noqa: E402
-from pipeline.learn import LearnConfig, _vectors, evaluate, select_holdout, train  # noqa: E402
-from pipeline.subjects import load_subject  # noqa: E402
+from gloss.pipeline.corpus import Corpus, CorpusConfig  # noqa: E402
+from gloss.pipeline.learn import LearnConfig, _vectors, evaluate, select_holdout, train  # noqa: E402
+from gloss.pipeline.subjects import load_subject  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

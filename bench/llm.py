@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.explainer import explain_features  # noqa: E402
-from pipeline.llm import EndpointConfig, LLMClient, LLMConfig  # noqa: E402
-from store import open_store  # noqa: E402
+from gloss.pipeline.explainer import explain_features  # noqa: E402
+from gloss.pipeline.llm import EndpointConfig, LLMClient, LLMConfig  # noqa: E402
+from gloss.store import open_store  # noqa: E402
 from tests.mined import token_features  # noqa: E402
 from tests.scripted_llm import ScriptedLLM  # noqa: E402
 

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.corpus import Corpus, CorpusConfig  # noqa: E402
-from pipeline.mining import FeatureMiner, MiningConfig, iter_batches, mine  # noqa: E402
-from pipeline.sources import load_source  # noqa: E402
-from pipeline.subjects import load_subject  # noqa: E402
+from gloss.pipeline.corpus import Corpus, CorpusConfig  # noqa: E402
+from gloss.pipeline.mining import FeatureMiner, MiningConfig, iter_batches, mine  # noqa: E402
+from gloss.pipeline.sources import load_source  # noqa: E402
+from gloss.pipeline.subjects import load_subject  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -54,7 +54,7 @@ def rss_mib() -> float:
 
 def child(args) -> None:
     """Mine all features over --tokens tokens into a throwaway SQLite; print RSS before and peak during."""
-    from store import open_store
+    from gloss.store import open_store
 
     subject = load_subject(args.model, device=args.device)
     source = load_source("neurons", subject.hook_width(args.hook))

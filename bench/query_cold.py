@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from store import open_store  # noqa: E402
+from gloss.store import open_store  # noqa: E402
 from tests.seed import seed_features  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> None:
             seed_features(store)
             store.finish_run(store.start_run("run", {}), "done")
         (folder / "gloss.toml").write_text(f'database = "{url}"\n', encoding="utf-8")
-        gloss = [sys.executable, "-m", "pipeline.cli"]  # reads ./gloss.toml, as users do
+        gloss = [sys.executable, "-m", "gloss.pipeline.cli"]  # reads ./gloss.toml, as users do
         bare = best_s([sys.executable, "-c", "pass"], folder, args.repeat)
         torch = best_s([sys.executable, "-c", "import torch"], folder, args.repeat)
         print(f"python -c pass: {bare:.2f} s; import torch: {torch:.2f} s")

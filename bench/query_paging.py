@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from review.app import create_app  # noqa: E402
-from store import open_store  # noqa: E402
+from gloss.review.app import create_app  # noqa: E402
+from gloss.store import open_store  # noqa: E402
 from tests.seed import bulk_features  # noqa: E402
 
 

@@ -28,8 +28,8 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from store import ExampleIn, MinedFeature, WindowIn, open_store  # noqa: E402
-from store.models import Explanation  # noqa: E402
+from gloss.store import ExampleIn, MinedFeature, WindowIn, open_store  # noqa: E402
+from gloss.store.models import Explanation  # noqa: E402
 
 CTX = 64
 EXAMPLES = 40

@@ -13,11 +13,11 @@ import signal
 import sys
 import threading
 
-from store.errors import GlossError
+from gloss.store.errors import GlossError
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from store.db import upgrade
+    from gloss.store.db import upgrade
 
     before, after = upgrade(args.database)
     print(f"database at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
@@ -25,7 +25,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
-    from store.db import current_revision, head_revision, must_exist, resolve_url
+    from gloss.store.db import current_revision, head_revision, must_exist, resolve_url
 
     must_exist(resolve_url(args.database))
     current = current_revision(args.database)
@@ -44,11 +44,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
-    from pipeline.config import DEFAULT_PATH, parse_features
-    from pipeline.corpus import Corpus
-    from pipeline.mining import mine
-    from pipeline.run import open_source
-    from store import open_store
+    from gloss.pipeline.config import DEFAULT_PATH, parse_features
+    from gloss.pipeline.corpus import Corpus
+    from gloss.pipeline.mining import mine
+    from gloss.pipeline.run import open_source
+    from gloss.store import open_store
 
     started = time.perf_counter()
     config = _stage_config(args)
@@ -151,10 +151,10 @@ def add_mine_parser(sub) -> None:
 def cmd_learn(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from pipeline.corpus import Corpus
-    from pipeline.learn import learn
-    from pipeline.subjects import load_subject, parse_device
-    from store import open_store
+    from gloss.pipeline.corpus import Corpus
+    from gloss.pipeline.learn import learn
+    from gloss.pipeline.subjects import load_subject, parse_device
+    from gloss.store import open_store
 
     config = _stage_config(args)
     settings = replace(
@@ -258,7 +258,7 @@ def select_features(store, args: argparse.Namespace) -> list[int]:
     The selector is clipped to the widest source it can apply to, so `0:3000000000`
     costs what the sources hold.
     """
-    from pipeline.config import parse_features
+    from gloss.pipeline.config import parse_features
 
     source = store.source(args.source) if args.source else None
     widths = [source.width] if source else [s.width for s in store.sources()]
@@ -271,7 +271,7 @@ def select_features(store, args: argparse.Namespace) -> list[int]:
 def _stage_config(args: argparse.Namespace):
     """Settings for mine, explain and score: --config or ./gloss.toml, then the environment;
     the caller lays the flags that were given on top."""
-    from pipeline import config as cfg
+    from gloss.pipeline import config as cfg
 
     return cfg.load(args.config, template_if_missing=False)
 
@@ -285,7 +285,7 @@ def _llm_config(args: argparse.Namespace, config):
     roles unless --simulator-* says otherwise; limits and prices apply to both."""
     from dataclasses import replace
 
-    from pipeline.llm import LLMConfig
+    from gloss.pipeline.llm import LLMConfig
 
     both = _given(
         model=args.model,
@@ -315,8 +315,8 @@ def _print_summary(summary, as_json: bool) -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from pipeline.explainer import baseline_explain, explain_features
-    from store import open_store
+    from gloss.pipeline.explainer import baseline_explain, explain_features
+    from gloss.store import open_store
 
     config = _stage_config(args)
     with open_store(args.database) as store:
@@ -353,8 +353,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from pipeline.explainer import score_features
-    from store import open_store
+    from gloss.pipeline.explainer import score_features
+    from gloss.store import open_store
 
     config = _stage_config(args)
     with open_store(args.database) as store:
@@ -382,7 +382,7 @@ def cmd_llm_serve(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so the server process is stopped with us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
-    from pipeline.local_llm import LocalServerConfig, local_server
+    from gloss.pipeline.local_llm import LocalServerConfig, local_server
 
     config = LocalServerConfig(model_path=args.model, n_ctx=args.n_ctx)
     if args.port:
@@ -479,13 +479,13 @@ def add_llm_commands(sub) -> None:
 
 def _open(args: argparse.Namespace):
     """The database a query or review command reads: it must exist already."""
-    from store import open_store
+    from gloss.store import open_store
 
     return open_store(args.database, read_only=True)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.terminal import format_rows, row_dict
+    from gloss.pipeline.terminal import format_rows, row_dict
 
     with _open(args) as store:
         filters = dict(
@@ -504,7 +504,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from pipeline.terminal import format_card, to_json
+    from gloss.pipeline.terminal import format_card, to_json
 
     with _open(args) as store:
         card = store.feature_card(args.feature)
@@ -519,7 +519,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import csv
 
-    from store import EXPORT_FIELDS, ConfigError
+    from gloss.store import EXPORT_FIELDS, ConfigError
 
     try:
         out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
@@ -548,7 +548,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_label(args: argparse.Namespace) -> int:
     import os
 
-    from store import ConfigError
+    from gloss.store import ConfigError
 
     reviewer = args.by or os.environ.get("USER")
     if not reviewer:
@@ -561,7 +561,7 @@ def cmd_label(args: argparse.Namespace) -> int:
             f"feature {card.feature.ref}: label #{explanation_id} by {reviewer}: {card.current.text}"
         )
         if args.rescore:
-            from pipeline.rescore import rescore
+            from gloss.pipeline.rescore import rescore
 
             value = rescore(
                 store,
@@ -574,9 +574,9 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_fires(args: argparse.Namespace) -> int:
-    from pipeline.fires import fires
-    from pipeline.prompts import printable
-    from pipeline.terminal import to_json
+    from gloss.pipeline.fires import fires
+    from gloss.pipeline.prompts import printable
+    from gloss.pipeline.terminal import to_json
 
     with _open(args) as store:
         tokens = fires(store, args.text, source=args.source, top=args.top)
@@ -599,9 +599,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from pipeline.rescore import rescore
-    from review.app import create_app, is_loopback, load_tokens, secure_cookies_wanted
-    from store import ConfigError
+    from gloss.pipeline.rescore import rescore
+    from gloss.review.app import create_app, is_loopback, load_tokens, secure_cookies_wanted
+    from gloss.store import ConfigError
 
     tokens = load_tokens(args.tokens_file) if args.tokens_file else None
     reviewer = args.reviewer or os.environ.get("USER")
@@ -641,7 +641,7 @@ def _simulator_llm(args: argparse.Namespace):
     """The simulator endpoint for re-scoring; None means the defaults ($OPENAI_BASE_URL or local)."""
     if not (args.simulator_base_url or args.simulator_model):
         return None
-    from pipeline.llm import EndpointConfig, LLMConfig
+    from gloss.pipeline.llm import EndpointConfig, LLMConfig
 
     endpoint = EndpointConfig(
         model=args.simulator_model or EndpointConfig().model, base_url=args.simulator_base_url
@@ -733,8 +733,8 @@ def _add_query_commands(sub) -> None:
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
-    from pipeline.decompose import decompose, text_lines
-    from pipeline.terminal import to_json
+    from gloss.pipeline.decompose import decompose, text_lines
+    from gloss.pipeline.terminal import to_json
 
     with _open(args) as store:
         result = decompose(
@@ -776,7 +776,7 @@ def add_decompose_parser(sub) -> None:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from pipeline.terminal import format_layer_peaks, layer_peaks_dict
+    from gloss.pipeline.terminal import format_layer_peaks, layer_peaks_dict
 
     with _open(args) as store:
         source = store.source(args.source)
@@ -803,7 +803,7 @@ def add_layers_parser(sub) -> None:
 
 
 def _run_config(args: argparse.Namespace):
-    from pipeline import config as cfg
+    from gloss.pipeline import config as cfg
 
     config = cfg.load(args.config)
     if args.database:
@@ -824,8 +824,8 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run import nightly, plan
-    from store import open_store
+    from gloss.pipeline.run import nightly, plan
+    from gloss.store import open_store
 
     config = _run_config(args)
     if config.run.log_file:
@@ -852,8 +852,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.config import template
-    from store import ConfigError
+    from gloss.pipeline.config import template
+    from gloss.store import ConfigError
 
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -864,7 +864,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from pipeline.prompts import printable
+    from gloss.pipeline.prompts import printable
 
     with _open(args) as store:
         runs = store.runs(args.limit)
@@ -911,7 +911,7 @@ def add_run_commands(sub) -> None:
 
 def _configured_database(path: str | None) -> str | None:
     """The database a settings file names, so every command opens the one `gloss run` fills."""
-    from pipeline import config as cfg
+    from gloss.pipeline import config as cfg
 
     if path is None and not cfg.DEFAULT_PATH.exists():
         return None

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import (  # noqa: F401 - the settings, importable from here too
+from gloss.pipeline.settings import (  # noqa: F401 - the settings, importable from here too
     MAX_SELECTED,
     CorpusConfig,
     ExplainerConfig,
@@ -33,7 +33,7 @@ from pipeline.settings import (  # noqa: F401 - the settings, importable from he
     feature_ranges,
     parse_features,
 )
-from store.errors import ConfigError, InputError
+from gloss.store.errors import ConfigError, InputError
 
 DEFAULT_PATH = Path("gloss.toml")
 
@@ -143,4 +143,4 @@ def _accepts_str(hint: Any) -> bool:
 
 def template() -> str:
     """The commented gloss.toml that `gloss init` writes."""
-    return resources.files("pipeline").joinpath("gloss.toml").read_text(encoding="utf-8")
+    return resources.files("gloss.pipeline").joinpath("gloss.toml").read_text(encoding="utf-8")

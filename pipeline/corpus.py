@@ -29,8 +29,8 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.settings import DEFAULT_CORPUS, CorpusConfig
-from store.errors import ConfigError, InputError
+from gloss.pipeline.settings import DEFAULT_CORPUS, CorpusConfig
+from gloss.store.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

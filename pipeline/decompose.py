@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from store import InputError, ModelError, NotFoundError, SourceInfo, Store
+from gloss.store import InputError, ModelError, NotFoundError, SourceInfo, Store
 
 # A feature tells contexts apart when in some context it is at most this share of its
 # activation in the context where it is strongest (0 when absent).
@@ -119,13 +119,13 @@ def clear_cache(*, subjects: bool = True) -> None:
 
 def read_source(spec: str, hook_width: int):
     """The source's files as a `Source` (one place to read them, so tests can stand in)."""
-    from pipeline.sources import load_source
+    from gloss.pipeline.sources import load_source
 
     return load_source(spec, hook_width)
 
 
 def _subject_for(store: Store, info: SourceInfo) -> _Loaded:
-    from pipeline.subjects import BUILTIN, load_subject
+    from gloss.pipeline.subjects import BUILTIN, load_subject
 
     row = store.subject_of(info.id)
     name = row["name"] if row["name"] in BUILTIN else row["path"]
@@ -461,7 +461,7 @@ def _compared(info: SourceInfo, matrix: torch.Tensor, index: int, meta) -> Compa
 def text_lines(result: Decomposition) -> list[str]:
     """The terminal layout: per context and point `activation  rel%  ref  label (score)`,
     then what the contexts share and what tells them apart. Data goes through `printable`."""
-    from pipeline.prompts import printable
+    from gloss.pipeline.prompts import printable
 
     lines = [
         f"{printable(result.word)!r} · source {printable(result.source)} · "
@@ -502,7 +502,7 @@ def text_lines(result: Decomposition) -> list[str]:
 
 
 def _contrast_lines(result: Decomposition, which: str) -> list[str]:
-    from pipeline.prompts import printable
+    from gloss.pipeline.prompts import printable
 
     lines = []
     for contrast in result.contrasts:
@@ -523,7 +523,7 @@ def _pct(value: float | None) -> str:
 
 
 def _label(label: str | None, score: float | None, feature_id: int | None) -> str:
-    from pipeline.prompts import printable
+    from gloss.pipeline.prompts import printable
 
     if feature_id is None:
         return "(not mined)"

@@ -32,8 +32,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.liveness import LEASE_S, heartbeat, sweep
-from pipeline.llm import (
+from gloss.pipeline.liveness import LEASE_S, heartbeat, sweep
+from gloss.pipeline.llm import (
     Budget,
     BudgetExhausted,
     CallStats,
@@ -43,11 +43,11 @@ from pipeline.llm import (
     answer_text,
     make_clients,
 )
-from pipeline.prompts import Prompt, neutralize, printable, spell
-from pipeline.scoring import simulation_score
-from pipeline.settings import ExplainerConfig, SimulatorConfig
-from pipeline.simulator import simulate
-from store import (
+from gloss.pipeline.prompts import Prompt, neutralize, printable, spell
+from gloss.pipeline.scoring import simulation_score
+from gloss.pipeline.settings import ExplainerConfig, SimulatorConfig
+from gloss.pipeline.simulator import simulate
+from gloss.store import (
     CANDIDATE,
     PROPOSED,
     REPLACE_ALL,
@@ -771,7 +771,7 @@ def explain_features(
     store: Store, feature_ids: Sequence[int], llm: LLMConfig | None = None, **kwargs: Any
 ) -> Summary:
     """Sync entry point; starts the bundled local LLM server for the run if the config names it."""
-    from pipeline.local_llm import endpoints
+    from gloss.pipeline.local_llm import endpoints
 
     with endpoints(llm or LLMConfig()) as resolved:
         return asyncio.run(aexplain_features(store, feature_ids, resolved, **kwargs))
@@ -780,7 +780,7 @@ def explain_features(
 def score_features(
     store: Store, feature_ids: Sequence[int], llm: LLMConfig | None = None, **kwargs: Any
 ) -> Summary:
-    from pipeline.local_llm import endpoints
+    from gloss.pipeline.local_llm import endpoints
 
     with endpoints(llm or LLMConfig()) as resolved:
         return asyncio.run(ascore_features(store, feature_ids, resolved, **kwargs))

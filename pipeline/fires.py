@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from store import GlossError, InputError, ModelError, NotFoundError, SourceInfo, Store
+from gloss.store import GlossError, InputError, ModelError, NotFoundError, SourceInfo, Store
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class TokenFires:
 def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -> list[TokenFires]:
     """Per token of `text`, the `top` labeled features of `source` that fire most (relative)."""
     try:
-        from pipeline.mining import text_activations
-        from pipeline.subjects import BUILTIN, load_subject
+        from gloss.pipeline.mining import text_activations
+        from gloss.pipeline.subjects import BUILTIN, load_subject
     except ImportError:
         raise GlossError(
             "gloss fires is not available in this build: it needs pipeline.subjects "
@@ -108,7 +108,7 @@ def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -
 
 def _load(info: SourceInfo, hook_width: int):
     try:
-        from pipeline.sources import load_source
+        from gloss.pipeline.sources import load_source
     except ImportError:
         raise GlossError("gloss fires needs pipeline.sources, which this build lacks") from None
 

@@ -48,14 +48,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.corpus import Corpus, Window
-from pipeline.liveness import heartbeat, sweep
-from pipeline.mining import iter_batches
-from pipeline.settings import LearnConfig
-from pipeline.sources import Source, load_source
-from pipeline.subjects import Subject, cache_dir, hook_spec
-from store import Store
-from store.errors import InputError
+from gloss.pipeline.corpus import Corpus, Window
+from gloss.pipeline.liveness import heartbeat, sweep
+from gloss.pipeline.mining import iter_batches
+from gloss.pipeline.settings import LearnConfig
+from gloss.pipeline.sources import Source, load_source
+from gloss.pipeline.subjects import Subject, cache_dir, hook_spec
+from gloss.store import Store
+from gloss.store.errors import InputError
 
 log = logging.getLogger(__name__)
 

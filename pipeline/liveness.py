@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from store import Store
-from store.models import utcnow
+from gloss.store import Store
+from gloss.store.models import utcnow
 
 log = logging.getLogger(__name__)
 

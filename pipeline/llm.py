@@ -36,8 +36,8 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from pipeline.settings import LOCAL, EndpointConfig, LLMConfig
-from store import ConfigError, GlossError, LLMError, Store, StoreWorker
+from gloss.pipeline.settings import LOCAL, EndpointConfig, LLMConfig
+from gloss.store import ConfigError, GlossError, LLMError, Store, StoreWorker
 
 log = logging.getLogger(__name__)
 

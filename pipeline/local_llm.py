@@ -25,9 +25,9 @@ from pathlib import Path
 
 import openai
 
-from pipeline.llm import LOCAL, EndpointConfig, LLMConfig
-from pipeline.settings import LocalServerConfig
-from store import ConfigError, LLMError
+from gloss.pipeline.llm import LOCAL, EndpointConfig, LLMConfig
+from gloss.pipeline.settings import LocalServerConfig
+from gloss.store import ConfigError, LLMError
 
 log = logging.getLogger(__name__)
 

@@ -47,13 +47,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.corpus import Corpus, CorpusConfig, Window
-from pipeline.liveness import heartbeat, sweep
-from pipeline.settings import MiningConfig
-from pipeline.sources import Source
-from pipeline.subjects import Subject, cache_dir
-from store import ExampleIn, MinedFeature, Store, WindowIn
-from store.errors import InputError
+from gloss.pipeline.corpus import Corpus, CorpusConfig, Window
+from gloss.pipeline.liveness import heartbeat, sweep
+from gloss.pipeline.settings import MiningConfig
+from gloss.pipeline.sources import Source
+from gloss.pipeline.subjects import Subject, cache_dir
+from gloss.store import ExampleIn, MinedFeature, Store, WindowIn
+from gloss.store.errors import InputError
 
 log = logging.getLogger(__name__)
 

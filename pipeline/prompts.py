@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-from store import ConfigError, PromptRef
+from gloss.store import ConfigError, PromptRef
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = Path(str(resources.files("gloss.prompts")))
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 

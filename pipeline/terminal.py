@@ -13,9 +13,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pipeline.prompts import printable, spell
-from store import ExampleOut, ExplanationInfo, FeatureCard, FeatureRow, SourceInfo
-from store.api import LayerPeaks
+from gloss.pipeline.prompts import printable, spell
+from gloss.store import ExampleOut, ExplanationInfo, FeatureCard, FeatureRow, SourceInfo
+from gloss.store.api import LayerPeaks
 
 KIND_ORDER = {"top": 0, "quantile": 1, "random": 2}
 BAR = "█"

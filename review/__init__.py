@@ -1,5 +1,5 @@
 """The review web app (`gloss serve`): browse, search and correct feature labels. See app.py."""
 
-from review.app import create_app, load_tokens
+from gloss.review.app import create_app, load_tokens
 
 __all__ = ["create_app", "load_tokens"]

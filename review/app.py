@@ -51,7 +51,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from store import (
+from gloss.store import (
     ConfigError,
     ConflictError,
     GlossError,
@@ -107,7 +107,7 @@ def load_tokens(path: str | Path) -> dict[str, str]:
 
 
 def default_rescorer(store: Store, explanation_id: int) -> float | None:
-    from pipeline.rescore import rescore
+    from gloss.pipeline.rescore import rescore
 
     return rescore(store, explanation_id)
 
@@ -553,7 +553,7 @@ class _App:
         The word buttons submit the form (GET) with the character where the word starts,
         `at` in the first text or `at2` in the second; `word` names one directly.
         """
-        from pipeline.decompose import PAGE_CHARS, decompose, split_words, word_at
+        from gloss.pipeline.decompose import PAGE_CHARS, decompose, split_words, word_at
 
         p = request.query_params
         texts = [p.get("text", "").strip(), p.get("text2", "").strip()]
@@ -607,7 +607,7 @@ class _App:
 
 
 def _card_context(card, queue: int | None) -> dict[str, Any]:
-    from pipeline.terminal import group_examples
+    from gloss.pipeline.terminal import group_examples
 
     scale = card.feature.max_act or max(
         (max(ex.acts, default=0.0) for ex in card.examples), default=0.0
@@ -631,7 +631,7 @@ def _card_context(card, queue: int | None) -> dict[str, Any]:
 
 def _shaded(ex, scale: float) -> dict[str, Any]:
     """Tokens with an opacity in 0..1 for their activation relative to the feature's max."""
-    from pipeline.prompts import spell
+    from gloss.pipeline.prompts import spell
 
     tokens = [
         {

@@ -2,7 +2,7 @@
 
 Querying and reviewing from Python (the same calls the CLI and web app make):
 
-    from store import open_store
+    from gloss.store import open_store
     store = open_store()                       # $GLOSS_DATABASE_URL or sqlite:///gloss.db
     rows = store.search("unit conversion", min_score=0.3, limit=20)   # list[FeatureRow]
     more = store.search("unit conversion", min_score=0.3, after=rows[-1].cursor)  # keyset
@@ -25,7 +25,7 @@ AuthorKind, ReplacePolicy); each member equals its word, so plain strings work t
 Async code calls the store through `StoreWorker` (one writer thread, a reader pool).
 """
 
-from store.api import (
+from gloss.store.api import (
     CANDIDATE,
     EXPORT_FIELDS,
     PROPOSED,
@@ -52,7 +52,7 @@ from store.api import (
     encode_acts,
     open_store,
 )
-from store.errors import (
+from gloss.store.errors import (
     ConfigError,
     ConflictError,
     DatabaseError,
@@ -65,14 +65,14 @@ from store.errors import (
     SchemaAheadError,
     SchemaBehindError,
 )
-from store.statuses import (
+from gloss.store.statuses import (
     AuthorKind,
     ExplanationStatus,
     FeatureStatus,
     ReplacePolicy,
     RunStatus,
 )
-from store.worker import StoreWorker
+from gloss.store.worker import StoreWorker
 
 __all__ = [
     "CANDIDATE",

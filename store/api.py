@@ -21,16 +21,16 @@ re-exported here, so `from store.api import ...` keeps working.
 
 from __future__ import annotations
 
-from store import db
-from store.labels import Labels
-from store.mined import Mined
-from store.models import CANDIDATE, PROPOSED, REPLACE_ALL, REPLACE_MACHINE, REPLACE_NONE
-from store.pending import Pending
-from store.registry import Registry
-from store.runs import Runs
-from store.search import Search
-from store.statuses import CURRENT_STATUSES
-from store.types import (
+from gloss.store import db
+from gloss.store.labels import Labels
+from gloss.store.mined import Mined
+from gloss.store.models import CANDIDATE, PROPOSED, REPLACE_ALL, REPLACE_MACHINE, REPLACE_NONE
+from gloss.store.pending import Pending
+from gloss.store.registry import Registry
+from gloss.store.runs import Runs
+from gloss.store.search import Search
+from gloss.store.statuses import CURRENT_STATUSES
+from gloss.store.types import (
     EXPORT_FIELDS,
     ExampleIn,
     ExampleOut,

@@ -19,8 +19,8 @@ from sqlalchemy import Engine, bindparam, false, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.errors import InputError, NotFoundError
-from store.models import Feature
+from gloss.store.errors import InputError, NotFoundError
+from gloss.store.models import Feature
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integer columns (PostgreSQL); SQLite takes more, none need it
 MAX_INDEX = 2**31 - 1  # feature indices are 32-bit

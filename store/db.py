@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
@@ -20,11 +21,11 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from store.errors import DatabaseError, SchemaAheadError, SchemaBehindError
+from gloss.store.errors import DatabaseError, SchemaAheadError, SchemaBehindError
 
 DEFAULT_URL = "sqlite:///gloss.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(str(resources.files("gloss.migrations")))
 SCHEMA_LOCK_KEY = 0x676C6F7373  # "gloss": the advisory lock that serialises migrations
 
 

@@ -21,16 +21,16 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store.base import StoreBase, check_id, clean_text
-from store.errors import ConflictError, InputError, NotFoundError
-from store.models import Explanation, Feature, Review, Score
-from store.statuses import (
+from gloss.store.base import StoreBase, check_id, clean_text
+from gloss.store.errors import ConflictError, InputError, NotFoundError
+from gloss.store.models import Explanation, Feature, Review, Score
+from gloss.store.statuses import (
     CURRENT_STATUSES,
     AuthorKind,
     ExplanationStatus,
     ReplacePolicy,
 )
-from store.types import ExplanationInfo, PromptRef, ReviewInfo, ScoreInfo
+from gloss.store.types import ExplanationInfo, PromptRef, ReviewInfo, ScoreInfo
 
 REVIEW_ACTIONS = ("accept", "reject", "edit", "note")
 

@@ -19,10 +19,10 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from store.base import StoreBase, index_in
-from store.models import Example, Feature, Window
-from store.statuses import MINED_STATUSES, FeatureStatus
-from store.types import ExampleOut, MinedFeature, WindowIn, decode_acts
+from gloss.store.base import StoreBase, index_in
+from gloss.store.models import Example, Feature, Window
+from gloss.store.statuses import MINED_STATUSES, FeatureStatus
+from gloss.store.types import ExampleOut, MinedFeature, WindowIn, decode_acts
 
 
 class Mined(StoreBase):

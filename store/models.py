@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from store.statuses import (
+from gloss.store.statuses import (
     CURRENT_SQL,
     AuthorKind,
     ExplanationStatus,
@@ -38,7 +38,7 @@ from store.statuses import (
     ReplacePolicy,
     RunStatus,
 )
-from store.statuses import CURRENT_STATUSES as CURRENT_STATUSES  # re-exported
+from gloss.store.statuses import CURRENT_STATUSES as CURRENT_STATUSES  # re-exported
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, false, or_, select, update
 
-from store.base import StoreBase, index_in
-from store.models import Explanation, Feature, Score
-from store.statuses import CURRENT_STATUSES, AuthorKind, ExplanationStatus, FeatureStatus
-from store.types import PromptRef
+from gloss.store.base import StoreBase, index_in
+from gloss.store.models import Explanation, Feature, Score
+from gloss.store.statuses import CURRENT_STATUSES, AuthorKind, ExplanationStatus, FeatureStatus
+from gloss.store.types import PromptRef
 
 
 class Pending(StoreBase):

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.base import MAX_ID, MAX_INDEX, StoreBase, check_id, index_in, whole_number
-from store.errors import InputError, NotFoundError
-from store.models import Feature, FeatureSource, Subject, utcnow
-from store.types import FeatureInfo, SourceInfo, points_in_order
+from gloss.store.base import MAX_ID, MAX_INDEX, StoreBase, check_id, index_in, whole_number
+from gloss.store.errors import InputError, NotFoundError
+from gloss.store.models import Feature, FeatureSource, Subject, utcnow
+from gloss.store.types import FeatureInfo, SourceInfo, points_in_order
 
 
 class Registry(StoreBase):

@@ -19,11 +19,11 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from store.base import StoreBase, check_id
-from store.errors import InputError, LockedError, NotFoundError
-from store.models import Claim, LLMCall, Lock, Run, utcnow
-from store.statuses import RunStatus
-from store.types import LockInfo, RunInfo
+from gloss.store.base import StoreBase, check_id
+from gloss.store.errors import InputError, LockedError, NotFoundError
+from gloss.store.models import Claim, LLMCall, Lock, Run, utcnow
+from gloss.store.statuses import RunStatus
+from gloss.store.types import LockInfo, RunInfo
 
 
 class Runs(StoreBase):

@@ -26,18 +26,18 @@ from typing import Any, NoReturn
 from sqlalchemy import Float, Integer, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from store.base import MAX_ID, StoreBase
-from store.errors import InputError, NotFoundError
-from store.models import Explanation, Feature, FeatureSource, Review, Score, Subject
-from store.registry import find_source
-from store.statuses import (
+from gloss.store.base import MAX_ID, StoreBase
+from gloss.store.errors import InputError, NotFoundError
+from gloss.store.models import Explanation, Feature, FeatureSource, Review, Score, Subject
+from gloss.store.registry import find_source
+from gloss.store.statuses import (
     CURRENT_SQL,
     CURRENT_STATUSES,
     MINED_STATUSES,
     ExplanationStatus,
     FeatureStatus,
 )
-from store.types import FeatureRow, LayerPeaks, SourceInfo, points_in_order
+from gloss.store.types import FeatureRow, LayerPeaks, SourceInfo, points_in_order
 
 SEARCH_ORDERS = ("rank", "score", "-score", "id")
 MAX_OFFSET = 2**31  # deeper than any list anyone pages through; keeps LIMIT arithmetic in range

@@ -16,7 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from store.api import Store
+    from gloss.store.api import Store
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from store import Store, open_store
+from gloss.store import Store, open_store
 
 PG_ENV = "GLOSS_TEST_POSTGRES_URL"
 
@@ -110,7 +110,7 @@ def sqlite_store(sqlite_url) -> Iterator[Store]:
 @pytest.fixture(scope="session")
 def minilm():
     """The bundled all-MiniLM-L6-v2 encoder, loaded once per test session."""
-    from pipeline.subjects import load_subject
+    from gloss.pipeline.subjects import load_subject
 
     return load_subject("minilm")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from store import ExampleIn, MinedFeature, Store, WindowIn, encode_acts
+from gloss.store import ExampleIn, MinedFeature, Store, WindowIn, encode_acts
 
 VOCAB = (
     " the a of and to in is was for on with as by at from it that this which but or "

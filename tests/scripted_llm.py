@@ -92,7 +92,7 @@ class ScriptedLLM:
 
     def config(self, api: str = "completions", **endpoint: Any):
         """Explainer and simulator both on this server, with fast retries."""
-        from pipeline.llm import EndpointConfig, LLMConfig
+        from gloss.pipeline.llm import EndpointConfig, LLMConfig
 
         settings = {"backoff_s": 0.01, "max_backoff_s": 0.05, **endpoint}
         role = EndpointConfig(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import insert
 
-from store import ExampleIn, MinedFeature, PromptRef, Store, WindowIn, encode_acts
+from gloss.store import ExampleIn, MinedFeature, PromptRef, Store, WindowIn, encode_acts
 
 SOURCE = "toy/layer.0.mlp/neurons"
 XSS = "<script>alert('tok')</script>"
@@ -119,7 +119,7 @@ def seed_features(store: Store) -> Seeded:
 
 def bulk_features(store: Store, n: int, *, labeled_fraction: float = 0.9) -> int:
     """n features of one source with labels and scores, bulk-inserted; returns the source id."""
-    from store.models import Explanation, Feature
+    from gloss.store.models import Explanation, Feature
 
     subject_id = store.get_or_create_subject("bulk", "/models/bulk", "rev1", "gpt2")
     source_id = store.get_or_create_source(subject_id, "h.0.mlp", "neurons", n, "1" * 64)

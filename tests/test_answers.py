@@ -15,11 +15,15 @@ import re
 import pytest
 from sqlalchemy import select
 
-from pipeline.explainer import explain_features, parse_label
-from pipeline.llm import EndpointConfig, LLMClient, UnusableAnswer, answer_text
-from pipeline.scoring import pearson, simulation_score
-from pipeline.simulator import SimulatorConfig, expected_values_from_echo, integers_from_answer
-from store.models import LLMCall, Score
+from gloss.pipeline.explainer import explain_features, parse_label
+from gloss.pipeline.llm import EndpointConfig, LLMClient, UnusableAnswer, answer_text
+from gloss.pipeline.scoring import pearson, simulation_score
+from gloss.pipeline.simulator import (
+    SimulatorConfig,
+    expected_values_from_echo,
+    integers_from_answer,
+)
+from gloss.store.models import LLMCall, Score
 from tests.mined import token_features
 from tests.scripted_llm import Fault, ScriptedLLM
 

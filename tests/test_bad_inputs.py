@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import config as cfg
-from pipeline.cli import main
-from pipeline.corpus import CorpusConfig
-from pipeline.llm import EndpointConfig
-from pipeline.sources import load_source
-from pipeline.subjects import load_subject, parse_device, resolve_device
-from store import open_store
-from store.errors import ConfigError, InputError
+from gloss.pipeline import config as cfg
+from gloss.pipeline.cli import main
+from gloss.pipeline.corpus import CorpusConfig
+from gloss.pipeline.llm import EndpointConfig
+from gloss.pipeline.sources import load_source
+from gloss.pipeline.subjects import load_subject, parse_device, resolve_device
+from gloss.store import open_store
+from gloss.store.errors import ConfigError, InputError
 from tests.test_sources import D_IN, D_SAE, _weights, write_sae
 
 
@@ -305,7 +305,7 @@ def test_empty_and_negative_selectors_are_refused(tmp_path, spec, problem):
 
 
 def test_selectors_are_clipped_to_the_width_before_they_are_built(monkeypatch):
-    monkeypatch.setattr("pipeline.settings.MAX_SELECTED", 1_000)
+    monkeypatch.setattr("gloss.pipeline.settings.MAX_SELECTED", 1_000)
     assert cfg.parse_features("0:3000000000", width=24) == list(range(24))
     assert cfg.parse_features("20:3000000000,2", width=24) == [2, 20, 21, 22, 23]
     assert cfg.parse_features("30,99999999999999999999", width=24) == []
@@ -320,7 +320,7 @@ def test_selectors_are_clipped_to_the_width_before_they_are_built(monkeypatch):
 
 def test_cli_selectors_use_the_sources_width(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("pipeline.settings.MAX_SELECTED", 1_000)
+    monkeypatch.setattr("gloss.pipeline.settings.MAX_SELECTED", 1_000)
     db = f"sqlite:///{tmp_path / 'g.db'}"
     with open_store(db) as store:
         subject = store.get_or_create_subject("tiny", "tiny", "r1", "Tiny")

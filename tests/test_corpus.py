@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from pipeline.corpus import Corpus, CorpusConfig, default_corpus_files, iter_windows
-from store.errors import ConfigError, InputError
+from gloss.pipeline.corpus import Corpus, CorpusConfig, default_corpus_files, iter_windows
+from gloss.store.errors import ConfigError, InputError
 
 VOCAB: dict[str, int] = {}
 

@@ -11,8 +11,8 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
-from pipeline.cli import main
-from store import (
+from gloss.pipeline.cli import main
+from gloss.store import (
     DatabaseError,
     MinedFeature,
     PromptRef,
@@ -200,7 +200,7 @@ def test_bad_urls_give_one_line_errors(url, words):
 )
 def test_cli_prints_one_line_and_no_traceback(url, words, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--database", url, "db", "current"],
+        [sys.executable, "-m", "gloss.pipeline.cli", "--database", url, "db", "current"],
         capture_output=True,
         text=True,
         cwd=ROOT,

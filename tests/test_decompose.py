@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline import decompose as dec
-from pipeline.cli import main
-from pipeline.sources import Source, load_source
-from store import InputError, MinedFeature, ModelError, NotFoundError, open_store
+from gloss.pipeline import decompose as dec
+from gloss.pipeline.cli import main
+from gloss.pipeline.sources import Source, load_source
+from gloss.store import InputError, MinedFeature, ModelError, NotFoundError, open_store
 
 SPEC = "layer.0-5.resid"
 WIDTH, K, D_IN = 512, 16, 384

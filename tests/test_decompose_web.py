@@ -15,10 +15,10 @@ import pytest
 from markupsafe import escape
 from starlette.testclient import TestClient
 
-from pipeline import decompose as dec
-from pipeline.sources import load_source
-from review.app import create_app
-from store import InputError, open_store
+from gloss.pipeline import decompose as dec
+from gloss.pipeline.sources import load_source
+from gloss.review.app import create_app
+from gloss.store import InputError, open_store
 from tests.test_decompose import (
     D_IN,
     LABELS,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("pipeline.sources", reason="subjects/sources (branch mining) not merged yet")
-
-from pipeline.cli import main  # noqa: E402
-from pipeline.fires import fires  # noqa: E402
-from store import MinedFeature, ModelError, open_store  # noqa: E402
+from gloss.pipeline.cli import main  # noqa: E402
+from gloss.pipeline.fires import fires  # noqa: E402
+from gloss.store import MinedFeature, ModelError, open_store  # noqa: E402
 
 HOOK = "layer.1.mlp"
 TEXT = "She ate an apple in Paris."
@@ -16,13 +14,13 @@ TEXT = "She ate an apple in Paris."
 
 @pytest.fixture(scope="module")
 def minilm():
-    from pipeline.subjects import load_subject
+    from gloss.pipeline.subjects import load_subject
 
     return load_subject("minilm")
 
 
 def register(store, subject, labeled: dict[int, str], *, revision: str | None = None):
-    from pipeline.sources import load_source
+    from gloss.pipeline.sources import load_source
 
     identity = subject.identity()
     if revision:

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from pipeline.cli import main
-from pipeline.explainer import ExplainerConfig, explain_features, score_features
-from store import (
+from gloss.pipeline.cli import main
+from gloss.pipeline.explainer import ExplainerConfig, explain_features, score_features
+from gloss.store import (
     REPLACE_MACHINE,
     ConflictError,
     InputError,
@@ -26,7 +26,7 @@ from store import (
     PromptRef,
     open_store,
 )
-from store.models import Explanation, LLMCall, Review, Run, Score
+from gloss.store.models import Explanation, LLMCall, Review, Run, Score
 from tests.mined import token_features
 from tests.scripted_llm import Fault
 
@@ -256,7 +256,7 @@ def test_a_stage_that_crashes_is_recorded_failed(sqlite_store, server, monkeypat
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the simulator client could not be built")
 
-    monkeypatch.setattr("pipeline.explainer.make_clients", broken)
+    monkeypatch.setattr("gloss.pipeline.explainer.make_clients", broken)
     with pytest.raises(RuntimeError):
         explain_features(sqlite_store, ids, server.config())
     (run,) = sqlite_store.runs()

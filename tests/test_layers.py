@@ -8,7 +8,6 @@ weights over MiniLM's residual stream after blocks 0-2, each point's scale folde
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -20,14 +19,14 @@ from sqlalchemy import create_engine
 from sqlalchemy import inspect as inspect_db
 from starlette.testclient import TestClient
 
-import pipeline.sources
-from pipeline.cli import main
-from pipeline.corpus import Corpus, CorpusConfig
-from pipeline.fires import fires
-from pipeline.mining import LAYER_TOP, LayerMap, MiningConfig, mine
-from pipeline.sources import Encoder, Source, load_source
-from review.app import create_app
-from store import InputError, MinedFeature, NotFoundError, db, open_store
+from gloss.pipeline import sources as source_module
+from gloss.pipeline.cli import main
+from gloss.pipeline.corpus import Corpus, CorpusConfig
+from gloss.pipeline.fires import fires
+from gloss.pipeline.mining import LAYER_TOP, LayerMap, MiningConfig, mine
+from gloss.pipeline.sources import Encoder, Source, load_source
+from gloss.review.app import create_app
+from gloss.store import InputError, MinedFeature, NotFoundError, db, open_store
 
 POINTS = ["layer.0.resid", "layer.1.resid", "layer.2.resid"]
 SPEC = "layer.0-2.resid"
@@ -253,8 +252,6 @@ def test_specs_a_source_cannot_mine_are_one_line_errors(minilm, corpus_dir, sqli
 def test_a_gloss_dictionary_folder_loads_and_mines_as_one_source(
     minilm, corpus_dir, tmp_path, capsys
 ):
-    if "gloss_dictionary.json" not in inspect.getsource(pipeline.sources):
-        pytest.skip("the shared-dictionary loader (pipeline/sources.py) is not there yet")
     folder = tmp_path / "dictionary"
     built = shared_dictionary(folder)
     loaded = load_source(f"sae:{folder}", minilm.hook_width(SPEC))
@@ -416,7 +413,7 @@ def test_fires_reads_a_shared_dictionary_at_every_point(minilm, sqlite_store, mo
     ids = {f.index: f.id for f in sqlite_store.features(source_id)}
     for i in labeled:
         sqlite_store.add_explanation(ids[i], f"latent {i}", author_kind="human", author_name="t")
-    monkeypatch.setattr(pipeline.sources, "load_source", lambda spec, width: source)
+    monkeypatch.setattr(source_module, "load_source", lambda spec, width: source)
     text = TEXTS[2]
     result = fires(sqlite_store, text, top=3)
     acts = minilm.activations(torch.tensor([minilm.encode(text)]), None, POINTS)

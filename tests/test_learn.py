@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.cli import main
-from pipeline.corpus import Corpus, CorpusConfig
-from pipeline.learn import (
+from gloss.pipeline.cli import main
+from gloss.pipeline.corpus import Corpus, CorpusConfig
+from gloss.pipeline.learn import (
     LearnConfig,
     TopKSAE,
     Trained,
@@ -33,9 +33,9 @@ from pipeline.learn import (
     save_dictionary,
     train,
 )
-from pipeline.sources import load_source
-from pipeline.subjects import hook_spec
-from store import open_store
+from gloss.pipeline.sources import load_source
+from gloss.pipeline.subjects import hook_spec
+from gloss.store import open_store
 from tests.test_mining import SENTENCES
 
 SPEC = "layer.0-1.resid"
@@ -308,7 +308,7 @@ def test_a_killed_gloss_learn_resumes_from_its_checkpoint(
     config = write_config(tmp_path, corpus_dir, train_tokens=6000)
     env = {**os.environ, "GLOSS_CACHE": str(cache)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "--db", db, "learn", "--config", str(config),
+        [sys.executable, "-m", "gloss.pipeline.cli", "--db", db, "learn", "--config", str(config),
          "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent,
     )  # fmt: skip
@@ -351,7 +351,7 @@ def tiny_gpt2(minilm, tmp_path_factory):
     """A small random GPT-2 with MiniLM's tokenizer: a real causal LM, built in the test."""
     from transformers import GPT2Config, GPT2Model
 
-    from pipeline.subjects import load_subject
+    from gloss.pipeline.subjects import load_subject
 
     folder = tmp_path_factory.mktemp("gpt2")
     torch.manual_seed(0)

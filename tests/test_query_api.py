@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from store import EXPORT_FIELDS, ConflictError, InputError, NotFoundError
+from gloss.store import EXPORT_FIELDS, ConflictError, InputError, NotFoundError
 from tests.seed import LABEL_XSS, LABELS, SOURCE, XSS, bulk_features, seed_features
 
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
-from store import open_store
+from gloss.pipeline.cli import main
+from gloss.store import open_store
 from tests.seed import LABEL_XSS, LABELS, SOURCE, XSS, seed_features
 
 
@@ -98,7 +98,7 @@ def test_errors_are_one_line(db, capsys):
         (["search", "--order", "x"], 2, "invalid choice"),
     ):
         run = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "--database", url, *args],
+            [sys.executable, "-m", "gloss.pipeline.cli", "--database", url, *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -116,7 +116,7 @@ def test_errors_are_one_line(db, capsys):
 
 
 def test_windows_read_as_text_for_bpe_and_wordpiece_tokens():
-    from pipeline.prompts import spell
+    from gloss.pipeline.prompts import spell
 
     bpe = ["The", " apple", " pie", "."]
     assert "".join(g + t for g, t in spell(bpe)) == "The apple pie."
@@ -128,7 +128,7 @@ def test_windows_read_as_text_for_bpe_and_wordpiece_tokens():
 HEAVY = ("torch", "transformers", "openai", "llama_cpp")
 IMPORTS_AFTER = """
 import sys
-from pipeline.cli import main
+from gloss.pipeline.cli import main
 code = main(sys.argv[1:])
 heavy = [m for m in {heavy!r} if m in sys.modules]
 print("HEAVY", code, ",".join(heavy))
@@ -183,7 +183,7 @@ def test_a_read_only_command_on_a_missing_database_says_so_and_creates_nothing(
 
 @pytest.mark.empty_database
 def test_a_read_only_command_on_an_empty_database_creates_no_schema(postgres_url, capsys):
-    from store.db import current_revision
+    from gloss.store.db import current_revision
 
     code = main(["--database", postgres_url, "search"])
     assert code == 3 and "holds no gloss database yet" in capsys.readouterr().err

@@ -5,19 +5,16 @@ from __future__ import annotations
 import time
 
 import pytest
-
-pytest.importorskip("pipeline.explainer", reason="the simulator (branch llm) is not merged yet")
-
 from starlette.testclient import TestClient  # noqa: E402
 
-from pipeline.rescore import rescore  # noqa: E402
-from review.app import create_app  # noqa: E402
-from store import InputError  # noqa: E402
+from gloss.pipeline.rescore import rescore  # noqa: E402
+from gloss.review.app import create_app  # noqa: E402
+from gloss.store import InputError  # noqa: E402
 
 
 @pytest.fixture
 def llm():
-    from pipeline.llm import EndpointConfig, LLMConfig
+    from gloss.pipeline.llm import EndpointConfig, LLMConfig
     from tests.scripted_llm import ScriptedLLM
 
     with ScriptedLLM() as server:

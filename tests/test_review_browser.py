@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from store import open_store
+from gloss.store import open_store
 from tests.seed import LABEL_XSS, SOURCE, XSS, seed_features
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,7 +33,16 @@ def serve(url: str, *options: str):
     """Start `gloss serve` on a free loopback port; returns (process, base URL) once it answers."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "--database", url, "serve", "--port", str(port)]
+        [
+            sys.executable,
+            "-m",
+            "gloss.pipeline.cli",
+            "--database",
+            url,
+            "serve",
+            "--port",
+            str(port),
+        ]
         + list(options),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -230,7 +239,6 @@ def test_team_mode_login_and_named_review(tmp_path, page):
 
 
 def test_rescore_runs_in_the_background_and_the_page_follows_it(tmp_path, page):
-    pytest.importorskip("pipeline.explainer", reason="the simulator is not merged yet")
     from tests.mined import token_features
     from tests.scripted_llm import ScriptedLLM
 

@@ -11,8 +11,8 @@ import pytest
 from markupsafe import escape
 from starlette.testclient import TestClient
 
-from review.app import SECURITY_HEADERS, create_app, load_tokens, secure_cookies_wanted
-from store import ConfigError, LLMError
+from gloss.review.app import SECURITY_HEADERS, create_app, load_tokens, secure_cookies_wanted
+from gloss.store import ConfigError, LLMError
 from tests.seed import LABEL_XSS, LABELS, SOURCE, XSS, seed_features
 
 ANA = "a" * 20
@@ -400,7 +400,7 @@ def test_secure_cookies_mark_every_cookie_secure(store, seeded):
     ],
 )
 def test_gloss_serve_marks_cookies_secure_behind_a_tls_proxy(argv, secure):
-    from pipeline.cli import build_parser
+    from gloss.pipeline.cli import build_parser
 
     args = build_parser().parse_args(["serve", *argv])
     wanted = secure_cookies_wanted(

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config as cfg
-from pipeline.cli import main
-from pipeline.run import EXIT_INTERRUPTED, EXIT_PARTIAL, LOCK, holder_name
-from store import LockedError, open_store
+from gloss.pipeline import config as cfg
+from gloss.pipeline.cli import main
+from gloss.pipeline.run import EXIT_INTERRUPTED, EXIT_PARTIAL, LOCK, holder_name
+from gloss.store import LockedError, open_store
 from tests.scripted_llm import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +206,14 @@ def test_config_errors_name_the_key(workdir, capsys):
 
 def _start(workdir: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(workdir / "gloss.toml")],
+        [
+            sys.executable,
+            "-m",
+            "gloss.pipeline.cli",
+            "run",
+            "--config",
+            str(workdir / "gloss.toml"),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -375,7 +382,14 @@ def test_after_a_run_whose_explainer_failed_a_plain_explain_labels_the_features(
 
 def _start_stage(workdir: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args, "--config", str(workdir / "gloss.toml")],
+        [
+            sys.executable,
+            "-m",
+            "gloss.pipeline.cli",
+            *args,
+            "--config",
+            str(workdir / "gloss.toml"),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

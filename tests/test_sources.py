@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.sources import load_source
-from store.errors import InputError, ModelError
+from gloss.pipeline.sources import load_source
+from gloss.store.errors import InputError, ModelError
 
 D_IN, D_SAE = 16, 24
 

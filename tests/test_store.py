@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
-from store import (
+from gloss.store import (
     ConflictError,
     ExampleIn,
     InputError,
@@ -21,7 +21,7 @@ from store import (
     decode_acts,
     encode_acts,
 )
-from store.models import Score
+from gloss.store.models import Score
 
 NASTY = [
     '"',
@@ -520,7 +520,7 @@ def test_two_writers_at_once_on_sqlite(sqlite_url):
     """Concurrent writers wait on the busy timeout instead of failing."""
     import threading
 
-    from store import open_store
+    from gloss.store import open_store
 
     stores = [open_store(sqlite_url) for _ in range(4)]
     source, subject = make_source(stores[0])

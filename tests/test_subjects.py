@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.subjects import load_subject
-from store.errors import InputError, ModelError
+from gloss.pipeline.subjects import load_subject
+from gloss.store.errors import InputError, ModelError
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps on."
 

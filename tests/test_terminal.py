@@ -13,11 +13,11 @@ import unicodedata
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.prompts import printable
-from pipeline.terminal import format_card, format_rows
-from store import open_store
-from store.models import Explanation, Feature, Review, Subject, Window
+from gloss.pipeline.cli import main
+from gloss.pipeline.prompts import printable
+from gloss.pipeline.terminal import format_card, format_rows
+from gloss.store import open_store
+from gloss.store.models import Explanation, Feature, Review, Subject, Window
 from tests.seed import SOURCE, WINDOWS, seed_features
 
 PAYLOAD = "\x1b]0;pwned\x07\x1b[2J\x9b31m\x08\r\x7f\x85\u2028\u2029\x00"
