@@ -14,6 +14,21 @@ import sys
 import threading
 
 from gloss.store.errors import GlossError
+from gloss.store.statuses import STATUS_FILTERS
+
+
+class Deprecated(argparse.Action):
+    """An old flag name that still works for one release and says which name replaced it."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(
+            f"gloss: warning: {option_string} is deprecated here: use {self.new}", file=sys.stderr
+        )
+        setattr(namespace, self.dest, values)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -119,8 +134,14 @@ def add_mine_parser(sub) -> None:
     p.add_argument(
         "--config", help="settings file (default ./gloss.toml if present); flags override it"
     )
-    p.add_argument("--model", help="minilm (default), gemma-3-270m, a folder, .gguf or hub id")
-    p.add_argument("--gguf-file", help="GGUF file name inside --model's folder")
+    p.add_argument(
+        "--subject",
+        dest="model",
+        metavar="NAME",
+        help="minilm (default), gemma-3-270m, a folder, .gguf or hub id",
+    )
+    p.add_argument("--model", dest="model", action=Deprecated, new="--subject")
+    p.add_argument("--gguf-file", help="GGUF file name inside --subject's folder")
     p.add_argument(
         "--hook",
         help="layer.N.mlp or layer.N.resid (default layer.3.mlp); a dictionary shared by "
@@ -135,7 +156,10 @@ def add_mine_parser(sub) -> None:
     p.add_argument("--corpus", action="append", help="file, folder or glob (repeatable)")
     p.add_argument("--field", help="text field of JSONL/Parquet records (text)")
     p.add_argument("--ctx-len", type=int, help="tokens per window (64)")
-    p.add_argument("--max-tokens", type=int, help="cap on corpus tokens read")
+    p.add_argument("--corpus-tokens", dest="max_tokens", type=int, help="cap on corpus tokens read")
+    p.add_argument(
+        "--max-tokens", dest="max_tokens", type=int, action=Deprecated, new="--corpus-tokens"
+    )
     p.add_argument("--top-k", type=int, help="top windows to explain from (20)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass (32)")
     p.add_argument("--seed", type=int, help="sampling seed (0)")
@@ -406,7 +430,14 @@ def _add_llm_arguments(p: argparse.ArgumentParser) -> None:
         help="OpenAI-compatible endpoint; default $OPENAI_BASE_URL, else the bundled local "
         "model ('local', started for the run)",
     )
-    p.add_argument("--model", help="model name at the endpoint (default gemma-3-270m)")
+    p.add_argument(
+        "--llm-model",
+        dest="model",
+        metavar="NAME",
+        help="LLM model name at the endpoint, for both roles unless --simulator-model "
+        "(default gemma-3-270m)",
+    )
+    p.add_argument("--model", dest="model", action=Deprecated, new="--llm-model")
     p.add_argument("--api", choices=["completions", "chat"], help="default completions")
     p.add_argument("--simulator-base-url", help="simulator endpoint if not the explainer's")
     p.add_argument("--simulator-model", help="simulator model if not the explainer's")
@@ -663,7 +694,9 @@ def _add_query_commands(sub) -> None:
     p.add_argument("--min-score", type=float)
     p.add_argument("--max-score", type=float)
     p.add_argument("--source", help="feature source name")
-    p.add_argument("--status", help="proposed, accepted, rejected, unlabeled, dead, ...")
+    p.add_argument(
+        "--status", choices=STATUS_FILTERS, metavar="STATUS", help=", ".join(STATUS_FILTERS)
+    )
     p.add_argument("--reviewed", action="store_true", default=None, help="only reviewed features")
     p.add_argument(
         "--unreviewed", dest="reviewed", action="store_false", help="only unreviewed features"
@@ -890,7 +923,16 @@ def add_run_commands(sub) -> None:
         "--limit", type=at_least_one, default=None, help="at most N features per LLM stage"
     )
     p.add_argument("--features", default=None, help="feature selector: 0:100, 7, 1,2,5:9")
-    p.add_argument("--max-tokens", type=int, default=None, help="LLM token budget for this run")
+    p.add_argument(
+        "--max-llm-tokens",
+        dest="max_tokens",
+        type=int,
+        metavar="N",
+        help="LLM token budget for this run",
+    )
+    p.add_argument(
+        "--max-tokens", dest="max_tokens", type=int, action=Deprecated, new="--max-llm-tokens"
+    )
     p.add_argument("--max-cost", type=float, default=None, help="LLM cost budget (needs prices)")
     p.add_argument("--relabel-human", action="store_true", help="relabel human-written/accepted")
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")

@@ -437,14 +437,6 @@ def encode_points(
     return best, at
 
 
-def feature_activations(
-    subject: Subject, source: Source, hook: str, text: str, features: Sequence[int] | None = None
-) -> tuple[list[str], torch.Tensor]:
-    """(tokens, activations [n_tokens, n_features]) of a text: what `gloss fires` shows."""
-    tokens, acts, _, _ = text_activations(subject, source, hook, text, features)
-    return tokens, acts
-
-
 def text_activations(
     subject: Subject, source: Source, hook: str, text: str, features: Sequence[int] | None = None
 ) -> tuple[list[str], torch.Tensor, list[str], torch.Tensor | None]:

@@ -59,6 +59,7 @@ from gloss.store import (
     NotFoundError,
     Store,
 )
+from gloss.store.statuses import CURRENT_STATUSES, UNLABELED, ExplanationStatus, FeatureStatus
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ CSRF_COOKIE = "gloss_csrf"
 SESSION_COOKIE = "gloss_session"
 PAGE_SIZE = 50
 MAX_INT = 2**63 - 1  # no number a form may carry is larger; the store bounds ids tighter
-CURRENT = ("proposed", "accepted")  # the statuses of a feature's current label
-STATUSES = ("proposed", "accepted", "rejected", "unlabeled", "dead")
+STATUSES = (*CURRENT_STATUSES, ExplanationStatus.REJECTED, UNLABELED, FeatureStatus.DEAD)
 ORDERS = {"score": "best score", "-score": "worst score", "id": "feature id", "rank": "relevance"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -510,7 +510,7 @@ class _App:
         explanation = self.store.explanation(explanation_id)
         if explanation.feature_id != feature_id:
             raise InputError("that label belongs to another feature")
-        if explanation.status not in CURRENT:
+        if explanation.status not in CURRENT_STATUSES:
             raise InputError(
                 f"label #{explanation.id} is {explanation.status}; only a feature's current "
                 "label can be re-scored: reload the page"

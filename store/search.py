@@ -34,6 +34,8 @@ from gloss.store.statuses import (
     CURRENT_SQL,
     CURRENT_STATUSES,
     MINED_STATUSES,
+    STATUS_FILTERS,
+    UNLABELED,
     ExplanationStatus,
     FeatureStatus,
 )
@@ -417,7 +419,9 @@ def _filter_rows(stmt: Any, min_score, max_score, source, status, reviewed) -> A
         stmt = stmt.where(Explanation.score <= max_score)
     if source is not None:
         stmt = stmt.where(FeatureSource.name == source)
-    if status == "unlabeled":
+    if status is not None and status not in STATUS_FILTERS:
+        raise InputError(f"unknown status {status!r}: use one of {', '.join(STATUS_FILTERS)}")
+    if status == UNLABELED:
         stmt = stmt.where(Explanation.id.is_(None))
     elif status in tuple(FeatureStatus):
         stmt = stmt.where(Feature.status == status)

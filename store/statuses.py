@@ -76,6 +76,17 @@ class ReplacePolicy(StrEnum):
     ALL = "all"
 
 
+UNLABELED = "unlabeled"
+"""The status filter for features with no current label (a filter word, never stored)."""
+
+STATUS_FILTERS: tuple[str, ...] = (
+    *(s.value for s in ExplanationStatus if s not in (ExplanationStatus.SUPERSEDED,)),
+    UNLABELED,
+    *(s.value for s in FeatureStatus),
+)
+"""Every word `Store.search(status=...)` takes: a label status, unlabeled, a feature status."""
+
+
 def sql_list(values: Iterable[StrEnum]) -> str:
     """`('proposed', 'accepted')`: enum values as an SQL list, for raw SQL and index predicates."""
     return "(" + ", ".join(f"'{value.value}'" for value in values) + ")"

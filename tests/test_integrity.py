@@ -198,7 +198,7 @@ def test_explain_force_keeps_human_and_accepted_labels(sqlite_url, server, capsy
         store.review(ids[0], "accept", "ann")
         human = store.review(ids[1], "edit", "ann", text="ann's words")
         old = store.current_explanation(ids[2]).id
-    args = ["--db", sqlite_url, "explain", "--base-url", server.base_url, "--model", "scripted"]
+    args = ["--db", sqlite_url, "explain", "--base-url", server.base_url, "--llm-model", "scripted"]
     assert main([*args, "--force", "--no-score"]) == 0
     with open_store(sqlite_url) as store:
         assert store.current_explanation(ids[0]).id == accepted
@@ -342,7 +342,7 @@ def test_gloss_explain_baseline_labels_are_current_and_scored(sqlite_url, server
     capsys.readouterr()
     assert main(["--db", sqlite_url, "search", "--status", "unlabeled", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
-    args = ["--db", sqlite_url, "score", "--base-url", server.base_url, "--model", "scripted"]
+    args = ["--db", sqlite_url, "score", "--base-url", server.base_url, "--llm-model", "scripted"]
     assert main([*args, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["scored"] == 3 and summary["skipped"] == 0

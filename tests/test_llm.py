@@ -500,7 +500,14 @@ def test_cli_explain_and_score(sqlite_url, server, capsys):
 
     with open_store(sqlite_url) as store:
         source, ids = token_features(store, WORDS)
-    common = ["--base-url", server.base_url, "--model", "scripted", "--source", "toy/mlp.0/neurons"]
+    common = [
+        "--base-url",
+        server.base_url,
+        "--llm-model",
+        "scripted",
+        "--source",
+        "toy/mlp.0/neurons",
+    ]
     assert main(["--db", sqlite_url, "explain", *common, "--features", "0:2", "--no-score"]) == 0
     out = capsys.readouterr().out
     assert "features 2: explained 2" in out and "LLM calls 2" in out

@@ -19,8 +19,8 @@ from gloss.pipeline.mining import (
     FeatureMiner,
     MiningConfig,
     Reservoir,
-    feature_activations,
     mine,
+    text_activations,
 )
 from gloss.pipeline.sources import load_source
 from gloss.store import open_store
@@ -282,18 +282,21 @@ def test_store_writes_on_both_databases(minilm, corpus_dir, store):
     assert all(len(e.acts) == len(e.tokens) for e in card.examples)
 
 
-def test_feature_activations_for_fires(minilm, tmp_path):
+def test_text_activations_for_fires(minilm, tmp_path):
     source = load_source(str(sae_with_dead_latent(tmp_path / "sae", 1536)), 1536)
-    tokens, acts = feature_activations(minilm, source, HOOK, "Convert 5 miles to kilometers.")
+    tokens, acts, points, _ = text_activations(
+        minilm, source, HOOK, "Convert 5 miles to kilometers."
+    )
+    assert points == [HOOK]
     assert tokens[:2] == ["convert", "5"] and acts.shape == (len(tokens), 6)
     assert (acts[:, 2] == 0).all()
-    _, some = feature_activations(minilm, source, HOOK, "Convert 5 miles.", [4, 0])
+    _, some, _, _ = text_activations(minilm, source, HOOK, "Convert 5 miles.", [4, 0])
     assert some.shape[1] == 2
 
 
 def test_cli_mine_and_bad_inputs(corpus_dir, tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'cli.db'}"
-    args = ["--database", db, "mine", "--model", "minilm", "--hook", HOOK, "--features", "0:3",
+    args = ["--database", db, "mine", "--subject", "minilm", "--hook", HOOK, "--features", "0:3",
             "--corpus", str(corpus_dir), "--ctx-len", "16", "--json"]  # fmt: skip
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -306,7 +309,7 @@ def test_cli_mine_and_bad_inputs(corpus_dir, tmp_path, capsys):
         (["--hook", HOOK, "--features", "0:99999"], "out of range"),
         (["--hook", HOOK, "--corpus", str(tmp_path / "missing")], "matches no file"),
         (["--hook", HOOK, "--source", str(tmp_path)], "unknown feature source"),
-        (["--hook", HOOK, "--model", "not a model!"], "no model"),
+        (["--hook", HOOK, "--subject", "not a model!"], "no model"),
     ]
     for extra, message in cases:
         assert main(["--database", db, "mine", *extra]) != 0

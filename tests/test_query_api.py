@@ -33,6 +33,9 @@ def test_search_ranks_and_filters(store):
     assert [r.index for r in store.search("apple*) ^ (-")] == [0] and store.count() == 6
     with pytest.raises(InputError, match="unknown order"):
         store.search(order="sideways")
+    # a mistyped status is an error, not an empty list that reads as "none of those"
+    with pytest.raises(InputError, match="unknown status 'acepted'.*unlabeled"):
+        store.search(status="acepted")
 
 
 def test_keyset_paging_matches_offset_paging(store):

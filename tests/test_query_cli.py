@@ -188,3 +188,20 @@ def test_a_read_only_command_on_an_empty_database_creates_no_schema(postgres_url
     code = main(["--database", postgres_url, "search"])
     assert code == 3 and "holds no gloss database yet" in capsys.readouterr().err
     assert current_revision(postgres_url) is None
+
+
+def test_renamed_flags_still_work_for_a_release_and_say_their_new_name(sqlite_url, capsys):
+    from gloss.pipeline.cli import build_parser
+
+    parser = build_parser()
+    old = parser.parse_args(["run", "--max-tokens", "7"])
+    assert old.max_tokens == 7
+    assert "--max-tokens is deprecated here: use --max-llm-tokens" in capsys.readouterr().err
+    assert parser.parse_args(["run", "--max-llm-tokens", "7"]).max_tokens == 7
+    assert capsys.readouterr().err == ""
+    mine = parser.parse_args(["mine", "--model", "minilm", "--max-tokens", "50"])
+    assert (mine.model, mine.max_tokens) == ("minilm", 50)
+    err = capsys.readouterr().err
+    assert "use --subject" in err and "use --corpus-tokens" in err
+    assert parser.parse_args(["explain", "--model", "m"]).model == "m"
+    assert "use --llm-model" in capsys.readouterr().err

@@ -148,7 +148,7 @@ def test_a_human_label_survives_a_run(workdir, llm):
 
 
 def test_budget_stops_cleanly_and_the_next_run_finishes(workdir, llm, capsys):
-    assert gloss(workdir, "--max-tokens", "1") == EXIT_PARTIAL
+    assert gloss(workdir, "--max-llm-tokens", "1") == EXIT_PARTIAL
     out = capsys.readouterr().out
     assert "budget reached" in out
     after = counts(workdir)
