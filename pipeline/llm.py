@@ -527,6 +527,26 @@ def answer_text(response: dict[str, Any]) -> str:
     return text
 
 
+def answer_logprobs(response: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """Each generated token with its top alternatives' logprobs, for either API; [] when
+    the endpoint sent none. Echoed prompt tokens are not included (no echo requested)."""
+    choice = response["choices"][0]
+    logprobs = choice.get("logprobs") or {}
+    if "content" in logprobs:  # chat
+        out = []
+        for item in logprobs["content"] or []:
+            tops = {alt["token"]: float(alt["logprob"]) for alt in item.get("top_logprobs") or []}
+            tops.setdefault(item["token"], float(item["logprob"]))
+            out.append((item["token"], tops))
+        return out
+    tokens = logprobs.get("tokens") or []
+    tops_list = logprobs.get("top_logprobs") or [None] * len(tokens)
+    return [
+        (token, {k: float(v) for k, v in (tops or {}).items()})
+        for token, tops in zip(tokens, tops_list, strict=False)
+    ]
+
+
 def _for_ledger(response: dict[str, Any]) -> dict[str, Any]:
     """The response, or a stub with its head when it is over LEDGER_MAX_CHARS as JSON.
 

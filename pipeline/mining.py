@@ -24,9 +24,10 @@ activations there (zeros count when it fired on fewer tokens), in raw activation
 feature's largest point. This is Yun et al.'s (2021) importance per layer; it costs
 points x LAYER_TOP floats per feature.
 
-Examples go to two disjoint splits: `explain` (what the explainer reads) and `holdout`
-(what the simulator is scored on: top and random windows). A window is used at most
-once per feature. Features are written to the store in groups, each its own
+Examples go to three disjoint splits: `explain` (what the explainer reads), `validation`
+(what best-of-n chooses on) and `holdout` (what reported scores use): top, quantile,
+random and silent windows, the last a uniform sample of the windows where the feature
+never fires. A window is used at most once per feature. Features are written to the store in groups, each its own
 transaction; a rerun skips features already mined, so an interrupted mine resumes.
 """
 
@@ -223,12 +224,16 @@ class FeatureMiner:
         # A layer map only for a dictionary read at several points.
         self.layers = LayerMap(n_points, n_features, device) if n_points > 1 else None
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.top = Reservoir(n_features, config.top_explain + config.top_holdout, ctx_len, device)
+        n_top = config.top_explain + config.top_validation + config.top_holdout
+        self.top = Reservoir(n_features, n_top, ctx_len, device)
         pool = config.quantile_pool if config.quantiles else 0
         self.pool = Reservoir(n_features, pool, ctx_len, device)
-        n_random = config.random_explain + config.random_holdout
+        n_random = config.random_explain + config.random_validation + config.random_holdout
         # Slack: random windows that are already top or quantile examples are skipped.
         self.random = Reservoir(n_features, 2 * n_random + 5 if n_random else 0, ctx_len, device)
+        n_silent = config.silent_validation + config.silent_holdout
+        # Slack: random windows may be silent ones already taken.
+        self.silent = Reservoir(n_features, n_silent + n_random if n_silent else 0, ctx_len, device)
         self.max = torch.full((n_features,), -math.inf, device=device)
         self.sum = torch.zeros(n_features, dtype=torch.float64, device=device)
         self.bins = config.histogram_bins
@@ -240,13 +245,14 @@ class FeatureMiner:
         """Everything a resumed pass needs to continue exactly where this one stopped."""
         return {
             "top": self.top.state(), "pool": self.pool.state(), "random": self.random.state(),
+            "silent": self.silent.state(),
             "max": self.max, "sum": self.sum, "hist": self.hist, "hist_top": self.hist_top,
             "tokens": self.tokens, "generator": self.generator.get_state(),
             **({"layers": self.layers.values} if self.layers is not None else {}),
         }  # fmt: skip
 
     def load(self, state: dict[str, Any]) -> None:
-        for name in ("top", "pool", "random"):
+        for name in ("top", "pool", "random", "silent"):
             getattr(self, name).load(state[name])
         device = self.max.device
         self.max, self.sum = state["max"].to(device), state["sum"].to(device)
@@ -272,6 +278,10 @@ class FeatureMiner:
         if self.random.size:
             keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
             self.random.update(keys, window_max, strips, window_ids)
+        if self.silent.size:
+            keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
+            keys = keys.masked_fill(window_max > 0, -math.inf)
+            self.silent.update(keys, window_max, strips, window_ids)
         batch_max = window_max.amax(dim=1)
         self.max = torch.maximum(self.max, batch_max)
         flat = masked.reshape(-1, n_features)
@@ -328,7 +338,11 @@ class Pick:
 def choose_examples(
     miner: FeatureMiner, f: int, lengths: dict[int, int], rng: np.random.Generator
 ) -> list[Pick]:
-    """Split one feature's samples into disjoint explain and holdout examples."""
+    """Split one feature's samples into disjoint explain, validation and holdout examples.
+
+    Held-out splits are filled first where windows are scarce (a small corpus, a rare
+    feature): scores need them more than the explainer needs more examples.
+    """
     c = miner.config
     picks: list[Pick] = []
     used: set[int] = set()
@@ -347,38 +361,52 @@ def choose_examples(
         order = torch.argsort(res.keys[f], descending=True).tolist()
         return [s for s in order if res.keys[f, s] > -math.inf]
 
-    def add_random(split: str, count: int) -> None:
-        for slot in by_key(miner.random):
+    def add_sample(res: Reservoir, kind: str, split: str, count: int) -> None:
+        for slot in by_key(res):
             if count <= 0:
                 return
-            if int(miner.random.windows[f, slot]) not in used:
-                add(miner.random, slot, split, "random")
+            if int(res.windows[f, slot]) not in used:
+                add(res, slot, split, kind)
                 count -= 1
 
-    # Top windows: every k-th rank is held out, so both splits span the top range.
+    # Top windows: held-out ranks are spread over the top range, so every split spans it.
     top = [s for s in by_key(miner.top) if miner.top.keys[f, s] > 0]
-    stride = max(2, (c.top_explain + c.top_holdout) // max(c.top_holdout, 1))
-    holdout_left = c.top_holdout
-    for rank, slot in enumerate(top):
-        if holdout_left and rank % stride == stride // 2:
-            add(miner.top, slot, "holdout", "top")
-            holdout_left -= 1
-        else:
-            add(miner.top, slot, "explain", "top")
-    # Random held-out windows (silent ones included) come before quantiles: on a small
-    # corpus, scoring needs them more than the explainer needs more examples.
-    add_random("holdout", c.random_holdout)
+    wanted = c.top_explain + c.top_validation + c.top_holdout
+    share = min(1.0, len(top) / wanted) if wanted else 0.0  # scarce: each split its share
+    held = (round(share * c.top_holdout), round(share * c.top_validation))
+    for slot, split in zip(top, _spread(len(top), *held), strict=True):
+        add(miner.top, slot, split, "top")
+    for split in ("holdout", "validation"):
+        add_sample(miner.random, "random", split, getattr(c, f"random_{split}"))
+        add_sample(miner.silent, "silent", split, getattr(c, f"silent_{split}"))
     # Quantiles: equal-count bins of the sampled active windows, lowest first.
     if miner.pool.size and c.quantiles:
         slots = [s for s in by_key(miner.pool) if int(miner.pool.windows[f, s]) not in used]
         slots.sort(key=lambda s: float(miner.pool.maxes[f, s]))
+        per_bin = [
+            ("holdout", c.quantile_holdout),
+            ("validation", c.quantile_validation),
+            ("explain", c.quantile_explain),
+        ]
         for q, group in enumerate(np.array_split(np.array(slots, dtype=int), c.quantiles), 1):
-            chosen = rng.permutation(group)
-            for i, slot in enumerate(chosen[: c.quantile_explain + c.quantile_holdout]):
-                split = "explain" if i < c.quantile_explain else "holdout"
-                add(miner.pool, int(slot), split, f"quantile:{q}")
-    add_random("explain", c.random_explain)
+            chosen = iter(rng.permutation(group))
+            for split, count in per_bin:
+                for slot in islice(chosen, count):
+                    add(miner.pool, int(slot), split, f"quantile:{q}")
+    add_sample(miner.random, "random", "explain", c.random_explain)
     return picks
+
+
+def _spread(n: int, holdout: int, validation: int) -> list[str]:
+    """The split of each of `n` top ranks: `holdout` and `validation` ranks spread evenly
+    over the range, the rest `explain`."""
+    splits = ["explain"] * n
+    for split, count in (("holdout", holdout), ("validation", validation)):
+        free = [i for i, s in enumerate(splits) if s == "explain"]
+        count = min(count, len(free))
+        for k in range(count):
+            splits[free[(2 * k + 1) * len(free) // (2 * count)]] = split
+    return splits
 
 
 # ---------------------------------------------------------------- the mine stage
@@ -702,9 +730,8 @@ def _mine_chunk(
 
 def _forget_unused(miner: FeatureMiner, tokens: dict, docs: dict) -> None:
     """Drop the tokens of windows no reservoir holds any more (keeps memory flat)."""
-    held = torch.cat(
-        [miner.top.windows.flatten(), miner.pool.windows.flatten(), miner.random.windows.flatten()]
-    )
+    reservoirs = (miner.top, miner.pool, miner.random, miner.silent)
+    held = torch.cat([r.windows.flatten() for r in reservoirs])
     keep = set(torch.unique(held).tolist())
     for w in [w for w in tokens if w not in keep]:
         del tokens[w]

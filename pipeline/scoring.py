@@ -1,9 +1,10 @@
-"""Simulation scores: how well predicted activations track the true ones.
+"""The numbers scores are made of: correlation, balanced accuracy and AUC.
 
-The score is the Pearson correlation of true and predicted activations pooled over
-every token of the held-out windows (OpenAI's "top-and-random"). Top-only and
-random-only correlations go in the details. An undefined correlation (a constant
-side, too few tokens) is None with the reason, never NaN. Non-finite activations are a
+Simulation's score is the Pearson correlation of true and predicted activations pooled
+over every token of the held-out windows (OpenAI's "top-and-random"), with per-kind
+correlations in the details. Detection and fuzzing report balanced accuracy, embedding
+and detection with logprobs an AUC. An undefined value (a constant side, a missing
+class, too few tokens) is None with the reason, never NaN. Non-finite activations are a
 caller's bug (the simulator turns such answers into failures), so they raise ValueError:
 NaN compares false with everything, and a clamp would turn it into a perfect 1.0.
 """
@@ -86,3 +87,47 @@ def simulation_score(
         if group_reason:
             details[f"{group}_only_reason"] = group_reason
     return value, details
+
+
+def balanced_accuracy(
+    truth: Sequence[bool], predicted: Sequence[bool]
+) -> tuple[float | None, str | None]:
+    """(true positive rate + true negative rate) / 2, or (None, reason) without both classes.
+
+    Chance is 0.5 whatever the share of positives, so features with few silent windows
+    and features with many compare.
+    """
+    if len(truth) != len(predicted):
+        raise ValueError(
+            f"balanced_accuracy needs equal lengths, got {len(truth)} and {len(predicted)}"
+        )
+    positives = [p for t, p in zip(truth, predicted, strict=True) if t]
+    negatives = [p for t, p in zip(truth, predicted, strict=True) if not t]
+    if not positives or not negatives:
+        return (
+            None,
+            f"needs both classes, got {len(positives)} positive and {len(negatives)} negative",
+        )
+    tpr = sum(positives) / len(positives)
+    tnr = sum(not p for p in negatives) / len(negatives)
+    return (tpr + tnr) / 2, None
+
+
+def auc(truth: Sequence[bool], scores: Sequence[float]) -> tuple[float | None, str | None]:
+    """The probability that a random positive scores above a random negative (ties count
+    half): the area under the ROC curve, or (None, reason) without both classes."""
+    if len(truth) != len(scores):
+        raise ValueError(f"auc needs equal lengths, got {len(truth)} and {len(scores)}")
+    _check_finite(scores, "score")
+    positives = [s for t, s in zip(truth, scores, strict=True) if t]
+    negatives = [s for t, s in zip(truth, scores, strict=True) if not t]
+    if not positives or not negatives:
+        return (
+            None,
+            f"needs both classes, got {len(positives)} positive and {len(negatives)} negative",
+        )
+    wins = 0.0
+    for p in positives:
+        for n in negatives:
+            wins += 1.0 if p > n else 0.5 if p == n else 0.0
+    return wins / (len(positives) * len(negatives)), None

@@ -153,8 +153,12 @@ class CorpusConfig:
 class MiningConfig:
     """How many examples of each kind a feature gets, and how the pass is run.
 
+    Three disjoint splits per feature: `explain` (what the explainer reads),
+    `validation` (what best-of-n chooses on) and `holdout` (what reported scores use).
     Defaults follow the peers: 20 top windows to explain and 5 top + 5 random held out
-    (Bills et al. 2023); 10 quantiles (Paulo et al. 2024).
+    (Bills et al. 2023); 10 quantiles, one active window per quantile held out, and
+    silent windows beside them (Paulo et al. 2024 hold out 50 active and 50 silent with
+    a large endpoint; raise quantile_holdout and silent_holdout to match).
     """
 
     top_explain: int = 20
@@ -165,6 +169,13 @@ class MiningConfig:
     quantile_pool: int = 100  # active windows sampled per feature to cut into quantiles
     random_explain: int = 0
     random_holdout: int = 5
+    # Validation: what best-of-n chooses on, never reported (see choose_examples).
+    top_validation: int = 2
+    quantile_validation: int = 1  # per quantile
+    random_validation: int = 2
+    # Silent windows (the feature never fires in them), for detection and embedding.
+    silent_validation: int = 5
+    silent_holdout: int = 10
     histogram_bins: int = 32
     batch_size: int = 32  # windows per forward pass
     feature_chunk: int = 8192  # features per corpus pass (bounds memory)
@@ -313,6 +324,59 @@ class SimulatorConfig:
         return load_prompt(self.prompt or default)
 
 
+SCORER_METHODS = ("simulation", "detection", "fuzzing", "embedding", "intruder")
+FEATURE_METHODS = ("intruder",)  # judge the feature itself, not a label
+
+
+@dataclass
+class ScoringConfig:
+    """Which scorers judge each new label (pipeline/scorers), and which score ranks.
+
+    `primary` is the method whose score search, sorting and the review queue use; it
+    must be one of `methods` and judge labels (intruder judges the feature itself).
+    Detection and fuzzing show `windows_per_call` windows per LLM call, each cut to
+    `max_tokens_per_window` tokens around its peak; intruder asks `intruder_trials`
+    sets of `intruder_shown` activating windows plus one silent intruder, all in one call.
+    """
+
+    methods: tuple[str, ...] = ("simulation",)
+    primary: str = "simulation"
+    windows_per_call: int = 10
+    max_tokens_per_window: int = 32
+    intruder_trials: int = 4
+    intruder_shown: int = 4
+    detection_prompt: str | None = None
+    fuzzing_prompt: str | None = None
+    intruder_prompt: str | None = None
+    embedding_model: str = "minilm"  # a sentence embedder: minilm (bundled) or a folder
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(dict.fromkeys(self.methods))
+        unknown = [m for m in self.methods if m not in SCORER_METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(
+                f"scoring methods {', '.join(unknown) or '(none)'} unknown: use some of "
+                f"{', '.join(SCORER_METHODS)}"
+            )
+        if self.primary not in self.methods or self.primary in FEATURE_METHODS:
+            raise ConfigError(
+                f"primary score method {self.primary!r} must be one of the label methods in "
+                f"methods ({', '.join(m for m in self.methods if m not in FEATURE_METHODS)})"
+            )
+        for key in ("windows_per_call", "max_tokens_per_window", "intruder_trials"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"scoring {key} must be at least 1")
+        if self.intruder_shown < 2:
+            raise ConfigError(
+                "scoring intruder_shown must be at least 2: an intruder needs company"
+            )
+
+    @property
+    def label_methods(self) -> tuple[str, ...]:
+        return tuple(m for m in self.methods if m not in FEATURE_METHODS)
+
+
 @dataclass
 class EndpointConfig:
     """Where one role's requests go and how hard to push the endpoint.
@@ -429,6 +493,7 @@ class GlossConfig:
     learn: LearnConfig = field(default_factory=LearnConfig)
     explainer: ExplainerConfig = field(default_factory=ExplainerConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     local_server: LocalServerConfig = field(default_factory=LocalServerConfig)
     run: RunConfig = field(default_factory=RunConfig)

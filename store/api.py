@@ -6,7 +6,8 @@ one module each, all mixins over one engine and its transactions (`store.base`):
     store/registry.py  subjects, feature sources, features; `SOURCE:INDEX` references
     store/mined.py     windows, examples and mined statistics (and layer maps)
     store/pending.py   what is left to explain and to score; failure counts
-    store/labels.py    explanations, scores, the replace rule, the review state machine
+    store/labels.py    explanations, the replace rule, the review state machine
+    store/scores.py    scores of labels and of features; the primary score method
     store/search.py    search with its per-database plans, count, review queue, export,
                        layer peaks
     store/runs.py      runs, locks, claims, the LLM ledger
@@ -28,6 +29,7 @@ from gloss.store.models import CANDIDATE, PROPOSED, REPLACE_ALL, REPLACE_MACHINE
 from gloss.store.pending import Pending
 from gloss.store.registry import Registry
 from gloss.store.runs import Runs
+from gloss.store.scores import Scores
 from gloss.store.search import Search
 from gloss.store.statuses import CURRENT_STATUSES
 from gloss.store.types import (
@@ -61,7 +63,7 @@ def open_store(url: str | None = None, *, read_only: bool = False) -> Store:
     return Store(db.connect(url, read_only=read_only), db.resolve_url(url))
 
 
-class Store(Registry, Mined, Pending, Labels, Search, Runs):
+class Store(Registry, Mined, Pending, Labels, Scores, Search, Runs):
     """The feature store: every room's methods on one object over one engine.
 
     A room never calls another room's methods; the one method that reads across
@@ -81,6 +83,7 @@ class Store(Registry, Mined, Pending, Labels, Search, Runs):
             history=history,
             examples=self.examples(feature_id),
             reviews=self.reviews(feature_id),
+            feature_scores=self.feature_scores(feature_id),
         )
 
 

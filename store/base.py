@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from gloss.store.errors import InputError, NotFoundError
-from gloss.store.models import Feature
+from gloss.store.models import Explanation, Feature
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integer columns (PostgreSQL); SQLite takes more, none need it
 MAX_INDEX = 2**31 - 1  # feature indices are 32-bit
@@ -65,6 +65,17 @@ class StoreBase:
             elif feature_id is not None:
                 s.execute(select(Feature.id).where(Feature.id == feature_id).with_for_update())
             yield s
+
+    def _feature_of(self, explanation_id: int) -> int:
+        """The feature a label belongs to: the row `serialized` locks before a label write."""
+        check_id(explanation_id, "explanation")
+        with self.session() as s:
+            feature_id = s.scalar(
+                select(Explanation.feature_id).where(Explanation.id == explanation_id)
+            )
+        if feature_id is None:
+            raise NotFoundError(f"no explanation with id {explanation_id}")
+        return feature_id
 
     def _insert(self, table: Any) -> Any:
         """INSERT ... ON CONFLICT DO NOTHING for this dialect."""

@@ -1,4 +1,4 @@
-"""Labels: explanations, their scores, and the review state machine.
+"""Labels: explanations and the review state machine (their scores: `store.scores`).
 
 A feature has at most one current label (proposed or accepted). Machines add labels
 and scores; people accept, reject or edit the current label, and every human action
@@ -14,29 +14,29 @@ else, each decided inside the transaction that writes (`serialized`):
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gloss.store.base import StoreBase, check_id, clean_text
 from gloss.store.errors import ConflictError, InputError, NotFoundError
-from gloss.store.models import Explanation, Feature, Review, Score
+from gloss.store.models import Explanation, Feature, Review
+from gloss.store.scores import score_info
 from gloss.store.statuses import (
     CURRENT_STATUSES,
     AuthorKind,
     ExplanationStatus,
     ReplacePolicy,
 )
-from gloss.store.types import ExplanationInfo, PromptRef, ReviewInfo, ScoreInfo
+from gloss.store.types import ExplanationInfo, PromptRef, ReviewInfo
 
 REVIEW_ACTIONS = ("accept", "reject", "edit", "note")
 
 
 class Labels(StoreBase):
-    # ------------------------------------------------------------ explanations and scores
+    # ------------------------------------------------------------ explanations
 
     def add_explanation(
         self,
@@ -113,79 +113,6 @@ class Labels(StoreBase):
             explanation.status = ExplanationStatus.PROPOSED
             explanation.version += 1
             return True
-
-    def add_score(
-        self,
-        explanation_id: int,
-        method: str,
-        value: float | None,
-        *,
-        details: dict[str, Any] | None = None,
-        simulator_model: str | None = None,
-        prompt: PromptRef | None = None,
-        run_id: int | None = None,
-        replace: bool = False,
-    ) -> int:
-        """Record a score; NaN and infinities are refused (store None and say why in details).
-
-        A label has at most one score per method, simulator model and prompt version
-        (a unique index says so): another one raises ConflictError, unless `replace`,
-        which swaps the old score for the new one in one transaction.
-        """
-        if value is not None and not math.isfinite(value):
-            raise InputError(
-                f"a score value must be a finite number, not {value!r}: "
-                "store None with a reason in details"
-            )
-        key = (
-            Score.explanation_id == explanation_id,
-            Score.method == method,
-            func.coalesce(Score.simulator_model, "") == (simulator_model or ""),
-            func.coalesce(Score.prompt_name, "") == (prompt.name if prompt else ""),
-            func.coalesce(Score.prompt_version, "") == (prompt.version if prompt else ""),
-        )
-        feature_id = self._feature_of(explanation_id)
-        try:
-            with self.serialized(feature_id) as s:
-                old = s.scalar(select(Score.id).where(*key))
-                if old is not None and not replace:
-                    raise ConflictError(
-                        f"label #{explanation_id} already has a {method} score from "
-                        f"{simulator_model or 'no model'} with this prompt: pass replace=True "
-                        "to score it again"
-                    )
-                if old is not None:
-                    s.execute(delete(Score).where(Score.id == old))
-                score = Score(
-                    explanation_id=explanation_id,
-                    method=method,
-                    value=value,
-                    details=details or {},
-                    simulator_model=simulator_model,
-                    prompt_name=prompt.name if prompt else None,
-                    prompt_version=prompt.version if prompt else None,
-                    prompt_hash=prompt.hash if prompt else None,
-                    run_id=run_id,
-                )
-                s.add(score)
-                s.flush()
-                if method == "simulation":
-                    _update_best_score(s, explanation_id)
-                return score.id
-        except IntegrityError:
-            raise ConflictError(
-                f"label #{explanation_id} was given the same {method} score by another process"
-            ) from None
-
-    def _feature_of(self, explanation_id: int) -> int:
-        check_id(explanation_id, "explanation")
-        with self.session() as s:
-            feature_id = s.scalar(
-                select(Explanation.feature_id).where(Explanation.id == explanation_id)
-            )
-        if feature_id is None:
-            raise NotFoundError(f"no explanation with id {explanation_id}")
-        return feature_id
 
     def explanation(self, explanation_id: int) -> ExplanationInfo:
         check_id(explanation_id, "explanation")
@@ -332,15 +259,6 @@ def _supersede_current(s: Session, feature_id: int) -> None:
     s.flush()
 
 
-def _update_best_score(s: Session, explanation_id: int) -> None:
-    best = (
-        select(func.max(Score.value))
-        .where(Score.explanation_id == explanation_id, Score.method == "simulation")
-        .scalar_subquery()
-    )
-    s.execute(update(Explanation).where(Explanation.id == explanation_id).values(score=best))
-
-
 def _check_seen(
     current: Explanation | None, expected_id: int | None, expected_version: int | None
 ) -> None:
@@ -398,20 +316,6 @@ def _snapshot(explanation: Explanation | None) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- reading rows
-
-
-def score_info(sc: Score) -> ScoreInfo:
-    return ScoreInfo(
-        id=sc.id,
-        method=sc.method,
-        value=sc.value,
-        details=dict(sc.details or {}),
-        simulator_model=sc.simulator_model,
-        prompt_name=sc.prompt_name,
-        prompt_version=sc.prompt_version,
-        run_id=sc.run_id,
-        created_at=sc.created_at,
-    )
 
 
 def explanation_info(e: Explanation, with_scores: bool = False) -> ExplanationInfo:

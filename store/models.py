@@ -48,7 +48,7 @@ PROPOSED, ACCEPTED, REJECTED, SUPERSEDED, CANDIDATE = ExplanationStatus
 EXPLANATION_STATUSES = tuple(ExplanationStatus)
 AUTHOR_KINDS = tuple(AuthorKind)
 SOURCE_KINDS = ("neurons", "sae", "dictionary")
-SPLITS = ("explain", "holdout")
+SPLITS = ("explain", "validation", "holdout")
 REPLACE_NONE, REPLACE_MACHINE, REPLACE_ALL = ReplacePolicy
 RUN_STATUSES = tuple(RunStatus)
 FEATURE_STATUSES = tuple(FeatureStatus)
@@ -255,7 +255,8 @@ class Explanation(Base):
     )
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # Best simulation score so far, kept by the store so lists sort without a join.
+    # Best score of the primary method (`settings.primary_score_method`), kept by the
+    # store so lists sort without a join.
     score: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # Bumped on every status change: reviewers send the version they saw.
@@ -294,9 +295,53 @@ class Score(Base):
     prompt_version: Mapped[str | None] = mapped_column(String(50))
     prompt_hash: Mapped[str | None] = mapped_column(String(64))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     explanation: Mapped[Explanation] = relationship(back_populates="scores")
+
+
+class FeatureScore(Base):
+    """A measure of the feature itself, not of a label (intruder detection), migration 0007."""
+
+    __tablename__ = "feature_scores"
+    __table_args__ = (
+        Index(
+            "uq_feature_scores_once",
+            "feature_id",
+            "method",
+            func.coalesce(text("model"), ""),
+            func.coalesce(text("prompt_name"), ""),
+            func.coalesce(text("prompt_version"), ""),
+            unique=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    method: Mapped[str] = mapped_column(String(30))
+    value: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    model: Mapped[str | None] = mapped_column(String(300))
+    prompt_name: Mapped[str | None] = mapped_column(String(100))
+    prompt_version: Mapped[str | None] = mapped_column(String(50))
+    prompt_hash: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Setting(Base):
+    """The database's own settings (`primary_score_method`), migration 0007."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONType)
 
 
 class Review(Base):

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, false, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, false, func, or_, select, update
 
 from gloss.store.base import StoreBase, index_in
-from gloss.store.models import Explanation, Feature, Score
+from gloss.store.models import Explanation, Feature, FeatureScore, Score
 from gloss.store.statuses import CURRENT_STATUSES, AuthorKind, ExplanationStatus, FeatureStatus
 from gloss.store.types import PromptRef
 
@@ -69,8 +69,8 @@ class Pending(StoreBase):
         self,
         source_id: int | None,
         *,
-        simulator_model: str,
-        prompt: PromptRef,
+        simulator_model: str | None,
+        prompt: PromptRef | None,
         method: str = "simulation",
         max_failures: int | None = None,
         rescore: bool = False,
@@ -78,20 +78,20 @@ class Pending(StoreBase):
         indices: Sequence[int] | None = None,
         feature_ids: Sequence[int] | None = None,
     ) -> list[tuple[int, int, str]]:
-        """(feature id, explanation id, text) of labels without a score from this simulator.
+        """(feature id, explanation id, text) of labels without this scorer's score.
 
         Current labels (and with `baseline`, each feature's baseline label) that have
-        no `method` score from this simulator model and prompt version; with
-        `rescore`, all of them.
+        no `method` score from this model and prompt version (None: a scorer without
+        a model or a prompt); with `rescore`, all of them.
         """
         scored = (
             select(Score.id)
             .where(
                 Score.explanation_id == Explanation.id,
                 Score.method == method,
-                Score.simulator_model == simulator_model,
-                Score.prompt_name == prompt.name,
-                Score.prompt_version == prompt.version,
+                func.coalesce(Score.simulator_model, "") == (simulator_model or ""),
+                func.coalesce(Score.prompt_name, "") == (prompt.name if prompt else ""),
+                func.coalesce(Score.prompt_version, "") == (prompt.version if prompt else ""),
             )
             .exists()
         )
@@ -132,6 +132,36 @@ class Pending(StoreBase):
         )
         ids = list(dict.fromkeys(feature_id for feature_id, _, _ in labels))
         return ids[:limit] if limit is not None else ids
+
+    def features_to_judge(
+        self,
+        source_id: int | None,
+        *,
+        method: str,
+        model: str | None,
+        prompt: PromptRef | None,
+        max_failures: int | None = None,
+        rescore: bool = False,
+        feature_ids: Sequence[int] | None = None,
+    ) -> list[int]:
+        """Mined features without this feature scorer's score (intruder detection)."""
+        query = _pending(source_id, max_failures, None, feature_ids)
+        if not rescore:
+            judged = (
+                select(FeatureScore.id)
+                .where(
+                    FeatureScore.feature_id == Feature.id,
+                    FeatureScore.method == method,
+                    func.coalesce(FeatureScore.model, "") == (model or ""),
+                    func.coalesce(FeatureScore.prompt_name, "") == (prompt.name if prompt else ""),
+                    func.coalesce(FeatureScore.prompt_version, "")
+                    == (prompt.version if prompt else ""),
+                )
+                .exists()
+            )
+            query = query.where(~judged)
+        with self.session() as s:
+            return list(s.scalars(query).all())
 
     # ------------------------------------------------------------ failures
 

@@ -42,7 +42,7 @@ class WindowIn:
 @dataclass(frozen=True)
 class ExampleIn:
     window_id: int
-    split: str  # "explain" | "holdout"
+    split: str  # "explain" | "validation" | "holdout"
     kind: str  # "top" | "quantile:Q" | "random"
     rank: int
     max_act: float
@@ -124,6 +124,9 @@ class ScoreInfo:
     prompt_version: str | None
     run_id: int | None
     created_at: Any
+    calls: int = 0  # LLM calls behind the score (0 without an LLM)
+    tokens_in: int = 0
+    tokens_out: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ class FeatureCard:
     history: list[ExplanationInfo]
     examples: list[ExampleOut]
     reviews: list[ReviewInfo]
+    feature_scores: list[ScoreInfo] = field(default_factory=list)  # of the feature itself
 
 
 @dataclass(frozen=True)

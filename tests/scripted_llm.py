@@ -6,7 +6,11 @@ It is a real socket server (stdlib http.server in a thread) that answers
 - an explain prompt gets the label "the token 'X'", X being the token shown with the
   highest activation most often (or `label_override`);
 - a simulation prompt (echo + logprobs) gets, at each `unknown`, a digit distribution
-  that puts 10 on the labeled token and 0 elsewhere; the integers method gets JSON.
+  that puts 10 on the labeled token and 0 elsewhere; the integers method gets JSON;
+- a detection prompt gets 1 for each example holding the labeled word (with logprobs
+  for the digits when asked: P(1) = 0.8 for a 1, 0.3 for a 0); a fuzzing prompt gets 1
+  for each example whose marked tokens are all the labeled word; an intruder prompt
+  gets, per set, the first example without the word most of the set's examples share.
 
 `faults` is a queue of scripted misbehaviours consumed one per request: a status with
 headers (429 + Retry-After, 500), a delay past the client's timeout, a raw body
@@ -34,7 +38,7 @@ class Fault:
     delay_s: float = 0.0
     raw: str | None = None  # sent as-is (e.g. malformed JSON)
     body: dict[str, Any] | None = None  # sent instead of the normal answer
-    when: str | None = None  # "explain" | "simulate": only requests of that kind
+    when: str | None = None  # "explain", "simulate", "detect", "fuzz", "intruder": only those
 
 
 class ScriptedLLM:
@@ -113,7 +117,7 @@ class ScriptedLLM:
     def answer(self, path: str, body: dict[str, Any]) -> tuple[int, str, dict[str, str], float]:
         chat = path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body.get("prompt", "")
-        kind = "simulate" if ("unknown" in prompt or "Document 1" in prompt) else "explain"
+        kind = _kind(prompt)
         with self.lock:
             self.requests.append({"path": path, "kind": kind, **body})
             fault = next((f for f in self.faults if f.when in (None, kind)), None)
@@ -132,10 +136,94 @@ class ScriptedLLM:
         if kind == "explain":
             label = self.label_override or explain_answer(prompt)
             return 200, json.dumps(_response(chat, " " + label, prompt)), {}, delay
+        if kind in JUDGES:
+            said = JUDGES[kind](prompt)
+            response = _response(chat, " " + json.dumps(said, separators=(",", ":")), prompt)
+            if body.get("logprobs") and kind == "detect":
+                _add_digit_logprobs(response, said, chat)
+            return 200, json.dumps(response), {}, delay
         label = simulated_label(prompt)
         if body.get("echo"):
             return 200, json.dumps(echo_answer(prompt, label)), {}, delay
         return 200, json.dumps(_response(chat, integers_answer(prompt, label), prompt)), {}, delay
+
+
+def _kind(prompt: str) -> str:
+    if "whether the feature is active in it" in prompt:
+        return "detect"
+    if "whether the marked tokens fit" in prompt:
+        return "fuzz"
+    if "does not belong" in prompt:
+        return "intruder"
+    return "simulate" if ("unknown" in prompt or "Document 1" in prompt) else "explain"
+
+
+def _examples(block: str) -> list[str]:
+    return re.findall(r"^Example \d+: (.*)$", block, re.MULTILINE)
+
+
+def _judged_label(prompt: str) -> str | None:
+    found = re.findall(r"^Explanation: (.*)$", prompt, re.MULTILINE)
+    match = re.search(r"'(.+)'", found[-1]) if found else None
+    return match.group(1) if match else None
+
+
+def detect_answer(prompt: str) -> list[int]:
+    label = _judged_label(prompt)
+    examples = _examples(prompt.rsplit("<start>", 1)[-1])
+    return [int(label is not None and label in text.split()) for text in examples]
+
+
+def fuzz_answer(prompt: str) -> list[int]:
+    label = _judged_label(prompt)
+    out = []
+    for text in _examples(prompt.rsplit("<start>", 1)[-1]):
+        marked = [m.strip() for m in re.findall(r"<<(.+?)>>", text)]
+        out.append(int(bool(marked) and all(m == label for m in marked)))
+    return out
+
+
+def intruder_answer(prompt: str) -> list[int]:
+    out = []
+    for block in re.split(r"^Set \d+:$", prompt.rsplit("<start>", 1)[-1], flags=re.MULTILINE)[1:]:
+        examples = [set(text.split()) for text in _examples(block)]
+        common = Counter(word for words in examples for word in words).most_common(1)[0][0]
+        out.append(next(i for i, words in enumerate(examples, 1) if common not in words))
+    return out
+
+
+JUDGES = {"detect": detect_answer, "fuzz": fuzz_answer, "intruder": intruder_answer}
+
+
+def _add_digit_logprobs(response: dict[str, Any], said: list[int], chat: bool) -> None:
+    """Logprobs for the answer's tokens: P(1) = 0.8 where it said 1, 0.3 where it said 0."""
+    pieces = [" ["] + [p for i, d in enumerate(said) for p in ([","] if i else []) + [str(d)]] + ["]"]
+    tops = []
+    for piece in pieces:
+        if piece in ("0", "1"):
+            p1 = 0.8 if piece == "1" else 0.3
+            tops.append({"1": math.log(p1), "0": math.log(1 - p1)})
+        else:
+            tops.append({piece: 0.0})
+    choice = response["choices"][0]
+    if chat:
+        choice["logprobs"] = {
+            "content": [
+                {
+                    "token": piece,
+                    "logprob": top.get(piece, 0.0),
+                    "top_logprobs": [{"token": k, "logprob": v} for k, v in top.items()],
+                }
+                for piece, top in zip(pieces, tops, strict=True)
+            ]
+        }
+    else:
+        choice["logprobs"] = {
+            "tokens": pieces,
+            "top_logprobs": tops,
+            "token_logprobs": [top.get(p, 0.0) for p, top in zip(pieces, tops, strict=True)],
+            "text_offset": [],
+        }
 
 
 def _response(chat: bool, text: str, prompt: str) -> dict[str, Any]:

@@ -51,6 +51,8 @@ def write_corpus(folder: Path, docs: int = 6) -> Path:
 SMALL = MiningConfig(
     top_explain=4, top_holdout=2, quantiles=3, quantile_explain=1, quantile_holdout=1,
     quantile_pool=8, random_explain=1, random_holdout=2, batch_size=5, write_every=7,
+    top_validation=2, quantile_validation=1, random_validation=1, silent_validation=1,
+    silent_holdout=2,
 )  # fmt: skip
 
 
@@ -101,7 +103,7 @@ def test_mining_matches_brute_force(minilm, corpus_dir, sqlite_store):
         # Top windows: the brute-force ranking by window max, values up to float16.
         maxes = sorted(((a[:, j].max(), tuple(t)) for t, a in reference), reverse=True)
         tops = sorted((e for e in examples if e.kind == "top"), key=lambda e: -e.max_act)
-        expected = [m for m in maxes if m[0] > 0][:6]
+        expected = [m for m in maxes if m[0] > 0][:8]
         assert len(tops) == len(expected)
         for example, (value, tokens) in zip(tops, expected, strict=True):
             assert example.max_act == pytest.approx(value, abs=1e-4)
@@ -111,22 +113,38 @@ def test_mining_matches_brute_force(minilm, corpus_dir, sqlite_store):
             acts = dict((tuple(t), a[:, j]) for t, a in reference)[tuple(example.token_ids)]
             np.testing.assert_allclose(example.acts, acts.astype(np.float16), rtol=2e-3, atol=2e-3)
             assert example.max_act == pytest.approx(acts.max(), abs=1e-4)
-        # Disjoint splits; holdout has top and random windows.
+        # Three disjoint splits; held-out splits have top, random and silent windows.
         explain = {e.window_id for e in examples if e.split == "explain"}
+        validation = {e.window_id for e in examples if e.split == "validation"}
         holdout = {e.window_id for e in examples if e.split == "holdout"}
-        assert holdout and not explain & holdout
+        assert holdout and validation
+        assert not explain & holdout and not explain & validation and not validation & holdout
         kinds = Counter((e.split, e.kind.split(":")[0]) for e in examples)
         assert kinds[("holdout", "random")] == 2 and kinds[("explain", "random")] == 1
-        if len(expected) == 6:
-            assert kinds[("holdout", "top")] == 2 and kinds[("explain", "top")] == 4
-            # Every third top rank is held out; ranks within a split follow the activation.
-            assert [e.split for e in tops] == ["explain", "holdout", "explain"] * 2
-            for split in ("explain", "holdout"):
+        assert kinds[("validation", "random")] == 1
+        silent = [e for e in examples if e.kind == "silent"]
+        assert all(e.max_act <= 0 for e in silent)
+        # Silent windows, holdout first: as many as wanted, or as the corpus has left
+        # besides the random windows (which may be silent too).
+        left = sum(1 for _, a in reference if a[:, j].max() <= 0) - sum(
+            1 for e in examples if e.kind == "random" and e.max_act <= 0
+        )
+        assert kinds[("holdout", "silent")] == min(2, left)
+        assert kinds[("validation", "silent")] == min(1, left - min(2, left))
+        if len(expected) == 8:
+            assert kinds[("holdout", "top")] == 2 and kinds[("validation", "top")] == 2
+            assert kinds[("explain", "top")] == 4
+            # Held-out ranks spread over the top; ranks within a split follow the activation.
+            assert [e.split for e in tops] == [
+                "explain", "validation", "holdout", "explain",
+                "explain", "validation", "holdout", "explain",
+            ]  # fmt: skip
+            for split in ("explain", "validation", "holdout"):
                 ranked = sorted((e for e in tops if e.split == split), key=lambda e: e.rank)
                 assert ranked == [e for e in tops if e.split == split]
         active = sum(1 for m in maxes if m[0] > 0)
-        n_quantile = kinds[("explain", "quantile")] + kinds[("holdout", "quantile")]
-        assert (n_quantile > 0) == (active > 6)  # quantile windows are never top windows
+        n_quantile = sum(kinds[(split, "quantile")] for split in ("explain", "validation", "holdout"))
+        assert active > 8 or not n_quantile  # quantile windows are never top windows
     # Only windows used by examples are stored.
     with sqlite_store.session() as s:
         stored = s.scalar(select(func.count()).select_from(Window))
@@ -219,7 +237,8 @@ def test_sae_mining_records_dead_features(minilm, corpus_dir, tmp_path, sqlite_s
     assert status[2] == "dead" and Counter(status.values())["mined"] == 5
     dead = sqlite_store.features(result.source_id, indices=[2])[0]
     examples = sqlite_store.examples(dead.id)
-    assert {e.kind for e in examples} == {"random"} and all(e.max_act <= 0 for e in examples)
+    assert {e.kind for e in examples} == {"random", "silent"}
+    assert all(e.max_act <= 0 for e in examples)
     # Same files, same source: mining again reuses it and skips finished features.
     again = load_source(str(tmp_path / "sae"), 1536)
     rerun = mine(sqlite_store, minilm, again, HOOK, corpus_for(minilm, corpus_dir), SMALL,
