@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gloss.pipeline.explainer import explain_features  # noqa: E402
+from gloss.pipeline.labeling import explain_features  # noqa: E402
 from gloss.pipeline.llm import EndpointConfig, LLMClient, LLMConfig  # noqa: E402
 from gloss.store import open_store  # noqa: E402
 from tests.mined import token_features  # noqa: E402

@@ -28,7 +28,7 @@ class Deprecated(argparse.Action):
         print(
             f"gloss: warning: {option_string} is deprecated here: use {self.new}", file=sys.stderr
         )
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -99,7 +99,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     corpus = Corpus(corpus_config, subject.encode)
     result = mine(
         store, subject, source, s.hook, corpus, mining, features,
-        force=args.force, progress=not args.json,
+        force=args.remine, progress=not args.json,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     summary = {
@@ -124,7 +124,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         if result.stale:
             print(
                 f"{len(result.stale)} already mined features were mined over another corpus "
-                "or with other settings: --force mines them again"
+                "or with other settings: --remine mines them again"
             )
     return 0
 
@@ -164,7 +164,8 @@ def add_mine_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="windows per forward pass (32)")
     p.add_argument("--seed", type=int, help="sampling seed (0)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:1, mps")
-    p.add_argument("--force", action="store_true", help="mine again features already mined")
+    p.add_argument("--remine", action="store_true", help="mine again features already mined")
+    p.add_argument("--force", dest="remine", action=Deprecated, new="--remine", nargs=0, const=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_mine)
 
@@ -300,6 +301,34 @@ def _stage_config(args: argparse.Namespace):
     return cfg.load(args.config, template_if_missing=False)
 
 
+def _scoring(args: argparse.Namespace, config):
+    """[scoring] under --methods and --primary; given methods without the primary, the
+    first label method of them ranks."""
+    from dataclasses import replace
+
+    from gloss.pipeline.settings import FEATURE_METHODS
+
+    scoring = config.scoring
+    methods = (
+        tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None
+    )
+    primary = args.primary
+    if methods and primary is None and scoring.primary not in methods:
+        primary = next((m for m in methods if m not in FEATURE_METHODS), scoring.primary)
+    fields = _given(methods=methods, primary=primary)
+    return replace(scoring, **fields)
+
+
+def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--methods",
+        metavar="M,M",
+        help="scorers to run: simulation, detection, fuzzing, embedding, intruder "
+        "([scoring] methods; default simulation)",
+    )
+    p.add_argument("--primary", help="the score method labels are ranked by ([scoring] primary)")
+
+
 def _given(**flags) -> dict:
     return {name: value for name, value in flags.items() if value is not None}
 
@@ -339,7 +368,8 @@ def _print_summary(summary, as_json: bool) -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from gloss.pipeline.explainer import baseline_explain, explain_features
+    from gloss.pipeline.explainers.baseline import baseline_explain
+    from gloss.pipeline.labeling import explain_features
     from gloss.store import open_store
 
     config = _stage_config(args)
@@ -367,7 +397,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 _llm_config(args, config),
                 explainer=explainer,
                 simulator=replace(config.simulator, **_given(method=args.method)),
-                relabel=args.force,
+                scoring=_scoring(args, config),
+                relabel=args.relabel,
                 relabel_human=args.relabel_human,
             )
     _print_summary(summary, args.json)
@@ -377,7 +408,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from gloss.pipeline.explainer import score_features
+    from gloss.pipeline.labeling import score_features
     from gloss.store import open_store
 
     config = _stage_config(args)
@@ -393,7 +424,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             simulator=replace(
                 config.simulator, **_given(method=args.method, prompt=args.simulator_prompt)
             ),
-            rescore=args.force,
+            scoring=_scoring(args, config),
+            rescore=args.rescore,
             baseline=args.baseline,
         )
     _print_summary(summary, args.json)
@@ -472,11 +504,15 @@ def add_llm_commands(sub) -> None:
     p.add_argument("--candidates", type=int, help="best-of-n labels by simulation score (1)")
     p.add_argument("--max-examples", type=int, help="explain windows shown (10)")
     p.add_argument("--no-score", action="store_true", help="label only; score later")
+    _add_scoring_arguments(p)
     p.add_argument(
-        "--force",
+        "--relabel",
         action="store_true",
-        help="explain again features whose current label this explainer wrote; a label a "
-        "human wrote or accepted is kept",
+        help="explain again features whose current label this explainer wrote (model labels); "
+        "a label a human wrote or accepted is kept",
+    )
+    p.add_argument(
+        "--force", dest="relabel", action=Deprecated, new="--relabel", nargs=0, const=True
     )
     p.add_argument(
         "--relabel-human",
@@ -488,10 +524,14 @@ def add_llm_commands(sub) -> None:
     p = sub.add_parser("score", help="score current labels with the simulator LLM")
     _add_llm_arguments(p)
     p.add_argument("--simulator-prompt", help="simulator template name or path")
+    _add_scoring_arguments(p)
     p.add_argument(
-        "--force",
+        "--rescore",
         action="store_true",
-        help="score current labels again, replacing this simulator's earlier score",
+        help="score current labels again, replacing each scorer's earlier score",
+    )
+    p.add_argument(
+        "--force", dest="rescore", action=Deprecated, new="--rescore", nargs=0, const=True
     )
     p.set_defaults(func=cmd_score)
 

@@ -34,7 +34,7 @@ class Embedder:
             self.model = AutoModel.from_pretrained(path).eval()
         except (OSError, ValueError) as error:
             raise ModelError(f"cannot load sentence embedder {name!r}: {error}") from error
-        self.name = "all-MiniLM-L6-v2" if name == "minilm" else Path(path).name
+        self.name = embedder_name(name)
         self._lock = threading.Lock()
 
     @torch.inference_mode()
@@ -55,6 +55,11 @@ class Embedder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+def embedder_name(name: str) -> str:
+    """The name scores record: the bundled model's own name, else the folder's."""
+    return "all-MiniLM-L6-v2" if name == "minilm" else Path(name).name
 
 
 @lru_cache(maxsize=2)

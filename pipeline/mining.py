@@ -231,7 +231,7 @@ class FeatureMiner:
         n_random = config.random_explain + config.random_validation + config.random_holdout
         # Slack: random windows that are already top or quantile examples are skipped.
         self.random = Reservoir(n_features, 2 * n_random + 5 if n_random else 0, ctx_len, device)
-        n_silent = config.silent_validation + config.silent_holdout
+        n_silent = config.silent_explain + config.silent_validation + config.silent_holdout
         # Slack: random windows may be silent ones already taken.
         self.silent = Reservoir(n_features, n_silent + n_random if n_silent else 0, ctx_len, device)
         self.max = torch.full((n_features,), -math.inf, device=device)
@@ -394,6 +394,7 @@ def choose_examples(
                 for slot in islice(chosen, count):
                     add(miner.pool, int(slot), split, f"quantile:{q}")
     add_sample(miner.random, "random", "explain", c.random_explain)
+    add_sample(miner.silent, "silent", "explain", c.silent_explain)
     return picks
 
 

@@ -1,8 +1,9 @@
-"""Re-score one label (typically a reviewer's edit) with the simulator, on demand.
+"""Re-score one label (typically a reviewer's edit), on demand.
 
 The review app's "re-score" button and `gloss label --rescore` call `rescore`; it runs
-the same simulator and scorer as `gloss score`, on the feature's held-out windows only,
-and replaces this simulator's earlier score of the label.
+the stage runner of `gloss score` (`pipeline.labeling`) on that feature, with the
+scorers `scoring` names (simulation by default), on the held-out windows only, and
+replaces their earlier scores of the label.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gloss.store import ExplanationInfo, InputError, LLMError, Store
-
-CURRENT = ("proposed", "accepted")
+from gloss.store.statuses import CURRENT_STATUSES
 
 
 def rescore(
@@ -22,35 +22,37 @@ def rescore(
     llm: Any = None,
     simulator: Any = None,
     on_estimate: Callable[[str], None] | None = None,
+    scoring: Any = None,
 ) -> float | None:
-    """Simulate the current label `explanation_id` and store its score; returns the value.
+    """Score the current label `explanation_id` again; returns its primary score.
 
     `llm` is a pipeline.llm.LLMConfig (default: $OPENAI_BASE_URL, else the bundled
     local model). None means the score is undefined (the reason is stored with it).
     `on_estimate` gets one line saying how much the call will read and write before
     it starts: on a small local model it can take many minutes.
     """
-    from gloss.pipeline.explainer import score_features
-    from gloss.pipeline.settings import LLMConfig, SimulatorConfig
+    from gloss.pipeline.labeling import score_features
+    from gloss.pipeline.settings import LLMConfig, ScoringConfig, SimulatorConfig
 
     explanation = store.explanation(explanation_id)
-    if explanation.status not in CURRENT:
+    if explanation.status not in CURRENT_STATUSES:
         raise InputError(
             f"label #{explanation_id} is {explanation.status}; only a feature's current "
             "label can be re-scored"
         )
     llm = llm or LLMConfig()
     simulator = simulator or SimulatorConfig()
+    scoring = scoring or ScoringConfig()
     if on_estimate is not None:
         on_estimate(estimate(store, explanation, llm.simulator, simulator))
     before = {s.id for s in explanation.scores}
     summary = score_features(
-        store, [explanation.feature_id], llm, simulator=simulator, rescore=True
+        store, [explanation.feature_id], llm, simulator=simulator, scoring=scoring, rescore=True
     )
     fresh = [
         s
         for s in store.explanation(explanation_id).scores
-        if s.method == "simulation" and s.id not in before
+        if s.method == scoring.primary and s.id not in before
     ]
     if not fresh:
         reason = summary.failures[0]["error"] if summary.failures else "no score was written"

@@ -19,17 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from gloss.pipeline.config import GlossConfig
-from gloss.pipeline.explainer import (
-    ExplainerConfig,
-    aexplain_features,
-    ascore_features,
-    baseline_explain,
-    explain_prompt,
-)
+from gloss.pipeline.explainers import make_explainer
+from gloss.pipeline.explainers.baseline import baseline_explain
+from gloss.pipeline.labeling import aexplain_features, ascore_features, pending_scores
 from gloss.pipeline.liveness import heartbeat, holder_is_dead, holder_name, sweep
-from gloss.pipeline.llm import Budget, LLMConfig
+from gloss.pipeline.llm import Budget, LLMConfig, UnusableAnswer
 from gloss.pipeline.local_llm import endpoints
-from gloss.pipeline.simulator import SimulatorConfig
+from gloss.pipeline.scorers import Scorer, make_scorers
+from gloss.pipeline.settings import ExplainerConfig, SimulatorConfig
 from gloss.store import CANDIDATE, REPLACE_NONE, LockedError, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -196,6 +193,11 @@ def _templates(config: GlossConfig, llm: LLMConfig) -> tuple[ExplainerConfig, Si
     )
 
 
+def _scorers(config: GlossConfig, llm: LLMConfig, simulator: SimulatorConfig) -> list[Scorer]:
+    """The run's scorers, without a client: enough to ask the store what they still owe."""
+    return make_scorers(config.scoring.methods, config.scoring, llm.simulator, None, simulator)
+
+
 def plan(store: Store, config: GlossConfig) -> Plan:
     """The dry run: what `gloss run` would do now, without learning, mining or calling an LLM."""
     subject, source, source_id = open_source(store, config, dry_run=True)
@@ -210,7 +212,8 @@ def plan(store: Store, config: GlossConfig) -> Plan:
         out.explain = min(out.mine, config.run.limit or out.mine)
         explainer = config.explainer.for_endpoint(config.llm.explainer)
         out.explain_calls = out.explain * explainer.candidates
-        out.score_calls = out.explain_calls if explainer.score else 0
+        llm_scorers = sum(1 for m in config.scoring.methods if m != "embedding")
+        out.score_calls = out.explain * llm_scorers if explainer.score else 0
         out.est_prompt_tokens = _estimate_prompt_tokens(store, config, explainer, [], out)
         return out
     indices = config.subject.indices(width=source.width)
@@ -226,20 +229,20 @@ def plan(store: Store, config: GlossConfig) -> Plan:
     )
     cap = config.run.limit if config.run.limit is not None else 10**9
     n_explain = min(len(to_explain) + len(to_mine), cap)
-    to_score = store.features_to_score(
-        source_id,
-        simulator_model=config.llm.simulator.model,
-        prompt=simulator.template().ref,
+    jobs = pending_scores(
+        store, _scorers(config, config.llm, simulator), source_id=source_id, indices=indices,
         max_failures=explainer.max_failures,
-        indices=indices,
-    )
+    )  # fmt: skip
+    to_score = list(dict.fromkeys(job.feature_id for job in jobs))
+    llm_scorers = sum(1 for m in config.scoring.label_methods if m != "embedding")
     out = Plan(
         mine=len(to_mine),
         explain=n_explain,
         score=min(len(set(to_score) - set(to_explain)), cap),
         explain_calls=n_explain * explainer.candidates,
     )
-    out.score_calls = out.score + (out.explain_calls if explainer.score else 0)
+    per_label = llm_scorers + ("intruder" in config.scoring.methods)
+    out.score_calls = out.score * per_label + (n_explain * llm_scorers if explainer.score else 0)
     out.est_prompt_tokens = _estimate_prompt_tokens(store, config, explainer, to_explain, out)
     return out
 
@@ -248,12 +251,13 @@ def _estimate_prompt_tokens(
     store: Store, config: GlossConfig, explainer: ExplainerConfig, sample: list[int], p: Plan
 ) -> int:
     """Prompt tokens from rendering the explain prompt of a few mined features (~4 chars a token)."""
-    template = explainer.template()
+    style = make_explainer(explainer)
     sizes = []
     for feature_id in sample[:5]:
-        examples = store.examples(feature_id, "explain")
-        if examples:
-            sizes.append(len(explain_prompt(template, examples, explainer)) / 4)
+        try:
+            sizes.append(len(style.prompt(store.examples(feature_id, "explain"))) / 4)
+        except UnusableAnswer:  # nothing to show: no call will be made
+            continue
     per_call = (
         sum(sizes) / len(sizes) if sizes else explainer.max_examples * config.corpus.ctx_len * 3
     )
@@ -343,7 +347,8 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
             summary = asyncio.run(
                 aexplain_features(
                     store, to_explain, llm, explainer, simulator, run_id,
-                    relabel_human=config.run.relabel_human, budget=budget,
+                    scoring=config.scoring, relabel_human=config.run.relabel_human,
+                    budget=budget,
                 )
             )  # fmt: skip
             reasons += _left_undone(summary, "features")
@@ -359,19 +364,19 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
             store.update_run(run_id, counts={**counts, "baseline": {"promoted": promoted}})
         to_score = []
         if not budget.exhausted:
-            to_score = store.features_to_score(
-                source_id,
-                simulator_model=llm.simulator.model,
-                prompt=simulator.template().ref,
+            jobs = pending_scores(
+                store, _scorers(config, llm, simulator), source_id=source_id, indices=indices,
                 max_failures=explainer.max_failures,
-                indices=indices,
-            )
+            )  # fmt: skip
+            to_score = list(dict.fromkeys(job.feature_id for job in jobs))
         if limit is not None and len(to_score) > limit:
             reasons.append(f"limit {limit} left {len(to_score) - limit} labels unscored")
             to_score = to_score[:limit]
         if to_score:
             summary = asyncio.run(
-                ascore_features(store, to_score, llm, simulator, run_id, budget=budget)
+                ascore_features(
+                    store, to_score, llm, simulator, run_id, scoring=config.scoring, budget=budget
+                )
             )
             reasons += _left_undone(summary, "labels")
         labels = _label_counts(store, source_id, mined_ids)

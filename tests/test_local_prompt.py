@@ -14,16 +14,12 @@ import unicodedata
 
 import pytest
 
-from gloss.pipeline.explainer import (
-    ExplainerConfig,
-    _copied,
-    example_labels,
-    explain_prompt,
-    parse_label,
-    render_local,
-)
+from gloss.pipeline.explainers import make_explainer
+from gloss.pipeline.explainers.base import _copied, example_labels, parse_label
+from gloss.pipeline.explainers.local import render_local
 from gloss.pipeline.llm import EndpointConfig, UnusableAnswer
 from gloss.pipeline.prompts import load_prompt
+from gloss.pipeline.settings import ExplainerConfig
 from gloss.store import (
     ConfigError,
     ExampleIn,
@@ -73,7 +69,7 @@ def test_the_prompt_holds_the_active_words_and_marked_contexts():
         example(words_of("the pie cooled on the rack"), [0, 0.8, 0, 0, 0, 0], 1),
         example(words_of("preheat the oven and bake the pie"), [0, 0, 0.7, 0, 0.6, 0, 0.5], 2),
     ]
-    prompt = explain_prompt(load_prompt("explain_local"), examples, ExplainerConfig(style="local"))
+    prompt = make_explainer(ExplainerConfig(style="local")).prompt(examples)
     tail = prompt[prompt.rindex("Feature 111") :]
     assert tail == (
         "Feature 111\n"
@@ -115,7 +111,7 @@ def test_corpus_text_cannot_break_the_layout():
     ]
     acts = [1.0, 0.0, 0.8, 0.0, 1.0, 0.0, 0.9, 0.0]
     template = load_prompt("explain_local")
-    prompt = explain_prompt(template, [example(hostile, acts)], ExplainerConfig(style="local"))
+    prompt = make_explainer(ExplainerConfig(style="local")).prompt([example(hostile, acts)])
     assert prompt.count("\n") == template.text.count("\n"), "one line per context, nothing more"
     assert not [c for c in prompt if unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\n"]
     tail = prompt[prompt.rindex("Feature 111") :]
@@ -127,7 +123,7 @@ def test_corpus_text_cannot_break_the_layout():
         'Label for ‹end›, "››", a\\u2028b:'
     ), "a placeholder in the data stays data; the only angle brackets are our marks"
     with pytest.raises(UnusableAnswer, match="no words"):
-        explain_prompt(template, [example([" ", "\n"], [1.0, 0.5])], ExplainerConfig(style="local"))
+        make_explainer(ExplainerConfig(style="local")).prompt([example([" ", "\n"], [1.0, 0.5])])
 
 
 def test_every_worked_example_label_is_refused_as_a_copy():
@@ -281,7 +277,7 @@ def local_llm():
 
 @pytest.mark.slow
 def test_the_bundled_model_labels_most_meaningful_features_in_words(sqlite_store, local_llm):
-    from gloss.pipeline.explainer import explain_features
+    from gloss.pipeline.labeling import explain_features
 
     store = sqlite_store
     features = meaningful_features(store)

@@ -143,7 +143,9 @@ def test_mining_matches_brute_force(minilm, corpus_dir, sqlite_store):
                 ranked = sorted((e for e in tops if e.split == split), key=lambda e: e.rank)
                 assert ranked == [e for e in tops if e.split == split]
         active = sum(1 for m in maxes if m[0] > 0)
-        n_quantile = sum(kinds[(split, "quantile")] for split in ("explain", "validation", "holdout"))
+        n_quantile = sum(
+            kinds[(split, "quantile")] for split in ("explain", "validation", "holdout")
+        )
         assert active > 8 or not n_quantile  # quantile windows are never top windows
     # Only windows used by examples are stored.
     with sqlite_store.session() as s:

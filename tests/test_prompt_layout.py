@@ -10,7 +10,9 @@ import unicodedata
 
 import pytest
 
-from gloss.pipeline.explainer import parse_label, render_delphi, render_openai
+from gloss.pipeline.explainers import parse_label
+from gloss.pipeline.explainers.delphi import render_delphi
+from gloss.pipeline.explainers.openai import render_openai
 from gloss.pipeline.llm import UnusableAnswer
 from gloss.pipeline.prompts import load_prompt, neutralize, printable, spell
 from gloss.pipeline.simulator import render_integer_windows, render_logprobs_windows

@@ -205,3 +205,9 @@ def test_renamed_flags_still_work_for_a_release_and_say_their_new_name(sqlite_ur
     assert "use --subject" in err and "use --corpus-tokens" in err
     assert parser.parse_args(["explain", "--model", "m"]).model == "m"
     assert "use --llm-model" in capsys.readouterr().err
+    # --force meant three things; each command now names what it does again
+    for command, new in (("mine", "remine"), ("explain", "relabel"), ("score", "rescore")):
+        args = parser.parse_args([command, "--force"])
+        assert getattr(args, new) is True
+        assert f"use --{new}" in capsys.readouterr().err
+        assert getattr(parser.parse_args([command]), new) is False

@@ -35,9 +35,10 @@ CAT = "the word 'cat'"
 def run(llm: ScriptedLLM | None, method: str, label: str | None, windows: list[ExampleOut],
         **config) -> Outcome:  # fmt: skip
     async def go() -> Outcome:
-        client = LLMClient(llm.config().simulator, role="simulator") if llm else None
+        endpoint = llm.config().simulator if llm else None
+        client = LLMClient(endpoint, role="simulator") if endpoint else None
         try:
-            (scorer,) = make_scorers((method,), _config(method, **config), client)
+            (scorer,) = make_scorers((method,), _config(method, **config), endpoint, client)
             return await scorer.score(label, Windows(windows), seed=7)
         finally:
             if client is not None:

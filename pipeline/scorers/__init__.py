@@ -19,7 +19,7 @@ from gloss.pipeline.scorers.embedding import Embedding
 from gloss.pipeline.scorers.fuzzing import Fuzzing
 from gloss.pipeline.scorers.intruder import Intruder
 from gloss.pipeline.scorers.simulation import Simulation
-from gloss.pipeline.settings import ScoringConfig, SimulatorConfig
+from gloss.pipeline.settings import EndpointConfig, ScoringConfig, SimulatorConfig
 
 SCORERS: dict[str, type[Scorer]] = {
     cls.method: cls for cls in (Simulation, Detection, Fuzzing, Embedding, Intruder)
@@ -29,15 +29,17 @@ SCORERS: dict[str, type[Scorer]] = {
 def make_scorers(
     methods: tuple[str, ...],
     config: ScoringConfig,
-    client: LLMClient | None,
+    endpoint: EndpointConfig | None,
+    client: LLMClient | None = None,
     simulator: SimulatorConfig | None = None,
 ) -> list[Scorer]:
+    """The scorers of `methods`, judging on `endpoint` (the simulator role) through `client`."""
     scorers: list[Scorer] = []
     for method in methods:
         if method == "simulation":
-            scorers.append(Simulation(config, client, simulator))
+            scorers.append(Simulation(config, endpoint, client, simulator))
         else:
-            scorers.append(SCORERS[method](config, client))
+            scorers.append(SCORERS[method](config, endpoint, client))
     return scorers
 
 

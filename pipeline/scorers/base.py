@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from gloss.pipeline.llm import Answer, LLMClient, UnusableAnswer, answer_logprobs, answer_text
 from gloss.pipeline.prompts import Prompt, neutralize, spell
-from gloss.pipeline.settings import ScoringConfig
+from gloss.pipeline.settings import EndpointConfig, ScoringConfig
 from gloss.store import ExampleOut
 
 MARK_SHARE = 0.1  # a token is marked active where it reaches this share of its window's peak
@@ -69,19 +69,28 @@ class Scorer:
     judges: ClassVar[str] = "label"  # or "feature": no label, stored in feature_scores
     split: ClassVar[str] = "holdout"
 
-    def __init__(self, config: ScoringConfig, client: LLMClient | None):
+    def __init__(
+        self,
+        config: ScoringConfig,
+        endpoint: EndpointConfig | None,
+        client: LLMClient | None = None,
+    ):
+        """`endpoint` keys the scores (its model); `client` makes the calls. Without a
+        client a scorer can say what it owes (`pipeline.labeling.pending_scores`) but
+        not score."""
         self.config = config
+        self.endpoint = endpoint
         self.client = client
         self.prompt: Prompt | None = None
 
     @property
     def model(self) -> str | None:
-        return self.client.endpoint.model if self.client is not None else None
+        return self.endpoint.model if self.endpoint is not None else None
 
     @property
     def grammar(self) -> bool:
         """The endpoint takes llama.cpp grammars (the bundled one): answers are constrained."""
-        return self.client is not None and self.client.endpoint.grammar
+        return self.endpoint is not None and self.endpoint.grammar
 
     async def score(self, label: str | None, windows: Windows, seed: int) -> Outcome:
         raise NotImplementedError
@@ -90,7 +99,8 @@ class Scorer:
         self, outcome: Outcome, prompt: str, parse: Callable[[dict[str, Any]], Any], **params: Any
     ) -> Any:
         """One deterministic LLM call, counted in `outcome`; LLMError when it fails."""
-        assert self.client is not None
+        if self.client is None:
+            raise RuntimeError(f"the {self.method} scorer was made without an LLM client")
         answer = await self.client.complete(prompt, parse, temperature=0, **params)
         outcome.count(answer)
         return answer.value

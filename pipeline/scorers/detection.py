@@ -34,8 +34,8 @@ TOP_LOGPROBS = 5
 class Detection(Scorer):
     method = "detection"
 
-    def __init__(self, config, client):
-        super().__init__(config, client)
+    def __init__(self, config, endpoint, client=None):
+        super().__init__(config, endpoint, client)
         self.prompt = load_prompt(config.detection_prompt or "detect")
 
     async def score(self, label: str | None, windows: Windows, seed: int) -> Outcome:

@@ -16,15 +16,20 @@ from gloss.pipeline.scoring import auc
 class Embedding(Scorer):
     method = "embedding"
 
-    def __init__(self, config, client=None):
+    def __init__(self, config, endpoint=None, client=None):
         super().__init__(config, None)
-        from gloss.pipeline.embedder import embedder
-
-        self.embedder = embedder(config.embedding_model)
 
     @property
     def model(self) -> str | None:
-        return self.embedder.name
+        from gloss.pipeline.embedder import embedder_name
+
+        return embedder_name(self.config.embedding_model)
+
+    @property
+    def embedder(self):
+        from gloss.pipeline.embedder import embedder
+
+        return embedder(self.config.embedding_model)
 
     async def score(self, label: str | None, windows: Windows, seed: int) -> Outcome:
         assert label is not None

@@ -31,8 +31,8 @@ from gloss.pipeline.scoring import balanced_accuracy
 class Fuzzing(Scorer):
     method = "fuzzing"
 
-    def __init__(self, config, client):
-        super().__init__(config, client)
+    def __init__(self, config, endpoint, client=None):
+        super().__init__(config, endpoint, client)
         self.prompt = load_prompt(config.fuzzing_prompt or "fuzz")
 
     async def score(self, label: str | None, windows: Windows, seed: int) -> Outcome:

@@ -29,8 +29,8 @@ class Intruder(Scorer):
     method = "intruder"
     judges = "feature"
 
-    def __init__(self, config, client):
-        super().__init__(config, client)
+    def __init__(self, config, endpoint, client=None):
+        super().__init__(config, endpoint, client)
         self.prompt = load_prompt(config.intruder_prompt or "intruder")
 
     async def score(self, label: str | None, windows: Windows, seed: int) -> Outcome:

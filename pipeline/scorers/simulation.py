@@ -19,14 +19,16 @@ from gloss.pipeline.simulator import simulate
 class Simulation(Scorer):
     method = "simulation"
 
-    def __init__(self, config, client, simulator: SimulatorConfig | None = None):
-        super().__init__(config, client)
-        assert client is not None
-        self.simulator = (simulator or SimulatorConfig()).for_endpoint(client.endpoint)
+    def __init__(self, config, endpoint, client=None, simulator: SimulatorConfig | None = None):
+        super().__init__(config, endpoint, client)
+        assert endpoint is not None, "simulation needs the simulator endpoint"
+        self.simulator = (simulator or SimulatorConfig()).for_endpoint(endpoint)
         self.prompt = self.simulator.template()
 
     async def score(self, label: str | None, windows: Windows, seed: int) -> Outcome:
-        assert label is not None and self.client is not None
+        assert label is not None
+        if self.client is None:
+            raise RuntimeError("the simulation scorer was made without an LLM client")
         kinds = self.simulator.kinds
         shown = [e for e in windows.all if e.kind.split(":", 1)[0] in kinds]
         if not shown:
