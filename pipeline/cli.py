@@ -432,6 +432,38 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if summary.failed and not summary.scored else 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from gloss.pipeline.evaluate import evaluate
+    from gloss.store import open_store
+
+    config = _stage_config(args)
+    from gloss.store import ConfigError
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise ConfigError(f"--seeds {args.seeds!r} is not a list of seeds: give e.g. 0,1")
+    with open_store(args.database) as store:
+        ids = select_features(store, args)
+        report = evaluate(
+            store,
+            ids,
+            _llm_config(args, config),
+            simulator=replace(config.simulator, **_given(method=args.method)),
+            scoring=_scoring(args, config),
+            seeds=seeds,
+        )
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print("\n".join(report.lines()))
+    return 0
+
+
 def cmd_llm_serve(args: argparse.Namespace) -> int:
     import time
 
@@ -521,6 +553,15 @@ def add_llm_commands(sub) -> None:
     )
     p.set_defaults(func=cmd_explain)
 
+    p = sub.add_parser(
+        "eval",
+        help="do the scores mean anything? own labels against other features' labels",
+    )
+    _add_llm_arguments(p)
+    _add_scoring_arguments(p)
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds, one AUC each (0,1)")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("score", help="score current labels with the simulator LLM")
     _add_llm_arguments(p)
     p.add_argument("--simulator-prompt", help="simulator template name or path")
@@ -604,7 +645,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                 writer.writeheader()
             for row in store.export(source=args.source):
                 if writer:
-                    writer.writerow({**row, "scores": json.dumps(row["scores"])})
+                    writer.writerow(
+                        {
+                            **row,
+                            "scores": json.dumps(row["scores"]),
+                            "feature_scores": json.dumps(row["feature_scores"]),
+                        }
+                    )
                 else:
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1

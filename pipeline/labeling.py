@@ -430,7 +430,7 @@ def _close_run(
     store.finish_run(run_id, status, "; ".join(summary.lines()[:2]), **values)
 
 
-def _config_dict(**parts: Any) -> dict[str, Any]:
+def config_record(**parts: Any) -> dict[str, Any]:
     out = {}
     for name, part in parts.items():
         data = asdict(part)
@@ -442,7 +442,7 @@ def _config_dict(**parts: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def _stage_run(
+def stage_run(
     store: Store, run_id: int | None, kind: str, config: dict[str, Any], summary: Summary
 ) -> Iterator[tuple[int, str]]:
     """The stage's run (its own, unless inside a nightly run), closed with what happened.
@@ -516,8 +516,8 @@ async def aexplain_features(
             feature_ids=ids,
         )  # fmt: skip
 
-    config = _config_dict(llm=llm, explainer=explainer, simulator=simulator, scoring=scoring)
-    with _stage_run(store, run_id, "explain", config, summary) as (run_id, holder):
+    config = config_record(llm=llm, explainer=explainer, simulator=simulator, scoring=scoring)
+    with stage_run(store, run_id, "explain", config, summary) as (run_id, holder):
         todo = pending(feature_ids)
         summary.skipped += len(feature_ids) - len(todo)
         db = StoreWorker(store)
@@ -565,8 +565,8 @@ async def ascore_features(
     scoring = scoring or ScoringConfig()
     summary = Summary(features=len(feature_ids))
     use_primary(store, scoring)
-    config = _config_dict(scoring=scoring, **({"llm": llm} if llm is not None else {}))
-    with _stage_run(store, run_id, "score", config, summary) as (run_id, holder):
+    config = config_record(scoring=scoring, **({"llm": llm} if llm is not None else {}))
+    with stage_run(store, run_id, "score", config, summary) as (run_id, holder):
         db = StoreWorker(store)
         judge = None
         if _needs_llm(scoring.methods):

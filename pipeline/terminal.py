@@ -14,7 +14,14 @@ from datetime import datetime
 from typing import Any
 
 from gloss.pipeline.prompts import printable, spell
-from gloss.store import ExampleOut, ExplanationInfo, FeatureCard, FeatureRow, SourceInfo
+from gloss.store import (
+    ExampleOut,
+    ExplanationInfo,
+    FeatureCard,
+    FeatureRow,
+    ScoreInfo,
+    SourceInfo,
+)
 from gloss.store.api import LayerPeaks
 
 KIND_ORDER = {"top": 0, "quantile": 1, "random": 2}
@@ -93,6 +100,20 @@ def layer_peaks_dict(source: SourceInfo, peaks: list[LayerPeaks]) -> dict[str, A
     }
 
 
+def _score_line(sc: ScoreInfo) -> str:
+    """`detection 0.833 by gpt-4o-mini (auc 0.91; 2 calls, 1,204 tokens)` or why it is undefined."""
+    model = f" by {printable(sc.simulator_model)}" if sc.simulator_model else ""
+    extra = []
+    if sc.details.get("auc") is not None:
+        extra.append(f"auc {_num(sc.details['auc'])}")
+    if sc.value is None and sc.details.get("reason"):
+        extra.append(_short(printable(str(sc.details["reason"])), 80))
+    if sc.calls:
+        extra.append(f"{sc.calls} calls, {sc.tokens_in + sc.tokens_out:,} tokens")
+    note = f" ({'; '.join(extra)})" if extra else ""
+    return f"{printable(sc.method)} {_num(sc.value)}{model}{note}"
+
+
 def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
     f, src = card.feature, card.source
     out = [
@@ -113,6 +134,10 @@ def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
         e = card.current
         out.append(_bold("label: ", color) + printable(e.text))
         out.append(f"       [{printable(e.status)}] score {_num(e.score)}  {_provenance(e)}")
+        for sc in e.scores:
+            out.append(f"       {_score_line(sc)}")
+    for sc in card.feature_scores:
+        out.append(f"feature {_score_line(sc)}  (a measure of the feature, not of a label)")
     if len(card.history) > 1 or (card.history and card.current is None):
         out += ["", _bold("history (newest first)", color)]
         for e in card.history:
@@ -122,8 +147,7 @@ def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
             )
             out.append(f"          {printable(e.text)}")
             for sc in e.scores:
-                model = f" by {printable(sc.simulator_model)}" if sc.simulator_model else ""
-                out.append(f"          {printable(sc.method)} {_num(sc.value)}{model}")
+                out.append(f"          {_score_line(sc)}")
     if card.reviews:
         out += ["", _bold("reviews", color)]
         for r in card.reviews:

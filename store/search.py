@@ -28,7 +28,15 @@ from sqlalchemy.orm import Session
 
 from gloss.store.base import MAX_ID, StoreBase
 from gloss.store.errors import InputError, NotFoundError
-from gloss.store.models import Explanation, Feature, FeatureSource, Review, Score, Subject
+from gloss.store.models import (
+    Explanation,
+    Feature,
+    FeatureScore,
+    FeatureSource,
+    Review,
+    Score,
+    Subject,
+)
 from gloss.store.registry import find_source
 from gloss.store.statuses import (
     CURRENT_SQL,
@@ -521,6 +529,13 @@ def _export_batch(
         .order_by(Score.id)
     ):
         scores.setdefault(explanation_id, {})[method] = value
+    of_feature: dict[int, dict[str, float | None]] = {}
+    for feature_id, method, value in s.execute(
+        select(FeatureScore.feature_id, FeatureScore.method, FeatureScore.value)
+        .where(FeatureScore.feature_id.in_([r["feature_id"] for r in rows]))
+        .order_by(FeatureScore.id)
+    ):
+        of_feature.setdefault(feature_id, {})[method] = value
     reviewed = set(
         s.scalars(
             select(Review.feature_id)
@@ -532,6 +547,7 @@ def _export_batch(
         if row["labeled_at"] is not None:
             row["labeled_at"] = row["labeled_at"].isoformat()
         row["scores"] = scores.get(row["explanation_id"], {})
+        row["feature_scores"] = of_feature.get(row["feature_id"], {})
         row["reviewed"] = row["feature_id"] in reviewed
     return rows
 

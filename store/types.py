@@ -264,8 +264,9 @@ EXPORT_FIELDS = (
     "parent_id",
     "run_id",
     "labeled_at",
-    "score",
-    "scores",
+    "score",  # the label's best score of the primary method (simulation unless changed)
+    "scores",  # every method's score of the label: {"simulation": 0.61, "detection": 0.8}
+    "feature_scores",  # measures of the feature itself: {"intruder": 0.75}
     "reviewed",
 )
 

@@ -9,8 +9,9 @@ It is a real socket server (stdlib http.server in a thread) that answers
   that puts 10 on the labeled token and 0 elsewhere; the integers method gets JSON;
 - a detection prompt gets 1 for each example holding the labeled word (with logprobs
   for the digits when asked: P(1) = 0.8 for a 1, 0.3 for a 0); a fuzzing prompt gets 1
-  for each example whose marked tokens are all the labeled word; an intruder prompt
-  gets, per set, the first example without the word most of the set's examples share.
+  for each example whose every marked span holds the labeled word; an intruder prompt
+  gets, per set, the first example without the set's theme (one of `themes` if the test
+  names them, else the word most of the set's examples share).
 
 `faults` is a queue of scripted misbehaviours consumed one per request: a status with
 headers (429 + Retry-After, 500), a delay past the client's timeout, a raw body
@@ -47,6 +48,7 @@ class ScriptedLLM:
         self.faults: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
         self.label_override: str | None = None
+        self.themes: set[str] = set()  # words the intruder judge knows to be themes
         self.lock = threading.Lock()
         server = self
 
@@ -136,8 +138,11 @@ class ScriptedLLM:
         if kind == "explain":
             label = self.label_override or explain_answer(prompt)
             return 200, json.dumps(_response(chat, " " + label, prompt)), {}, delay
-        if kind in JUDGES:
-            said = JUDGES[kind](prompt)
+        if kind in ("detect", "fuzz", "intruder"):
+            if kind == "intruder":
+                said = intruder_answer(prompt, self.themes)
+            else:
+                said = detect_answer(prompt) if kind == "detect" else fuzz_answer(prompt)
             response = _response(chat, " " + json.dumps(said, separators=(",", ":")), prompt)
             if body.get("logprobs") and kind == "detect":
                 _add_digit_logprobs(response, said, chat)
@@ -179,20 +184,21 @@ def fuzz_answer(prompt: str) -> list[int]:
     out = []
     for text in _examples(prompt.rsplit("<start>", 1)[-1]):
         marked = [m.strip() for m in re.findall(r"<<(.+?)>>", text)]
-        out.append(int(bool(marked) and all(m == label for m in marked)))
+        out.append(int(bool(marked) and all(label in m.split() for m in marked)))
     return out
 
 
-def intruder_answer(prompt: str) -> list[int]:
+def intruder_answer(prompt: str, themes: set[str] = frozenset()) -> list[int]:
+    """Per set, the first example without the set's theme: one of `themes` that most
+    examples hold, else the word most examples hold (1 when every example holds it)."""
     out = []
     for block in re.split(r"^Set \d+:$", prompt.rsplit("<start>", 1)[-1], flags=re.MULTILINE)[1:]:
         examples = [set(text.split()) for text in _examples(block)]
-        common = Counter(word for words in examples for word in words).most_common(1)[0][0]
-        out.append(next(i for i, words in enumerate(examples, 1) if common not in words))
+        counts = Counter(word for words in examples for word in words)
+        known = [w for w in counts if w in themes]
+        common = max(known or counts, key=lambda w: (counts[w], w))
+        out.append(next((i for i, words in enumerate(examples, 1) if common not in words), 1))
     return out
-
-
-JUDGES = {"detect": detect_answer, "fuzz": fuzz_answer, "intruder": intruder_answer}
 
 
 def _add_digit_logprobs(response: dict[str, Any], said: list[int], chat: bool) -> None:

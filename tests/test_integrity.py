@@ -260,9 +260,11 @@ def test_a_stage_that_crashes_is_recorded_failed(sqlite_store, server, monkeypat
     monkeypatch.setattr("gloss.pipeline.labeling.make_clients", broken)
     with pytest.raises(RuntimeError):
         explain_features(sqlite_store, ids, server.config())
-    (run,) = sqlite_store.runs()
-    assert (run.kind, run.status) == ("explain", "failed")
-    assert run.finished_at is not None
+    with pytest.raises(RuntimeError):
+        score_features(sqlite_store, ids, server.config())
+    runs = sorted(sqlite_store.runs(), key=lambda r: r.id)
+    assert [(r.kind, r.status) for r in runs] == [("explain", "failed"), ("score", "failed")]
+    assert all(r.finished_at is not None for r in runs)
 
 
 def test_one_features_unexpected_error_is_its_failure_not_the_runs(sqlite_store, server):
