@@ -161,13 +161,15 @@ def _dies_with_us(command: list[str]) -> list[str]:
     return [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *command]
 
 
-def _resolve(endpoint: EndpointConfig, url: str) -> EndpointConfig:
-    """The local server answers one request at a time, slowly: queue here, wait long."""
+def _resolve(endpoint: EndpointConfig, url: str, logits_all: bool) -> EndpointConfig:
+    """The local server answers one request at a time, slowly: queue here, wait long. It
+    returns logprobs only when started with logits_all (off by default: 2 GB)."""
     return dataclasses.replace(
         endpoint,
         base_url=url,
         api_key=endpoint.api_key or "local",
         grammar=True,
+        logprobs=logits_all,
         concurrency=1,
         timeout_s=max(endpoint.timeout_s, 900.0),
     )
@@ -180,5 +182,8 @@ def endpoints(llm: LLMConfig, server: LocalServerConfig | None = None) -> Iterat
     if all(e.resolved_url() != LOCAL for e in roles):
         yield llm
         return
+    logits_all = (server or LocalServerConfig()).logits_all
     with local_server(server) as url:
-        yield LLMConfig(*(_resolve(e, url) if e.resolved_url() == LOCAL else e for e in roles))
+        yield LLMConfig(
+            *(_resolve(e, url, logits_all) if e.resolved_url() == LOCAL else e for e in roles)
+        )

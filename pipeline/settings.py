@@ -402,6 +402,7 @@ class EndpointConfig:
     price_in: float = 0.0
     price_out: float = 0.0
     grammar: bool = False  # the endpoint takes llama.cpp GBNF grammars (the local one does)
+    logprobs: bool = True  # it returns logprobs of generated tokens (detection's AUC uses them)
 
     def __post_init__(self) -> None:
         if self.api not in APIS:

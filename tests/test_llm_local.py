@@ -236,3 +236,38 @@ def test_kill_9_of_gloss_takes_the_local_server_with_it(tmp_path):
     proc.kill()
     proc.communicate(timeout=30)
     assert _gone(port, 10), "the llama.cpp server was orphaned"
+
+
+def test_detection_fuzzing_and_intruder_parse_the_real_models_answers(server_config):
+    """Grammar-constrained JSON lists from the real model, and P(1) from its logprobs."""
+    from gloss.pipeline.scorers import Windows, make_scorers
+    from gloss.pipeline.settings import ScoringConfig
+    from tests.test_scorers import window
+
+    windows = Windows([
+        window("she fed the cat", [0, 0, 0, 3]),
+        window("the cat slept late", [0, 2, 0, 0]),
+        window("a black cat ran", [0, 0, 2, 0]),
+        window("rates rose again today", [0, 0, 0, 0]),
+        window("the train left early", [0, 0, 0, 0]),
+    ])  # fmt: skip
+    methods = ("detection", "fuzzing", "intruder")
+    config = ScoringConfig(methods=methods, primary="detection", intruder_shown=2,
+                           intruder_trials=2)  # fmt: skip
+
+    async def go():
+        with endpoints(local_llm(server_config), server_config) as llm:
+            client = LLMClient(llm.simulator, role="simulator")
+            try:
+                scorers = make_scorers(methods, config, llm.simulator, client)
+                return [await s.score("the word 'cat'", windows, seed=1) for s in scorers]
+            finally:
+                await client.close()
+
+    detection, fuzzing, intruder = asyncio.run(go())
+    assert detection.calls == fuzzing.calls == intruder.calls == 1
+    assert 0 <= detection.value <= 1 and len(detection.details["examples"]) == 5
+    # The bundled server runs without logits_all: no logprobs, so no AUC, and it says why.
+    assert detection.details["auc"] is None and "logprobs" in detection.details["auc_reason"]
+    assert 0 <= fuzzing.value <= 1 and len(fuzzing.details["examples"]) == 3
+    assert intruder.value in (0.0, 0.5, 1.0) and len(intruder.details["trials"]) == 2

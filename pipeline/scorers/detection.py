@@ -34,6 +34,10 @@ TOP_LOGPROBS = 5
 class Detection(Scorer):
     method = "detection"
 
+    @property
+    def logprobs(self) -> bool:
+        return self.endpoint is not None and self.endpoint.logprobs
+
     def __init__(self, config, endpoint, client=None):
         super().__init__(config, endpoint, client)
         self.prompt = load_prompt(config.detection_prompt or "detect")
@@ -61,8 +65,8 @@ class Detection(Scorer):
                 prompt,
                 partial(_answer, n=len(batch)),
                 max_tokens=2 * len(batch) + 8,
-                logprobs=TOP_LOGPROBS,
                 **grammar,
+                **({"logprobs": TOP_LOGPROBS} if self.logprobs else {}),
             )
             said += answer
             p_yes = p_yes + probabilities if p_yes is not None and probabilities else None
@@ -85,7 +89,11 @@ class Detection(Scorer):
                 details["auc_reason"] = auc_reason
         else:
             details["auc"] = None
-            details["auc_reason"] = "the endpoint returned no logprobs for the answer"
+            details["auc_reason"] = (
+                "the endpoint returned no logprobs for the answer"
+                if self.logprobs
+                else "the endpoint gives no logprobs (logprobs = false)"
+            )
         outcome.details = details
         return outcome
 
