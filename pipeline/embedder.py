@@ -57,6 +57,19 @@ class Embedder:
         return torch.cat(out) if out else torch.zeros((0, 0))
 
 
+def closest(
+    anchors: Sequence[str], candidates: Sequence[str], k: int, name: str = "minilm"
+) -> list[int]:
+    """Indices of the `k` candidates closest in meaning to the mean of `anchors`, closest
+    first (ties: the earlier candidate): near misses for the silent windows of a feature."""
+    if not anchors or not candidates or k < 1:
+        return []
+    vectors = embedder(name).encode([*anchors, *candidates])
+    centre = vectors[: len(anchors)].mean(dim=0)
+    similarity = (vectors[len(anchors) :] @ centre).tolist()
+    return sorted(range(len(candidates)), key=lambda i: (-similarity[i], i))[:k]
+
+
 def embedder_name(name: str) -> str:
     """The name scores record: the bundled model's own name, else the folder's."""
     return "all-MiniLM-L6-v2" if name == "minilm" else Path(name).name

@@ -128,7 +128,7 @@ async def aevaluate(
                 _, judge = make_clients(llm, store, run_id, db)
             endpoint = llm.simulator if llm is not None else None
             scorers = make_scorers(scoring.methods, scoring, endpoint, judge, simulator)
-            holdout = {f: Windows(store.examples(f, "holdout")) for f in ids}
+            holdout = {f: Windows.of(store.examples(f, "holdout"), scoring) for f in ids}
             for scorer in scorers:
                 report.results.append(
                     await _evaluate(scorer, ids, labels, holdout, list(seeds), scoring.seed)

@@ -216,6 +216,8 @@ async def _score(ctx: _Context, job: ScoreJob, windows: Windows) -> bool:
         await ctx.fail(job.feature_id, "score", f"{scorer.method}: {error}")
         return False
     details = outcome.details | ({"llm_call_ids": outcome.call_ids} if outcome.call_ids else {})
+    if windows.near_misses:
+        details["silent_windows"] = f"the {ctx.scoring.near_misses} nearest misses"
     stored = dict(
         details=details, prompt=scorer.prompt.ref if scorer.prompt is not None else None,
         run_id=ctx.run_id, replace=ctx.rescore, calls=outcome.calls,
@@ -318,7 +320,8 @@ async def _explain_one(ctx: _Context, feature_id: int) -> None:
     texts = list(labels)
     chosen, validation = texts[0], {}
     if len(texts) > 1:
-        chosen, validation = await _choose(ctx, feature_id, texts, Windows(split["validation"]))
+        validation_windows = await asyncio.to_thread(Windows.of, split["validation"], ctx.scoring)
+        chosen, validation = await _choose(ctx, feature_id, texts, validation_windows)
     chosen_id = None
     for text, answer in labels.items():
         details = {
@@ -342,7 +345,8 @@ async def _explain_one(ctx: _Context, feature_id: int) -> None:
     if ctx.score_new and chosen_id is not None:
         jobs = [ScoreJob(feature_id, s, chosen_id, chosen) for s in ctx.scorers
                 if s.judges == "label"]  # fmt: skip
-        await _score_jobs(ctx, jobs, Windows(split["holdout"]))
+        holdout = await asyncio.to_thread(Windows.of, split["holdout"], ctx.scoring)
+        await _score_jobs(ctx, jobs, holdout)
 
 
 async def _run_features(
@@ -580,7 +584,8 @@ async def ascore_features(
             return pending_scores(store, scorers, ids, rescore=rescore, baseline=baseline)
 
         async def work(ctx: _Context, feature_id: int, todo: list[ScoreJob]) -> None:
-            holdout = Windows(await ctx.db.read(store.examples, feature_id, "holdout"))
+            examples = await ctx.db.read(store.examples, feature_id, "holdout")
+            holdout = await asyncio.to_thread(Windows.of, examples, ctx.scoring)
             await _score_jobs(ctx, todo, holdout)
 
         todo = list(dict.fromkeys(job.feature_id for job in jobs(feature_ids)))

@@ -352,6 +352,9 @@ class ScoringConfig:
     fuzzing_prompt: str | None = None
     intruder_prompt: str | None = None
     embedding_model: str = "minilm"  # a sentence embedder: minilm (bundled) or a folder
+    # Score on near misses: of the held-out silent windows, only the N closest in meaning
+    # to the active ones (0: all, a uniform sample). Raise [mining] silent_holdout for a pool.
+    near_misses: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -370,6 +373,8 @@ class ScoringConfig:
         for key in ("windows_per_call", "max_tokens_per_window", "intruder_trials"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"scoring {key} must be at least 1")
+        if self.near_misses < 0:
+            raise ConfigError("scoring near_misses must be 0 (off) or more")
         if self.intruder_shown < 2:
             raise ConfigError(
                 "scoring intruder_shown must be at least 2: an intruder needs company"

@@ -53,3 +53,21 @@ def test_contrastive_prompt_and_label(sqlite_store, server):
         current.text.startswith("the token 'cat") and current.prompt_name == "explain-contrastive"
     )
     assert current.details["style"] == "contrastive"
+
+
+def test_scoring_on_near_misses_keeps_the_closest_silent_windows():
+    from gloss.pipeline.scorers import Windows
+    from gloss.pipeline.settings import ScoringConfig
+
+    examples = [
+        window("my cat purred on the sofa", [0, 3, 0, 0, 0, 0]),
+        window("a kitten chased the cat", [0, 0, 0, 0, 2]),
+        window("interest rates rose again", [0, 0, 0, 0]),
+        window("the dog barked at the mailman", [0, 0, 0, 0, 0, 0]),
+        window("stock prices fell sharply", [0, 0, 0, 0]),
+    ]
+    uniform = Windows.of(examples, ScoringConfig())
+    assert uniform.all == examples and not uniform.near_misses
+    near = Windows.of(examples, ScoringConfig(near_misses=1))
+    assert near.near_misses and near.active == examples[:2] and near.silent == [examples[3]]
+    assert Windows.of(examples, ScoringConfig(near_misses=3)).all == examples  # no pool to cut

@@ -89,7 +89,8 @@ def counts(workdir: Path) -> dict[str, int]:
 DUPLICATES = [
     "SELECT feature_id FROM explanations WHERE author_kind = 'model' GROUP BY 1 HAVING count(*) > 1",
     "SELECT feature_id FROM explanations WHERE author_kind = 'baseline' GROUP BY 1 HAVING count(*) > 1",
-    "SELECT explanation_id FROM scores GROUP BY explanation_id, simulator_model HAVING count(*) > 1",
+    "SELECT explanation_id FROM scores GROUP BY explanation_id, method, simulator_model "
+    "HAVING count(*) > 1",
     "SELECT feature_id FROM examples GROUP BY feature_id, window_id HAVING count(*) > 1",
 ]
 
@@ -484,3 +485,35 @@ def test_a_run_learns_its_dictionary_once_then_labels_its_features(
     with open_store(f"sqlite:///{workdir / 'gloss.db'}") as store:
         learn_runs = [r for r in store.runs() if r.kind == "learn"]
     assert [r.counts["reused"] for r in learn_runs] == [1, 0]
+
+
+def test_a_run_with_four_scorers_stores_all_four_for_every_new_label(workdir, llm, capsys):
+    config = workdir / "gloss.toml"
+    methods = ["simulation", "detection", "fuzzing", "embedding"]
+    config.write_text(
+        config.read_text() + f'[scoring]\nmethods = {json.dumps(methods)}\nprimary = "detection"\n'
+    )
+    assert gloss(workdir) == 0
+    con = db(workdir)
+    labels = con.execute(
+        "SELECT explanation_id FROM feature_labels WHERE author_kind = 'model'"
+    ).fetchall()
+    assert len(labels) >= N_FEATURES - 1
+    for (explanation_id,) in labels:
+        stored = con.execute(
+            "SELECT method, value, calls FROM scores WHERE explanation_id = ? ORDER BY method",
+            (explanation_id,),
+        ).fetchall()
+        assert [m for m, _, _ in stored] == sorted(methods)
+        by = {m: (v, c) for m, v, c in stored}
+        assert by["embedding"][1] == 0 and by["simulation"][1] == 1
+        # labels rank by the primary method's score
+        (score,) = con.execute(
+            "SELECT score FROM explanations WHERE id = ?", (explanation_id,)
+        ).fetchone()
+        assert score == by["detection"][0]
+    con.close()
+    requests = len(llm.requests)
+    assert gloss(workdir) == 0  # nothing is left: no call at all
+    assert len(llm.requests) == requests
+    assert_no_duplicates(workdir)

@@ -31,17 +31,10 @@ class ContrastiveExplainer(Explainer):
 
 def near_misses(shown: Shown, silent: Sequence[ExampleOut], count: int, limit: int) -> list[str]:
     """The `count` silent windows most similar to the mean of the shown ones, as text."""
-    if not silent or count < 1:
-        return []
-    from gloss.pipeline.embedder import embedder
+    from gloss.pipeline.embedder import closest
 
-    active = [_text(tokens) for tokens, _ in shown]
     candidates = [_text(cut(e, limit)[0]) for e in silent]
-    vectors = embedder().encode(active + candidates)
-    centre = vectors[: len(active)].mean(dim=0)
-    similarity = (vectors[len(active) :] @ centre).tolist()
-    order = sorted(range(len(candidates)), key=lambda i: (-similarity[i], silent[i].window_id))
-    return [candidates[i] for i in order[:count]]
+    return [candidates[i] for i in closest([_text(t) for t, _ in shown], candidates, count)]
 
 
 def _text(tokens: Sequence[str]) -> str:

@@ -30,6 +30,25 @@ class Windows:
     """One split of a feature's windows, as scorers see them."""
 
     all: list[ExampleOut]
+    near_misses: bool = False  # the silent ones are near misses, not a uniform sample
+
+    @classmethod
+    def of(cls, examples: Sequence[ExampleOut], config: ScoringConfig) -> Windows:
+        """A split as `config` says to score on it: with `near_misses` N > 0, only the N
+        silent windows closest in meaning to the active ones (MiniLM) stay."""
+        windows = cls(list(examples))
+        silent = windows.silent
+        if config.near_misses < 1 or len(silent) <= config.near_misses or not windows.active:
+            return windows
+        from gloss.pipeline.embedder import closest
+
+        def text(e: ExampleOut) -> str:
+            return window_text(cut(e, config.max_tokens_per_window)[0])
+
+        kept = closest([text(e) for e in windows.active], [text(e) for e in silent],
+                       config.near_misses, config.embedding_model)  # fmt: skip
+        dropped = {silent[i].window_id for i in range(len(silent)) if i not in kept}
+        return cls([e for e in examples if e.window_id not in dropped], near_misses=True)
 
     @property
     def active(self) -> list[ExampleOut]:
