@@ -526,9 +526,7 @@ async def aexplain_features(
         summary.skipped += len(feature_ids) - len(todo)
         db = StoreWorker(store)
         explainer_client, judge = make_clients(llm, store, run_id, db, budget)
-        label_methods = scoring.label_methods
-        if explainer.candidates > 1 and scoring.primary not in label_methods:
-            label_methods = (scoring.primary, *label_methods)
+        label_methods = scoring.label_methods  # the primary is one of them
         ctx = _Context(
             store, db, holder, run_id, summary, scoring,
             make_scorers(label_methods, scoring, llm.simulator, judge, simulator), style,

@@ -110,29 +110,6 @@ class Pending(StoreBase):
         with self.session() as s:
             return [tuple(row) for row in s.execute(query).all()]
 
-    def features_to_score(
-        self,
-        source_id: int | None,
-        *,
-        simulator_model: str,
-        prompt: PromptRef,
-        max_failures: int | None = None,
-        indices: Sequence[int] | None = None,
-        feature_ids: Sequence[int] | None = None,
-        limit: int | None = None,
-    ) -> list[int]:
-        """Features whose current label has no simulation score from this model and prompt."""
-        labels = self.labels_to_score(
-            source_id,
-            simulator_model=simulator_model,
-            prompt=prompt,
-            max_failures=max_failures,
-            indices=indices,
-            feature_ids=feature_ids,
-        )
-        ids = list(dict.fromkeys(feature_id for feature_id, _, _ in labels))
-        return ids[:limit] if limit is not None else ids
-
     def features_to_judge(
         self,
         source_id: int | None,

@@ -567,3 +567,21 @@ def test_reviewers_racing_over_http_get_one_winner_and_409s(store, seeded):
             client.close()
         server.should_exit = True
         thread.join(10)
+
+
+def test_feature_page_shows_every_method_and_the_features_own_measures(client, store, seeded):
+    explanation_id = seeded.explanation_ids[0]
+    feature_id = seeded.feature_ids[0]
+    store.add_score(explanation_id, "detection", 0.875, simulator_model="judge-llm",
+                    details={"auc": 0.93}, calls=2, tokens_in=900, tokens_out=30)  # fmt: skip
+    store.add_score(explanation_id, "embedding", None, simulator_model="all-MiniLM-L6-v2",
+                    details={"reason": "needs both classes, got 3 positive and 0 negative"})  # fmt: skip
+    store.add_feature_score(feature_id, "intruder", 0.75, model="judge-llm",
+                            details={"chance": 0.2})  # fmt: skip
+    page = client.get(f"/features/{feature_id}").text
+    table = page.split('id="current-scores"', 1)[1].split("</table>", 1)[0]
+    assert "detection" in table and "0.875" in table and "auc 0.930" in table
+    assert "2 calls, 930 tokens" in table
+    assert "embedding" in table and "needs both classes" in table
+    measures = page.split('id="feature-scores"', 1)[1].split("</section>", 1)[0]
+    assert "intruder" in measures and "0.750" in measures and "chance 0.200" in measures

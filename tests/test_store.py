@@ -595,17 +595,26 @@ def test_incremental_work_queries(store):
         source, model="test-llm", prompt=prompt, limit=1, indices=[4]
     ) == [ids[4]]
     sim = PromptRef("simulate", "1", "h")
-    assert store.features_to_score(source, simulator_model="sim", prompt=sim) == [
-        ids[1],
-        ids[2],
-        ids[3],
-    ]
+
+    def to_score() -> list[int]:
+        labels = store.labels_to_score(source, simulator_model="sim", prompt=sim)
+        return [feature_id for feature_id, _, _ in labels]
+
+    assert to_score() == [ids[1], ids[2], ids[3]]
     current = store.current_explanation(ids[1]).id
     store.add_score(current, "simulation", 0.5, simulator_model="sim", prompt=sim)
     store.add_score(
         store.current_explanation(ids[2]).id, "simulation", 0.5, simulator_model="other", prompt=sim
     )
-    assert store.features_to_score(source, simulator_model="sim", prompt=sim) == [ids[2], ids[3]]
+    assert to_score() == [ids[2], ids[3]]
+    # each method is owed its own score; a scorer without a model or prompt keys on NULLs
+    detection = [f for f, _, _ in store.labels_to_score(
+        source, simulator_model="sim", prompt=sim, method="detection")]  # fmt: skip
+    assert detection == [ids[1], ids[2], ids[3]]
+    store.add_score(current, "embedding", 0.7, simulator_model="all-MiniLM-L6-v2")
+    embedding = [f for f, _, _ in store.labels_to_score(
+        source, simulator_model="all-MiniLM-L6-v2", prompt=None, method="embedding")]  # fmt: skip
+    assert embedding == [ids[2], ids[3]]
 
 
 def test_large_feature_batches_and_selections(store):
