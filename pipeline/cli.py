@@ -448,6 +448,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not seeds:
         raise ConfigError(f"--seeds {args.seeds!r} is not a list of seeds: give e.g. 0,1")
     with open_store(args.database) as store:
+        limit, args.limit = args.limit, None  # a limit on labeled features, not mined ones
         ids = select_features(store, args)
         report = evaluate(
             store,
@@ -456,6 +457,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             simulator=replace(config.simulator, **_given(method=args.method)),
             scoring=_scoring(args, config),
             seeds=seeds,
+            baseline=args.baseline,
+            limit=limit,
         )
     if args.json:
         print(json.dumps(report.as_dict()))

@@ -101,19 +101,28 @@ async def aevaluate(
     simulator: SimulatorConfig | None = None,
     scoring: ScoringConfig | None = None,
     seeds: Sequence[int] = (0, 1),
+    baseline: bool = False,
+    limit: int | None = None,
 ) -> EvalReport:
-    """Score own and shuffled labels of `feature_ids` with every scorer of `scoring`."""
+    """Score own and shuffled labels of `feature_ids` with every scorer of `scoring`.
+
+    The features are those of `feature_ids` whose current label an LLM or a person wrote
+    (with `baseline`, baseline labels too), the first `limit` of them.
+    """
     scoring = scoring or ScoringConfig()
     labels = {}
     for feature_id in feature_ids:
         current = store.current_explanation(feature_id)
-        if current is not None:
+        if current is not None and (baseline or current.author_kind != "baseline"):
             labels[feature_id] = current.text
+        if limit is not None and len(labels) >= limit:
+            break
     ids = list(labels)
     if len(ids) < 2:
         raise InputError(
-            f"gloss eval needs 2 or more labeled features, found {len(ids)}: "
-            "run gloss explain (or gloss run) first"
+            f"gloss eval needs 2 or more features with a label an LLM or a person wrote, "
+            f"found {len(ids)}: run gloss explain (or gloss run) first"
+            + ("" if baseline else ", or pass --baseline to judge baseline labels")
         )
     report = EvalReport(features=len(ids), seeds=list(seeds))
     summary = Summary(features=len(ids))

@@ -10,6 +10,7 @@ import pytest
 
 from gloss.pipeline.cli import main
 from gloss.pipeline.evaluate import derangement, evaluate, verdict
+from gloss.pipeline.explainers.baseline import baseline_explain
 from gloss.pipeline.labeling import explain_features
 from gloss.pipeline.settings import ScoringConfig
 from gloss.store import InputError, open_store
@@ -76,17 +77,21 @@ def test_eval_reports_every_scorer_and_never_hides_one_that_cannot_tell(sqlite_u
                          scoring=ScoringConfig(methods=("detection",), primary="detection"))  # fmt: skip
         (result,) = blind.results
         assert result.aucs == [0.5, 0.5] and result.verdict.startswith("CANNOT")
-        with pytest.raises(InputError, match="2 or more labeled features"):
+        with pytest.raises(InputError, match="2 or more features with a label"):
             evaluate(store, ids[:1], server.config(), scoring=scoring)
 
 
 @pytest.mark.slow
 def test_gloss_eval_prints_the_table(sqlite_url, server, capsys):
     with open_store(sqlite_url) as store:
-        _, ids = token_features(store, WORDS)
-        explain_features(store, ids, server.config(), scoring=ScoringConfig())
-    assert main(["--db", sqlite_url, "eval", "--methods", "embedding", "--seeds", "0"]) == 0
+        _, ids = token_features(store, [*WORDS, "elk"])
+        explain_features(store, ids[:4], server.config(), scoring=ScoringConfig())
+        baseline_explain(store, ids[4:])  # the fifth has only its baseline label
+    args = ["--db", sqlite_url, "eval", "--methods", "embedding", "--seeds", "0"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "embedding" in out and "AUC s0" in out and "4 features" in out
+    assert main([*args, "--baseline"]) == 0 and "5 features" in capsys.readouterr().out
+    assert main([*args, "--limit", "2"]) == 0 and "2 features" in capsys.readouterr().out
     assert main(["--db", sqlite_url, "eval", "--methods", "embedding", "--seeds", "x"]) == 2
     assert "--seeds 'x'" in capsys.readouterr().err
