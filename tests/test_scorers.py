@@ -12,7 +12,7 @@ from gloss.pipeline.llm import LLMClient
 from gloss.pipeline.scorers import Outcome, Windows, make_scorers
 from gloss.pipeline.scorers.base import window_text
 from gloss.pipeline.scoring import auc, balanced_accuracy
-from gloss.pipeline.settings import ScoringConfig
+from gloss.pipeline.settings import ScoringConfig, SimulatorConfig
 from gloss.store import ExampleOut, LLMError
 from tests.scripted_llm import Fault, ScriptedLLM
 
@@ -79,6 +79,41 @@ def test_windows_split_active_from_silent_and_text_marks_tokens():
     assert windows.active == [active] and windows.silent == [silent]
     assert window_text(active.tokens, [False, True, False]) == "a <<cat>> here"
     assert window_text(["a", "<<x>>", "b"], [False, False, True]) == "a ‹‹x›› <<b>>"
+
+
+# ---------------------------------------------------------------- simulation
+
+
+def test_simulation_right_and_wrong_labels_exact():
+    windows = [window("a cat here", [0, 2, 0]), window("the train left", [0, 0, 0], "random")]
+
+    async def go(label: str, **fault) -> Outcome:
+        endpoint = llm.config().simulator
+        client = LLMClient(endpoint, role="simulator")
+        try:
+            (scorer,) = make_scorers(("simulation",), ScoringConfig(), endpoint, client,
+                                     SimulatorConfig(method="integers"))  # fmt: skip
+            return await scorer.score(label, Windows(windows), seed=0)
+        finally:
+            await client.close()
+
+    with ScriptedLLM() as llm:
+        # predicted 10 exactly where 'cat' is: pooled over both windows, r = 1
+        right = asyncio.run(go("the token 'cat'"))
+        assert right.value == pytest.approx(1.0) and right.calls == 1
+        assert right.details["top_only"] == pytest.approx(1.0)
+        # predicted 10 on 'train' only: true (0,2,0,0,0,0) vs (0,0,0,0,10,0) -> r = -0.2
+        wrong = asyncio.run(go("the token 'train'"))
+        assert wrong.value == pytest.approx(-0.2)
+        # a label that predicts nothing is undefined, with its reason: never 0 or NaN
+        nothing = asyncio.run(go("the token 'zebra'"))
+        assert nothing.value is None and "predicted activations are constant" in nothing.details[
+            "reason"]  # fmt: skip
+        llm.faults.append(Fault(body=_plain("not json")))
+        with pytest.raises(LLMError):
+            asyncio.run(go("the token 'owl'"))
+        windows[:] = [window("the train left", [0, 0, 0], "silent")]
+        assert asyncio.run(go("the token 'cat'")).value is None  # no top or random windows
 
 
 # ---------------------------------------------------------------- detection
