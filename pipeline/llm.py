@@ -255,8 +255,9 @@ class LLMClient:
 
         started = time.perf_counter()
         response: dict[str, Any] | None = None
+        sent: list[bool] = []  # appended to once a request leaves for the endpoint
         try:
-            response = await self._send(request)
+            response = await self._send(request, sent)
             value = self._checked(parse, response, "answer")
             stored = self._checked(compact, response, "answer, compacted,") if compact else response
         except LLMError as error:
@@ -267,10 +268,14 @@ class LLMClient:
             await self._record(key, request, response, cacheable, outcome, started, str(error))
             raise
         except (asyncio.CancelledError, KeyboardInterrupt):
-            # Stopped mid-call (Ctrl-C, SIGTERM): the ledger still says it was asked.
-            await asyncio.shield(
-                self._record(key, request, None, cacheable, "interrupted", started, "interrupted")
-            )
+            # Stopped mid-call (Ctrl-C, SIGTERM): the ledger still says it was asked. A call
+            # still queued for a concurrency slot was never asked: nothing to record.
+            if sent:
+                await asyncio.shield(
+                    self._record(
+                        key, request, None, cacheable, "interrupted", started, "interrupted"
+                    )
+                )
             raise
         tokens_in, tokens_out = _usage(response)
         call_id = await self._record(key, request, stored, cacheable, "ok", started, None)
@@ -286,7 +291,7 @@ class LLMClient:
                 f"({type(error).__name__}: {_short(str(error), 200)})"
             ) from None
 
-    async def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _send(self, request: dict[str, Any], sent: list[bool]) -> dict[str, Any]:
         endpoint = self.endpoint
         retrying = AsyncRetrying(
             stop=stop_after_attempt(endpoint.max_attempts),
@@ -298,7 +303,7 @@ class LLMClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._post(request)
+                    return await self._post(request, sent)
         except _Transient as error:
             raise LLMError(
                 f"{self.role} call to {self.base_url} failed after {endpoint.max_attempts} "
@@ -306,7 +311,7 @@ class LLMClient:
             ) from None
         raise AssertionError("unreachable")
 
-    async def _post(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, request: dict[str, Any], sent: list[bool]) -> dict[str, Any]:
         """One HTTP attempt through the SDK; transient failures become `_Transient`."""
         create = (
             self._client.chat.completions.with_raw_response.create
@@ -317,6 +322,7 @@ class LLMClient:
         standard = _STANDARD_PARAMS[self.endpoint.api]
         extra = {k: body.pop(k) for k in list(body) if k not in standard}
         async with self.semaphore:
+            sent.append(True)
             reservation = self._reserve(request)
             self.stats.calls += 1
             data: dict[str, Any] | None = None

@@ -32,7 +32,7 @@ from gloss.pipeline.simulator import (
 )
 from gloss.store import ConfigError, LLMError
 from tests.mined import token_features
-from tests.scripted_llm import Fault
+from tests.scripted_llm import Fault, ScriptedLLM
 
 WORDS = ["cat", "bridge", "violin"]
 
@@ -576,3 +576,30 @@ def test_a_near_copy_of_the_worked_example_is_refused_too():
     with pytest.raises(UnusableAnswer, match="copied"):
         parse_label("pets, the words 'cat', 'kitten' and 'mouse'.", copies)
     assert parse_label("the words 'it', 'his' and 'he'", copies) == "the words 'it', 'his' and 'he'"
+
+
+def test_cancelled_calls_still_queued_for_a_slot_leave_no_ledger_row(sqlite_store):
+    """Cancelling a big gather: the call in flight is recorded interrupted; the ones that
+    never got a concurrency slot were never asked, so the ledger says nothing of them."""
+    from sqlalchemy import select
+
+    from gloss.store.models import LLMCall
+
+    async def go(server: ScriptedLLM) -> None:
+        endpoint = server.config(concurrency=1).simulator
+        client = LLMClient(endpoint, role="simulator", store=sqlite_store)
+        calls = [
+            asyncio.ensure_future(client.complete(f"prompt {i}", answer_text, temperature=0))
+            for i in range(5)
+        ]
+        await asyncio.sleep(0.3)  # the first is at the (slow) endpoint, four wait for a slot
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await client.close()
+
+    with ScriptedLLM(latency_s=2.0) as server:
+        asyncio.run(go(server))
+    with sqlite_store.session() as s:
+        outcomes = [c.outcome for c in s.scalars(select(LLMCall))]
+    assert outcomes == ["interrupted"]
