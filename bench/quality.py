@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("--base-url", help="judge endpoint (default: the bundled model)")
     parser.add_argument("--llm-model", help="judge model at --base-url")
     parser.add_argument("--keep", help="make the database in this folder and keep it")
+    parser.add_argument(
+        "--config", help="the settings the labels were made with (default: the folder's gloss.toml)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.keep or scratch)
@@ -57,6 +60,8 @@ def main() -> int:
         url = args.db or first_run(folder)
         command = [sys.executable, "-m", "gloss.pipeline.cli", "--db", url, "eval",
                    "--methods", args.methods, "--seeds", args.seeds]  # fmt: skip
+        if args.config:  # the run's own settings: its answers are then served from the cache
+            command += ["--config", str(Path(args.config).resolve())]
         if args.base_url:
             command += ["--base-url", args.base_url]
         if args.llm_model:
