@@ -201,11 +201,14 @@ async def _evaluate(
         tokens_per_feature=tokens / len(ids),
     )
     if scorer.judges == "feature":
-        result.chance = 1 / (scorer.config.intruder_shown + 1)
+        chance = result.chance = 1 / (scorer.config.intruder_shown + 1)
+        trials = len(own_values) * scorer.config.intruder_trials
+        margin = 2 * math.sqrt(chance * (1 - chance) / trials) if trials else math.inf
+        above = result.own is not None and result.own > chance + margin
         result.verdict = (
             "a measure of the features (no label): "
-            + ("above chance" if (result.own or 0) > result.chance else "not above chance")
-            + f" ({_num(result.chance)})"
+            + ("above chance" if above else "not distinguishable from chance")
+            + f" ({_num(chance)} + {_num(margin)} over {trials} trials)"
         )
     else:
         result.verdict = verdict(aucs)

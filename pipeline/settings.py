@@ -336,7 +336,8 @@ class ScoringConfig:
     """Which scorers judge each new label (pipeline/scorers), and which score ranks.
 
     `primary` is the method whose score search, sorting and the review queue use; it
-    must be one of `methods` and judge labels (intruder judges the feature itself).
+    must judge labels (intruder judges the feature itself) and be one of `methods`
+    when they name any label method.
     Detection and fuzzing show `windows_per_call` windows per LLM call, each cut to
     `max_tokens_per_window` tokens around its peak; intruder asks `intruder_trials`
     sets of `intruder_shown` activating windows plus one silent intruder, all in one call.
@@ -365,7 +366,8 @@ class ScoringConfig:
                 f"scoring methods {', '.join(unknown) or '(none)'} unknown: use some of "
                 f"{', '.join(SCORER_METHODS)}"
             )
-        if self.primary not in self.methods or self.primary in FEATURE_METHODS:
+        labels = [m for m in self.methods if m not in FEATURE_METHODS]
+        if self.primary in FEATURE_METHODS or (labels and self.primary not in labels):
             raise ConfigError(
                 f"primary score method {self.primary!r} must be one of the label methods in "
                 f"methods ({', '.join(m for m in self.methods if m not in FEATURE_METHODS)})"

@@ -50,6 +50,7 @@ def test_eval_reports_every_scorer_and_never_hides_one_that_cannot_tell(sqlite_u
         assert by["detection"].shuffled == pytest.approx(0.5)  # says 0 to every window
         assert by["embedding"].calls_per_feature == 0
         assert by["intruder"].own == 1.0 and by["intruder"].chance == pytest.approx(1 / 3)
+        assert "above chance (0.333 + 0.236 over 16 trials)" in by["intruder"].verdict
         # Nothing was stored as a score; the evaluation is a run with its table.
         for feature_id in ids:
             card = store.feature_card(feature_id)
