@@ -1,10 +1,19 @@
 """Mining benchmark: overhead over a bare forward pass, early-stop savings, memory, tokens/s.
 
     python bench/mining.py [--model minilm] [--hook layer.3.mlp] [--tokens 16000] [--device cpu]
+    python bench/mining.py --end-to-end [--widths 512,16384,131072] [--tokens 20000]
 
 All timings run on the same windows in one process, best of --repeat runs each, so
 they compare under the same load. Peak memory is measured in child processes (one
 per corpus size) so each number is that run's own high-water mark.
+
+`--end-to-end` times `gloss mine` whole (corpus read and tokenisation, forward, encode,
+reservoirs, choosing examples, decoding and writing to SQLite) for synthetic SAEs of
+each width on MiniLM's residual stream (`--hook layer.3.resid`), each in a child process
+that also reports its peak memory, against the *model work* measured in this process on
+the same tokens: a bare forward to the hook plus the bare SAE encode (one dense matmul
+and ReLU, in feature chunks of `feature_chunk` so it fits in memory). Goal (issue 15):
+end to end <= 1.5x the model work at 16,384 latents and <= 2x at 131,072 on CPU.
 """
 
 from __future__ import annotations
@@ -78,6 +87,103 @@ def child(args) -> None:
                       "seconds": result.seconds}))  # fmt: skip
 
 
+def write_sae(folder: Path, d_in: int, width: int) -> Path:
+    """A synthetic ReLU SAE: random unit-norm encoder columns, biases that make it sparse."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(width)
+    W = torch.randn(d_in, width, generator=g)
+    W /= W.norm(dim=0, keepdim=True)
+    b = -torch.rand(width, generator=g) * 4.0  # a sparse spread of densities
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cfg.json").write_text(json.dumps({"d_in": d_in, "d_sae": width}))
+    save_file({"W_enc": W.contiguous(), "b_enc": b, "W_dec": W.T.contiguous(),
+               "b_dec": torch.zeros(d_in)}, str(folder / "sae_weights.safetensors"))  # fmt: skip
+    return folder
+
+
+def e2e_child(args) -> None:
+    """`gloss mine` of every latent of the SAE at --sae over --tokens tokens; time and peak RSS."""
+    from gloss.store import open_store
+
+    subject = load_subject(args.model, device=args.device)
+    source = load_source(args.sae, subject.hook_width(args.hook))
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib())
+            time.sleep(0.02)
+
+    with tempfile.TemporaryDirectory() as tmp, open_store(f"sqlite:///{tmp}/bench.db") as store:
+        before = rss_mib()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        corpus = Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode)  # read + tokenise
+        result = mine(store, subject, source, args.hook, corpus, MiningConfig(), progress=False)
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    print(json.dumps({"tokens": result.tokens, "peak_mib": peak[0], "before_mib": before,
+                      "seconds": seconds, "features": result.features}))  # fmt: skip
+
+
+def model_work(subject, batches, args, source, config) -> tuple[float, float]:
+    """Best-of-repeat seconds of a bare forward to the hook, and of the bare SAE encode of
+    the real tokens it gives (a dense matmul and ReLU per feature chunk)."""
+    device = str(subject.device)
+    W, b = source.encoder.W_enc.to(subject.device), source.encoder.b_enc.to(subject.device)
+    width = W.shape[1]
+    hidden: list[torch.Tensor] = []
+
+    def forward() -> None:
+        hidden.clear()
+        for ids, valid, _ in batches:
+            out = subject.activations(ids, valid.long(), [args.hook])[args.hook]
+            hidden.append(out[valid.to(out.device)])  # real tokens only
+
+    def encode() -> None:
+        with torch.inference_mode():
+            for h in hidden:
+                for start in range(0, width, config.feature_chunk):
+                    cut = slice(start, start + config.feature_chunk)
+                    torch.relu(h @ W[:, cut] + b[cut])
+
+    return timed(forward, args.repeat, device), timed(encode, args.repeat, device)
+
+
+def end_to_end(args) -> None:
+    subject = load_subject(args.model, device=args.device)
+    config = MiningConfig()
+    windows = list(Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode).scan())
+    batches = list(iter_batches(subject, windows, config.batch_size))
+    tokens = sum(int(valid.sum()) for _, valid, _ in batches)
+    device = str(subject.device)
+    d_in = subject.hook_width(args.hook)
+    print(f"model {args.model} {args.hook} (d {d_in}): {len(windows)} windows, {tokens:,} "
+          f"tokens, device {device}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(f"{'latents':>8} {'forward':>8} {'encode':>8} {'model work':>10} {'gloss mine':>10} "
+          f"{'ratio':>6} {'peak MiB':>9}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for width in [int(w) for w in args.widths.split(",")]:
+            folder = write_sae(Path(tmp) / f"sae{width}", d_in, width)
+            source = load_source(str(folder), d_in)
+            forward_s, encode_s = model_work(subject, batches, args, source, config)
+            out = subprocess.run(
+                [sys.executable, __file__, "--e2e-child", "--model", args.model, "--hook",
+                 args.hook, "--tokens", str(args.tokens), "--device", args.device, "--threads",
+                 str(args.threads), "--sae", str(folder)],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip().splitlines()[-1]  # fmt: skip
+            r = json.loads(out)
+            work = forward_s + encode_s
+            print(f"{width:>8,} {forward_s:>7.1f}s {encode_s:>7.1f}s {work:>9.1f}s "
+                  f"{r['seconds']:>9.1f}s {r['seconds'] / work:>5.2f}x {r['peak_mib']:>9,.0f}",
+                  flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="minilm")
@@ -89,11 +195,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--memory-only", action="store_true", help="skip the timings")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--end-to-end", action="store_true", help="gloss mine vs model work")
+    parser.add_argument("--widths", default="512,16384,131072", help="SAE latents (end to end)")
+    parser.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sae", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
         return child(args)
+    if args.e2e_child:
+        return e2e_child(args)
+    if args.end_to_end:
+        if args.hook == "layer.3.mlp":
+            args.hook = "layer.3.resid"  # SAEs read the residual stream
+        return end_to_end(args)
 
     if not args.memory_only:
         timings(args)

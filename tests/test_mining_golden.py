@@ -89,3 +89,24 @@ if __name__ == "__main__":  # python -m tests.test_mining_golden: (re)write the 
         data = digest(load_subject("minilm"), folder, Path(tmp))
     GOLDEN.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
     print(f"wrote {GOLDEN}: {len(data)} features", file=sys.stderr)
+
+
+@pytest.mark.slow
+def test_the_model_runs_once_per_batch_whatever_the_chunks(minilm, tmp_path, monkeypatch):
+    from gloss.pipeline.subjects import cache_dir
+    from tests.test_mining import write_corpus
+
+    folder = write_corpus(tmp_path / "corpus")
+    corpus = Corpus(CorpusConfig((str(folder),), ctx_len=16, min_len=4), minilm.encode).scan()
+    batches = -(-corpus.n_windows // CONFIG.batch_size)
+    calls = []
+    original = minilm.activations
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(minilm, "activations", counted)
+    digest(minilm, folder, tmp_path)  # 48 features in chunks of 20: three chunks
+    assert len(calls) == batches
+    assert not list((cache_dir() / "mining").glob("pass-*")), "the pass cache is removed"
