@@ -281,15 +281,17 @@ class Corpus:
 
     `scan()` reads the corpus once to count it and to pick the sample: each window gets
     a priority hashed from (seed, document, offset) and the lowest-priority windows that
-    fit in max_tokens are kept. Iterating reads the corpus again and yields the kept
-    windows in corpus order. Memory stays flat in the corpus size: the scan keeps only
-    the priorities of the kept windows.
+    fit in max_tokens are kept. Iterating yields the kept windows in corpus order: from
+    memory after a sampled scan (at most max_tokens tokens: the corpus is not read and
+    tokenised twice), by reading the corpus again otherwise. Memory stays flat in the
+    corpus size either way.
     """
 
     def __init__(self, config: CorpusConfig, encode: Callable[[str], list[int]]):
         self.config = config
         self.encode = encode
         self.threshold = float("inf")
+        self._kept: list[Window] | None = None  # a sampled scan's windows, in corpus order
         self.n_windows = 0
         self.n_tokens = 0
         self.corpus_tokens = 0
@@ -302,7 +304,8 @@ class Corpus:
         config = self.config
         if config.max_tokens is not None and config.max_tokens < config.min_len:
             raise ConfigError(f"max_tokens={config.max_tokens} is below one window; raise it")
-        heap: list[tuple[float, int]] = []  # (-priority, length) of the kept windows
+        # (-priority, length, corpus position, window) of the kept windows
+        heap: list[tuple[float, int, int, Window]] = []
         kept = total = windows = 0
         keep = max(1, (config.max_tokens or 0) // config.ctx_len)  # windows in the sample
         for window in iter_windows(config, self.encode):
@@ -310,7 +313,7 @@ class Corpus:
             total += len(window.token_ids)
             if config.max_tokens is None:
                 continue
-            item = (-self._priority(window), len(window.token_ids))
+            item = (-self._priority(window), len(window.token_ids), windows, window)
             kept += item[1]
             if len(heap) < keep:
                 heapq.heappush(heap, item)
@@ -321,6 +324,7 @@ class Corpus:
         else:
             self.n_windows, self.n_tokens = len(heap), kept
             self.threshold = -heap[0][0] if heap else -1.0
+            self._kept = [item[3] for item in sorted(heap, key=lambda item: item[2])]
         self.corpus_tokens = total
         if self.n_windows == 0:
             raise InputError(
@@ -330,6 +334,9 @@ class Corpus:
         return self
 
     def __iter__(self) -> Iterator[Window]:
+        if self._kept is not None:
+            yield from self._kept
+            return
         for window in iter_windows(self.config, self.encode):
             if self._priority(window) <= self.threshold:
                 yield window

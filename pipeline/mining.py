@@ -41,6 +41,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -764,36 +765,49 @@ def _mine_chunk(
         raise InputError("the corpus gave no windows; give text with at least one window in it")
     result.tokens, result.windows = n_tokens, seen
     _forget_unused(miner, tokens, docs)
+    _write_chunk(store, subject, miner, chunk, points, tokens, docs, config, subject_id,
+                 source_id, run_id, result, checkpoint, on_write)  # fmt: skip
+
+
+def _write_chunk(
+    store, subject, miner, chunk, points, tokens, docs, config, subject_id, source_id, run_id,
+    result, checkpoint, on_write,
+) -> None:  # fmt: skip
+    """Choose and write a mined chunk's features in groups of `write_every`, each group one
+    transaction. A writer thread stores a group while the next group's examples are
+    chosen; windows are decoded and stored once for the whole chunk."""
     lengths = {w: len(t) for w, t in tokens.items()}
     layer_means = miner.layers.means().T.tolist() if miner.layers is not None else None
     samples = Samples(miner)
-    window_row: dict[int, int] = {}  # pass window -> stored row: each decoded and written once
-    for start in range(0, len(chunk), config.write_every):
-        group = range(start, min(start + config.write_every, len(chunk)))
-        picks = {
-            f: choose_examples(samples, f, lengths, np.random.default_rng([config.seed, chunk[f]]))
-            for f in group
-        }
-        new = sorted({p.window for ps in picks.values() for p in ps} - window_row.keys())
-        stored = store.add_windows(
-            subject_id,
-            [
-                WindowIn(
-                    docs[w][0], docs[w][1], tokens[w].tolist(), subject.token_strings(tokens[w])
+    maxes, sums = miner.max.tolist(), miner.sum.tolist()
+    positives = miner.hist.sum(dim=1).tolist()  # every positive activation is in a bin
+    n_tokens = max(miner.tokens, 1)
+    window_row: dict[int, int] = {}  # pass window -> stored row
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-mine-writer") as writer:
+        pending = None
+        for start in range(0, len(chunk), config.write_every):
+            group = range(start, min(start + config.write_every, len(chunk)))
+            picks = {
+                f: choose_examples(
+                    samples, f, lengths, np.random.default_rng([config.seed, chunk[f]])
                 )
+                for f in group
+            }
+            if pending is not None:
+                pending.result()  # one writer at a time: the windows below need the lock
+            new = sorted({p.window for ps in picks.values() for p in ps} - window_row.keys())
+            stored = store.add_windows(subject_id, [
+                WindowIn(docs[w][0], docs[w][1], tokens[w].tolist(),
+                         subject.token_strings(tokens[w]))
                 for w in new
-            ],
-        )
-        window_row.update(zip(new, stored, strict=True))
-        mined = []
-        for f in group:
-            positive = int(miner.hist[f].sum())  # every positive activation is in a bin
-            mined.append(
+            ])  # fmt: skip
+            window_row.update(zip(new, stored, strict=True))
+            mined = [
                 MinedFeature(
                     index=chunk[f],
-                    max_act=float(miner.max[f]),
-                    mean_act=float(miner.sum[f]) / max(miner.tokens, 1),
-                    density=positive / max(miner.tokens, 1),
+                    max_act=maxes[f],
+                    mean_act=sums[f] / n_tokens,
+                    density=positives[f] / n_tokens,
                     n_tokens=miner.tokens,
                     histogram=miner.histogram(f),
                     layers=(
@@ -808,21 +822,30 @@ def _mine_chunk(
                             p.kind,
                             p.rank,
                             p.max_act,
-                            p.acts.astype("<f2").tobytes(),
+                            p.acts.astype("<f2", copy=False).tobytes(),
                         )
                         for p in picks[f]
                     ],
-                )
+                )  # fmt: skip
+                for f in group
+            ]
+            pending = writer.submit(
+                _write_group, store, source_id, run_id, mined, result, checkpoint, on_write
             )
-        store.write_mined_features(source_id, mined, run_id)
-        dead = [m.index for m in mined if m.max_act <= 0]
-        result.features += len(mined)
-        result.dead += len(dead)
-        result.dead_indices += dead
-        store.update_run(run_id, counts=_counts(result))
-        checkpoint.remove()  # written features are skipped by a rerun: the pass is not needed
-        if on_write is not None:
-            on_write([m.index for m in mined])
+        if pending is not None:
+            pending.result()
+
+
+def _write_group(store, source_id, run_id, mined, result, checkpoint, on_write) -> None:
+    store.write_mined_features(source_id, mined, run_id)
+    dead = [m.index for m in mined if m.max_act <= 0]
+    result.features += len(mined)
+    result.dead += len(dead)
+    result.dead_indices += dead
+    store.update_run(run_id, counts=_counts(result))
+    checkpoint.remove()  # written features are skipped by a rerun: the pass is not needed
+    if on_write is not None:
+        on_write([m.index for m in mined])
 
 
 def _forward(
