@@ -179,7 +179,10 @@ def _server_processes(port: int) -> list[int]:
 def _explain_in_a_subprocess(tmp_path: Path) -> tuple[subprocess.Popen, int, str]:
     url = f"sqlite:///{tmp_path / 'gloss.db'}"
     with open_store(url) as store:
-        token_features(store, ["river", "cat"], ctx=64, explain_top=10, holdout_top=1)
+        # Six features, one call after another on the local server: whenever the signal
+        # lands, the stage is still working (two answered in under 2 s on a fast machine).
+        words = ["river", "cat", "music", "road", "paper", "wind"]
+        token_features(store, words, ctx=64, explain_top=10, holdout_top=1)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
     env["GLOSS_LOCAL_LLM_PORT"] = str(port)
