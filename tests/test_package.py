@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FIND_FILES = """
 import gloss, gloss.store.db as db, gloss.pipeline.prompts as prompts, gloss.pipeline.config as cfg
+import gloss.pipeline.labeling, gloss.pipeline.evaluate  # every subpackage: explainers, scorers
+import pipeline  # the user's own package of that name, beside gloss's
+assert pipeline.MINE, "the user's pipeline/"
 print(gloss.__file__)
 print(prompts.load_prompt("explain_local").name)
 print(db.head_revision())
@@ -47,6 +50,9 @@ def test_a_built_wheel_installs_only_gloss_and_finds_its_prompts_and_migrations(
         check=True, capture_output=True, cwd=tmp_path,
     )  # fmt: skip
     assert {p.name for p in site.iterdir() if not p.name.endswith(".dist-info")} <= {"gloss", "bin"}
+    user = tmp_path / "pipeline"  # a notebook folder with a package of its own named pipeline
+    user.mkdir()
+    (user / "__init__.py").write_text("MINE = True\n")
     out = subprocess.run(
         [sys.executable, "-c", FIND_FILES],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
