@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -130,6 +131,24 @@ class PassCache:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="pass-", dir=root) as folder:
             yield cls(Path(folder))
+
+    @staticmethod
+    def fits(subject: Subject, points: list[str], corpus: Corpus) -> bool:
+        """Whether the pass's activations fit in half the free disk; if not, say so: each
+        chunk then runs the model again, as it must."""
+        root = cache_dir() / "mining"
+        root.mkdir(parents=True, exist_ok=True)
+        width = sum(subject.hook_width(p) for p in points)
+        need = corpus.n_windows * corpus.config.ctx_len * width * 4
+        free = shutil.disk_usage(root).free
+        if need <= free // 2:
+            return True
+        log.warning(
+            "the hook activations of this pass (%.1f GB) do not fit in half the free disk "
+            "under %s (%.1f GB free): every feature chunk runs the model again; raise "
+            "[mining] feature_chunk or free space to run it once", need / 1e9, root, free / 1e9,
+        )  # fmt: skip
+        return False
 
     def record(
         self, ids: torch.Tensor, valid: torch.Tensor, batch: list[Window],
@@ -618,7 +637,8 @@ def mine(
         try:
             with ExitStack() as stack:
                 cache = None
-                if len(todo) > config.feature_chunk:  # later chunks replay the first's pass
+                chunks = len(todo) > config.feature_chunk
+                if chunks and PassCache.fits(subject, points, corpus):  # replay the first pass
                     cache = stack.enter_context(PassCache.temporary())
                 for start in range(0, len(todo), config.feature_chunk):
                     chunk = todo[start : start + config.feature_chunk]

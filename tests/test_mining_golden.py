@@ -70,8 +70,11 @@ def digest(minilm, corpus_dir: Path, scratch: Path) -> dict[str, list]:
 def test_mining_picks_what_it_picked_before(minilm, tmp_path):
     from tests.test_mining import write_corpus
 
+    assert_golden(digest(minilm, write_corpus(tmp_path / "corpus"), tmp_path))
+
+
+def assert_golden(got: dict[str, list]) -> None:
     expected = json.loads(GOLDEN.read_text())
-    got = digest(minilm, write_corpus(tmp_path / "corpus"), tmp_path)
     assert sorted(got, key=int) == sorted(expected, key=int)
     for index in expected:
         assert got[index][0] == pytest.approx(expected[index][0], abs=2e-3), index
@@ -110,3 +113,21 @@ def test_the_model_runs_once_per_batch_whatever_the_chunks(minilm, tmp_path, mon
     digest(minilm, folder, tmp_path)  # 48 features in chunks of 20: three chunks
     assert len(calls) == batches
     assert not list((cache_dir() / "mining").glob("pass-*")), "the pass cache is removed"
+
+
+@pytest.mark.slow
+def test_without_room_for_the_pass_each_chunk_runs_the_model_again(minilm, tmp_path, monkeypatch,
+                                                                    caplog):  # fmt: skip
+    import shutil
+
+    from tests.test_mining import write_corpus
+
+    full = shutil.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    calls = []
+    original = minilm.activations
+    monkeypatch.setattr(minilm, "activations", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert_golden(digest(minilm, write_corpus(tmp_path / "corpus"), tmp_path))  # same picks
+    batches = len(calls) // 3
+    assert len(calls) == 3 * batches and batches > 0, "three chunks, three passes"
+    assert "do not fit in half the free disk" in caplog.text
