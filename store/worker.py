@@ -30,9 +30,17 @@ class StoreWorker:
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="gloss-store-r")
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A write (or anything that must not race a write)."""
+        """A write (or anything that must not race a write).
+
+        Once submitted, a write runs even if the caller is cancelled meanwhile: a claim's
+        release queued behind the claim itself must not be dropped by a second
+        cancellation (Ctrl-C while the task is already unwinding), or the claim would
+        outlive the process until its lease expires.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, partial(fn, *args, **kwargs))
+        return await asyncio.shield(
+            loop.run_in_executor(self._writer, partial(fn, *args, **kwargs))
+        )
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

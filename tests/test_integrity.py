@@ -365,3 +365,30 @@ def test_label_rescore_says_what_the_call_will_cost_before_it_starts(sqlite_url,
     assert estimate.startswith("re-scoring label #1 with scripted (logprobs): 5 held-out windows")
     assert "80 tokens to predict" in estimate and "prompt tokens to read" in estimate
     assert "simulation score: 0.9" in captured.out
+
+
+def test_a_write_queued_on_the_store_worker_runs_even_if_its_caller_is_cancelled(sqlite_store):
+    """A claim's release queued behind the claim itself, then cancelled by a second Ctrl-C,
+    must still run: otherwise the claim outlives the process (seen once in CI)."""
+    import asyncio
+    import threading
+    from contextlib import suppress
+
+    from gloss.store import StoreWorker
+
+    async def go() -> list[int]:
+        db = StoreWorker(sqlite_store)
+        gate, done = threading.Event(), []
+        busy = asyncio.ensure_future(db(gate.wait, 5))  # holds the one writer thread
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(db(done.append, 1))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        with suppress(asyncio.CancelledError):
+            await queued
+        gate.set()
+        await busy
+        db.close()  # waits for the writer's queue
+        return done
+
+    assert asyncio.run(go()) == [1]
