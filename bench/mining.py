@@ -62,12 +62,12 @@ def rss_mib() -> float:
 
 
 def child(args) -> None:
-    """Mine all features over --tokens tokens into a throwaway SQLite; print RSS before and peak during."""
+    """Mine every feature of --sae (default: the hook's neurons) over --tokens tokens into a
+    throwaway SQLite, corpus sample included; print the time, RSS before and peak during."""
     from gloss.store import open_store
 
     subject = load_subject(args.model, device=args.device)
-    source = load_source("neurons", subject.hook_width(args.hook))
-    corpus = Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode)
+    source = load_source(args.sae or "neurons", subject.hook_width(args.hook))
     peak = [0.0]
     done = threading.Event()
 
@@ -80,11 +80,14 @@ def child(args) -> None:
         before = rss_mib()
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        started = time.perf_counter()
+        corpus = Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode)
         result = mine(store, subject, source, args.hook, corpus, MiningConfig(), progress=False)
+        seconds = time.perf_counter() - started
         done.set()
         sampler.join()
     print(json.dumps({"tokens": result.tokens, "peak_mib": peak[0], "before_mib": before,
-                      "seconds": result.seconds}))  # fmt: skip
+                      "seconds": seconds, "features": result.features}))  # fmt: skip
 
 
 def write_sae(folder: Path, d_in: int, width: int) -> Path:
@@ -100,34 +103,6 @@ def write_sae(folder: Path, d_in: int, width: int) -> Path:
     save_file({"W_enc": W.contiguous(), "b_enc": b, "W_dec": W.T.contiguous(),
                "b_dec": torch.zeros(d_in)}, str(folder / "sae_weights.safetensors"))  # fmt: skip
     return folder
-
-
-def e2e_child(args) -> None:
-    """`gloss mine` of every latent of the SAE at --sae over --tokens tokens; time and peak RSS."""
-    from gloss.store import open_store
-
-    subject = load_subject(args.model, device=args.device)
-    source = load_source(args.sae, subject.hook_width(args.hook))
-    peak = [0.0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(0.02)
-
-    with tempfile.TemporaryDirectory() as tmp, open_store(f"sqlite:///{tmp}/bench.db") as store:
-        before = rss_mib()
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        started = time.perf_counter()
-        corpus = Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode)  # read + tokenise
-        result = mine(store, subject, source, args.hook, corpus, MiningConfig(), progress=False)
-        seconds = time.perf_counter() - started
-        done.set()
-        sampler.join()
-    print(json.dumps({"tokens": result.tokens, "peak_mib": peak[0], "before_mib": before,
-                      "seconds": seconds, "features": result.features}))  # fmt: skip
 
 
 def model_work(subject, batches, args, source, config) -> tuple[float, float]:
@@ -172,7 +147,7 @@ def end_to_end(args) -> None:
             source = load_source(str(folder), d_in)
             forward_s, encode_s = model_work(subject, batches, args, source, config)
             out = subprocess.run(
-                [sys.executable, __file__, "--e2e-child", "--model", args.model, "--hook",
+                [sys.executable, __file__, "--child", "--model", args.model, "--hook",
                  args.hook, "--tokens", str(args.tokens), "--device", args.device, "--threads",
                  str(args.threads), "--sae", str(folder)],
                 capture_output=True, text=True, check=True,
@@ -197,15 +172,12 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--end-to-end", action="store_true", help="gloss mine vs model work")
     parser.add_argument("--widths", default="512,16384,131072", help="SAE latents (end to end)")
-    parser.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sae", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
         return child(args)
-    if args.e2e_child:
-        return e2e_child(args)
     if args.end_to_end:
         if args.hook == "layer.3.mlp":
             args.hook = "layer.3.resid"  # SAEs read the residual stream

@@ -49,48 +49,22 @@ class Scores(StoreBase):
         which swaps the old score for the new one in one transaction.
         """
         _check_value(value)
-        key = (
-            Score.explanation_id == explanation_id,
-            Score.method == method,
-            func.coalesce(Score.simulator_model, "") == (simulator_model or ""),
-            func.coalesce(Score.prompt_name, "") == (prompt.name if prompt else ""),
-            func.coalesce(Score.prompt_version, "") == (prompt.version if prompt else ""),
-        )
         feature_id = self._feature_of(explanation_id)
         try:
             with self.serialized(feature_id) as s:
-                old = s.scalar(select(Score.id).where(*key))
-                if old is not None and not replace:
-                    raise ConflictError(
-                        f"label #{explanation_id} already has a {method} score from "
-                        f"{simulator_model or 'no model'} with this prompt: pass replace=True "
-                        "to score it again"
-                    )
-                if old is not None:
-                    s.execute(delete(Score).where(Score.id == old))
-                score = Score(
-                    explanation_id=explanation_id,
-                    method=method,
-                    value=value,
-                    details=details or {},
-                    simulator_model=simulator_model,
-                    prompt_name=prompt.name if prompt else None,
-                    prompt_version=prompt.version if prompt else None,
-                    prompt_hash=prompt.hash if prompt else None,
-                    run_id=run_id,
-                    calls=calls,
-                    tokens_in=tokens_in,
+                score_id = _put(
+                    s, Score, {"explanation_id": explanation_id}, f"label #{explanation_id}",
+                    method, value, "simulator_model", simulator_model, prompt, replace,
+                    details=details or {}, run_id=run_id, calls=calls, tokens_in=tokens_in,
                     tokens_out=tokens_out,
-                )
-                s.add(score)
-                s.flush()
+                )  # fmt: skip
                 if method == _primary(s):
                     s.execute(
                         update(Explanation)
                         .where(Explanation.id == explanation_id)
                         .values(score=_best(method, Explanation.id))
                     )
-                return score.id
+                return score_id
         except IntegrityError:
             raise ConflictError(
                 f"label #{explanation_id} was given the same {method} score by another process"
@@ -114,40 +88,13 @@ class Scores(StoreBase):
         """Record a measure of the feature itself (intruder detection); rules as `add_score`."""
         _check_value(value)
         check_id(feature_id, "feature")
-        key = (
-            FeatureScore.feature_id == feature_id,
-            FeatureScore.method == method,
-            func.coalesce(FeatureScore.model, "") == (model or ""),
-            func.coalesce(FeatureScore.prompt_name, "") == (prompt.name if prompt else ""),
-            func.coalesce(FeatureScore.prompt_version, "") == (prompt.version if prompt else ""),
-        )
         try:
             with self.serialized(feature_id) as s:
-                old = s.scalar(select(FeatureScore.id).where(*key))
-                if old is not None and not replace:
-                    raise ConflictError(
-                        f"feature {feature_id} already has a {method} score from "
-                        f"{model or 'no model'} with this prompt: pass replace=True"
-                    )
-                if old is not None:
-                    s.execute(delete(FeatureScore).where(FeatureScore.id == old))
-                row = FeatureScore(
-                    feature_id=feature_id,
-                    method=method,
-                    value=value,
-                    details=details or {},
-                    model=model,
-                    prompt_name=prompt.name if prompt else None,
-                    prompt_version=prompt.version if prompt else None,
-                    prompt_hash=prompt.hash if prompt else None,
-                    run_id=run_id,
-                    calls=calls,
-                    tokens_in=tokens_in,
-                    tokens_out=tokens_out,
-                )
-                s.add(row)
-                s.flush()
-                return row.id
+                return _put(
+                    s, FeatureScore, {"feature_id": feature_id}, f"feature {feature_id}",
+                    method, value, "model", model, prompt, replace, details=details or {},
+                    run_id=run_id, calls=calls, tokens_in=tokens_in, tokens_out=tokens_out,
+                )  # fmt: skip
         except IntegrityError:
             raise ConflictError(
                 f"feature {feature_id} was given the same {method} score by another process"
@@ -160,7 +107,7 @@ class Scores(StoreBase):
                 .where(FeatureScore.feature_id == feature_id)
                 .order_by(FeatureScore.id)
             )
-            return [feature_score_info(row) for row in rows]
+            return [score_info(row) for row in rows]
 
     # ------------------------------------------------------------ the primary method
 
@@ -183,6 +130,46 @@ class Scores(StoreBase):
                 setting.value = method
             result = s.execute(update(Explanation).values(score=_best(method, Explanation.id)))
             return cast("CursorResult[Any]", result).rowcount
+
+
+def _put(
+    s: Session,
+    table: type[Score] | type[FeatureScore],
+    owner: dict[str, int],
+    what: str,
+    method: str,
+    value: float | None,
+    model_column: str,
+    model: str | None,
+    prompt: PromptRef | None,
+    replace: bool,
+    **columns: Any,
+) -> int:
+    """Write the one score of `owner` (a label or a feature) for this method, model and
+    prompt version: ConflictError if there is one, unless `replace`. Returns its id."""
+    key = [getattr(table, column) == id_ for column, id_ in owner.items()] + [
+        table.method == method,
+        func.coalesce(getattr(table, model_column), "") == (model or ""),
+        func.coalesce(table.prompt_name, "") == (prompt.name if prompt else ""),
+        func.coalesce(table.prompt_version, "") == (prompt.version if prompt else ""),
+    ]
+    old = s.scalar(select(table.id).where(*key))
+    if old is not None and not replace:
+        raise ConflictError(
+            f"{what} already has a {method} score from {model or 'no model'} with this "
+            "prompt: pass replace=True to score it again"
+        )
+    if old is not None:
+        s.execute(delete(table).where(table.id == old))
+    row = table(
+        **owner, method=method, value=value, **{model_column: model},
+        prompt_name=prompt.name if prompt else None,
+        prompt_version=prompt.version if prompt else None,
+        prompt_hash=prompt.hash if prompt else None, **columns,
+    )  # fmt: skip
+    s.add(row)
+    s.flush()
+    return row.id
 
 
 def _check_value(value: float | None) -> None:
@@ -210,30 +197,14 @@ def _best(method: str, explanation_id: Any) -> Any:
 # ---------------------------------------------------------------- reading rows
 
 
-def score_info(sc: Score) -> ScoreInfo:
-    return ScoreInfo(
-        id=sc.id,
-        method=sc.method,
-        value=sc.value,
-        details=dict(sc.details or {}),
-        simulator_model=sc.simulator_model,
-        prompt_name=sc.prompt_name,
-        prompt_version=sc.prompt_version,
-        run_id=sc.run_id,
-        created_at=sc.created_at,
-        calls=sc.calls or 0,
-        tokens_in=sc.tokens_in or 0,
-        tokens_out=sc.tokens_out or 0,
-    )
-
-
-def feature_score_info(row: FeatureScore) -> ScoreInfo:
+def score_info(row: Score | FeatureScore) -> ScoreInfo:
+    """A label's score, or a feature's own (whose model column is `model`), as a value."""
     return ScoreInfo(
         id=row.id,
         method=row.method,
         value=row.value,
         details=dict(row.details or {}),
-        simulator_model=row.model,
+        simulator_model=row.simulator_model if isinstance(row, Score) else row.model,
         prompt_name=row.prompt_name,
         prompt_version=row.prompt_version,
         run_id=row.run_id,
