@@ -57,8 +57,9 @@ from gloss.pipeline.liveness import heartbeat, sweep
 from gloss.pipeline.settings import MiningConfig
 from gloss.pipeline.sources import Source
 from gloss.pipeline.subjects import Subject, cache_dir
-from gloss.store import ExampleIn, MinedFeature, Store, WindowIn
+from gloss.store import ExampleSet, MinedFeature, Store, WindowIn
 from gloss.store.errors import InputError
+from gloss.store.types import SPLITS, kind_code
 
 log = logging.getLogger(__name__)
 
@@ -386,114 +387,205 @@ class FeatureMiner:
         counts = torch.bincount(index, minlength=flat.shape[1] * self.bins)
         self.hist += counts.view(flat.shape[1], self.bins)
 
-    def histogram(self, f: int) -> dict[str, Any] | None:
-        counts = self.hist[f].tolist()
-        top = float(self.hist_top[f])
-        if top == 0:
-            return None
-        while counts and counts[-1] == 0:
-            counts.pop()
-        edges = [top * i / self.bins for i in range(len(counts) + 1)]
-        return {"edges": edges, "counts": counts}
+    def histograms(self) -> list[dict[str, Any] | None]:
+        """Per feature {"edges", "counts"} of its positive activations (None if never positive),
+        trailing empty bins dropped."""
+        counts, tops = self.hist.cpu().numpy(), self.hist_top.cpu().tolist()
+        used = np.where(counts.any(axis=1), self.bins - np.argmax(counts[:, ::-1] > 0, axis=1), 0)
+        return [
+            None if top == 0 else {
+                "edges": [top * i / self.bins for i in range(n + 1)],
+                "counts": row[:n].tolist(),
+            }
+            for row, top, n in zip(counts, tops, used.tolist(), strict=True)
+        ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- choosing examples
 
 
-@dataclass
-class Pick:
-    window: int
-    split: str
-    kind: str
-    rank: int
-    max_act: float
-    acts: np.ndarray  # float16, trimmed to the window's length
-
-
 class Samples:
-    """A finished pass's reservoirs as numpy arrays, each row's slots in key order, made once
-    for the whole chunk: choosing a feature's examples then reads small arrays instead of
-    indexing tensors element by element (1.8 ms a feature before, at 16k latents)."""
+    """A finished pass's reservoirs, each row's slots in key order, made once per chunk.
+
+    Keys, windows and maxes ([features, slots]) come to the host; the activations stay
+    where the pass ran, and only the chosen examples' are copied back (`acts`).
+    """
 
     def __init__(self, miner: FeatureMiner):
         self.config = miner.config
-        self.reservoirs = {}
-        for name in ("top", "pool", "random", "silent"):
+        self.reservoirs: dict[str, tuple[np.ndarray, ...]] = {}
+        self._acts: dict[str, torch.Tensor] = {}
+        for name in RESERVOIRS:
             res: Reservoir = getattr(miner, name)
             order = torch.argsort(res.keys, dim=1, descending=True)
-            keys = torch.gather(res.keys, 1, order)
-            self.reservoirs[name] = (
-                order.cpu().numpy(),
-                keys.cpu().numpy(),
-                torch.gather(res.windows, 1, order).cpu().numpy(),
-                torch.gather(res.maxes, 1, order).cpu().numpy(),
-                res.acts.cpu().numpy(),
-            )
+            self.reservoirs[name] = tuple(
+                t.cpu().numpy()
+                for t in (order, torch.gather(res.keys, 1, order),
+                          torch.gather(res.windows, 1, order), torch.gather(res.maxes, 1, order))
+            )  # fmt: skip
+            self._acts[name] = res.acts
+        self.span = 1 + max(int(r[2].max(initial=-1)) for r in self.reservoirs.values())
 
-    def filled(self, name: str, f: int, above: float = -math.inf) -> list[tuple[int, int, float]]:
-        """(slot, window, max) of a row's filled slots, largest key first, keys > `above`."""
-        order, keys, windows, maxes, _ = self.reservoirs[name]
-        n = int(np.count_nonzero(keys[f] > above))
-        return list(zip(order[f, :n].tolist(), windows[f, :n].tolist(), maxes[f, :n].tolist(),
-                        strict=True))  # fmt: skip
+    def acts(self, name: str, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """[len(rows), ctx_len] float16: the activations held in these (row, slot) pairs."""
+        acts = self._acts[name]
+        index = (torch.from_numpy(rows).to(acts.device), torch.from_numpy(slots).to(acts.device))
+        return acts[index].cpu().numpy()
 
 
-def choose_examples(
-    samples: Samples, f: int, lengths: dict[int, int], rng: np.random.Generator
-) -> list[Pick]:
-    """Split one feature's samples into disjoint explain, validation and holdout examples.
+RESERVOIRS = ("top", "pool", "random", "silent")
 
-    Held-out splits are filled first where windows are scarce (a small corpus, a rare
-    feature): scores need them more than the explainer needs more examples.
+
+@dataclass
+class Chosen:
+    """The examples chosen for a group of features, one entry each, ordered by feature.
+
+    `rows` are positions in the group's rows, `windows` pass window numbers, `splits`
+    and `kinds` the store's codes (SPLITS, kind_code); `acts` [n, ctx_len] float16."""
+
+    rows: np.ndarray
+    windows: np.ndarray
+    splits: np.ndarray
+    kinds: np.ndarray
+    ranks: np.ndarray
+    max_acts: np.ndarray
+    acts: np.ndarray
+
+
+def choose_examples(samples: Samples, rows: np.ndarray, indices: Sequence[int]) -> Chosen:
+    """Split the samples of a group of features (`rows` of the chunk; `indices` their
+    feature indices) into disjoint explain, validation and holdout examples, all features
+    at once.
+
+    Per feature, in this order, each taking only windows not taken before: top windows
+    (held-out ranks spread over the top range, so every split spans it), random and
+    silent windows for holdout then validation, quantile samples, then random and silent
+    windows to explain. Held-out splits are filled first where windows are scarce (a small
+    corpus, a rare feature): scores need them more than the explainer needs more examples.
+    Quantiles are equal-count bins of the sampled active windows, lowest first, each
+    bin's order shuffled by the feature's own generator (seed, index), so a feature's
+    choice does not depend on which chunk or group it is in.
     """
     c = samples.config
-    picks: list[Pick] = []
-    used: set[int] = set()
-    counters: dict[tuple[str, str], int] = {}
+    n = len(rows)
+    span = samples.span
+    parts: list[tuple[str, np.ndarray, np.ndarray, int | np.ndarray, int | np.ndarray,
+                      np.ndarray]] = []  # fmt: skip
+    taken = [np.zeros(0, dtype=np.int64)]  # row * span + window of every window used
 
-    def add(name: str, slot: int, window: int, top: float, split: str, kind: str) -> None:
-        used.add(window)
-        rank = counters.get((split, kind), 0)
-        counters[(split, kind)] = rank + 1
-        acts = samples.reservoirs[name][4][f, slot, : lengths[window]]
-        picks.append(Pick(window, split, kind, rank, top, acts))
+    def unused(windows: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        used = np.concatenate(taken)
+        keys = np.arange(n)[:, None] * span + windows
+        return valid & ~np.isin(keys, used)
 
-    def add_sample(name: str, kind: str, split: str, count: int) -> None:
-        for slot, window, top in samples.filled(name, f):
-            if count <= 0:
-                return
-            if window not in used:
-                add(name, slot, window, top, split, kind)
-                count -= 1
+    def take(name: str, mask: np.ndarray, split: int, kind: int, ranks: np.ndarray) -> None:
+        order, _, windows, _ = samples.reservoirs[name]
+        r, position = mask.nonzero()
+        parts.append((name, r, position, split, kind, ranks[r, position]))
+        taken.append(r * span + windows[rows][r, position])
 
-    # Top windows: held-out ranks are spread over the top range, so every split spans it.
-    top = samples.filled("top", f, above=0.0)
-    wanted = c.top_explain + c.top_validation + c.top_holdout
-    share = min(1.0, len(top) / wanted) if wanted else 0.0  # scarce: each split its share
-    held = (round(share * c.top_holdout), round(share * c.top_validation))
-    for (slot, window, peak), split in zip(top, _spread(len(top), *held), strict=True):
-        add("top", slot, window, peak, split, "top")
+    def sample(name: str, kind: str, split: str, count: int) -> None:
+        if count <= 0 or samples.reservoirs[name][0].shape[1] == 0:
+            return
+        _, keys, windows, _ = samples.reservoirs[name]
+        free = unused(windows[rows], keys[rows] > -math.inf)
+        ranks = free.cumsum(axis=1) - 1
+        take(name, free & (ranks < count), SPLITS.index(split), kind_code(kind), ranks)
+
+    # Top windows: the table gives the split of each rank for each number of top windows.
+    _, keys, _, _ = samples.reservoirs["top"]
+    active = keys[rows] > 0
+    splits = _spread_table(c, keys.shape[1])[active.sum(axis=1)]
+    for code in range(len(SPLITS)):
+        mine = active & (splits == code)
+        take("top", mine, code, kind_code("top"), mine.cumsum(axis=1) - 1)
     for split in ("holdout", "validation"):
-        add_sample("random", "random", split, getattr(c, f"random_{split}"))
-        add_sample("silent", "silent", split, getattr(c, f"silent_{split}"))
-    # Quantiles: equal-count bins of the sampled active windows, lowest first.
+        sample("random", "random", split, getattr(c, f"random_{split}"))
+        sample("silent", "silent", split, getattr(c, f"silent_{split}"))
     if c.quantile_pool and c.quantiles:
-        pool = [p for p in samples.filled("pool", f) if p[1] not in used]
-        pool = [pool[i] for i in np.argsort([p[2] for p in pool], kind="stable")]
-        per_bin = [
-            ("holdout", c.quantile_holdout),
-            ("validation", c.quantile_validation),
-            ("explain", c.quantile_explain),
-        ]
-        for q, group in enumerate(np.array_split(np.arange(len(pool)), c.quantiles), 1):
-            chosen = iter(rng.permutation(group))
-            for split, count in per_bin:
-                for i in islice(chosen, count):
-                    slot, window, peak = pool[int(i)]
-                    add("pool", slot, window, peak, split, f"quantile:{q}")
-    add_sample("random", "random", "explain", c.random_explain)
-    add_sample("silent", "silent", "explain", c.silent_explain)
-    return picks
+        _quantiles(samples, rows, indices, unused, take)
+    sample("random", "random", "explain", c.random_explain)
+    sample("silent", "silent", "explain", c.silent_explain)
+
+    names = np.concatenate([np.full(len(p[1]), RESERVOIRS.index(p[0])) for p in parts])
+    r = np.concatenate([p[1] for p in parts])
+    positions = np.concatenate([p[2] for p in parts])
+    splits_ = np.concatenate([np.broadcast_to(p[3], len(p[1])) for p in parts])
+    kinds = np.concatenate([np.broadcast_to(p[4], len(p[1])) for p in parts])
+    ranks = np.concatenate([p[5] for p in parts])
+    by_row = np.argsort(r, kind="stable")
+    names, r, positions = names[by_row], r[by_row], positions[by_row]
+    windows = np.zeros(len(r), dtype=np.int64)
+    max_acts = np.zeros(len(r), dtype=np.float32)
+    acts = np.zeros((len(r), samples._acts["top"].shape[2]), dtype=np.float16)
+    for code, name in enumerate(RESERVOIRS):
+        at = names == code
+        if not at.any():
+            continue
+        order, _, res_windows, maxes = samples.reservoirs[name]
+        windows[at] = res_windows[rows[r[at]], positions[at]]
+        max_acts[at] = maxes[rows[r[at]], positions[at]]
+        acts[at] = samples.acts(name, rows[r[at]], order[rows[r[at]], positions[at]])
+    return Chosen(r, windows, splits_[by_row].astype(np.uint8), kinds[by_row].astype(np.uint16),
+                  ranks[by_row].astype(np.uint32), max_acts, acts)  # fmt: skip
+
+
+def _quantiles(samples: Samples, rows: np.ndarray, indices: Sequence[int], unused, take) -> None:
+    """Cut each feature's unused pool windows into equal-count bins of their max activation
+    and deal each shuffled bin to holdout, validation and explain."""
+    c = samples.config
+    _, keys, windows, maxes = samples.reservoirs["pool"]
+    free = unused(windows[rows], keys[rows] > -math.inf)
+    # Free windows first, lowest max first, ties in key order (a stable sort).
+    by_max = np.argsort(np.where(free, maxes[rows], np.inf), axis=1, kind="stable")
+    counts = free.sum(axis=1)
+    width = by_max.shape[1]
+    dealt = np.full((len(rows), width), -1, dtype=np.int64)  # position -> within-bin place
+    bins = np.zeros((len(rows), width), dtype=np.int64)
+    for i in np.flatnonzero(counts):
+        m = int(counts[i])
+        rng = np.random.default_rng([c.seed, indices[i]])
+        base, extra = divmod(m, c.quantiles)
+        start = 0
+        for q in range(c.quantiles):
+            size = base + (q < extra)
+            if size == 0:
+                break
+            shuffled = start + rng.permutation(size)  # as np.array_split + permutation did
+            dealt[i, shuffled] = np.arange(size)
+            bins[i, start : start + size] = q
+            start += size
+    per_bin = (("holdout", c.quantile_holdout), ("validation", c.quantile_validation),
+               ("explain", c.quantile_explain))  # fmt: skip
+    first = 0
+    for split, count in per_bin:
+        within = (dealt >= first) & (dealt < first + count)
+        r, sorted_at = within.nonzero()
+        position = by_max[r, sorted_at]  # the pool slot, in key order
+        mask = np.zeros_like(within)
+        mask[r, position] = True
+        ranks = np.zeros(within.shape, dtype=np.int64)
+        ranks[r, position] = dealt[r, sorted_at] - first
+        kinds = np.zeros(within.shape, dtype=np.int64)
+        kinds[r, position] = bins[r, sorted_at] + kind_code("quantile:1")
+        _take_kinds(take, mask, SPLITS.index(split), kinds, ranks)
+        first += count
+
+
+def _take_kinds(take, mask: np.ndarray, split: int, kinds: np.ndarray, ranks: np.ndarray) -> None:
+    for kind in np.unique(kinds[mask]):
+        take("pool", mask & (kinds == kind), split, int(kind), ranks)
+
+
+def _spread_table(c: MiningConfig, slots: int) -> np.ndarray:
+    """[slots + 1, slots]: for n active top windows, the split code of each of the n ranks."""
+    wanted = c.top_explain + c.top_validation + c.top_holdout
+    table = np.zeros((slots + 1, slots), dtype=np.int64)
+    for n in range(slots + 1):
+        share = min(1.0, n / wanted) if wanted else 0.0  # scarce: each split its share
+        held = (round(share * c.top_holdout), round(share * c.top_validation))
+        table[n, :n] = [SPLITS.index(s) for s in _spread(n, *held)]
+    return table
 
 
 def _spread(n: int, holdout: int, validation: int) -> list[str]:
@@ -796,59 +888,48 @@ def _write_chunk(
     """Choose and write a mined chunk's features in groups of `write_every`, each group one
     transaction. A writer thread stores a group while the next group's examples are
     chosen; windows are decoded and stored once for the whole chunk."""
-    lengths = {w: len(t) for w, t in tokens.items()}
+    lengths = np.zeros(1 + max(tokens, default=0), dtype=np.int64)
+    lengths[list(tokens)] = [len(t) for t in tokens.values()]
     layer_means = miner.layers.means().T.tolist() if miner.layers is not None else None
     samples = Samples(miner)
     maxes, sums = miner.max.tolist(), miner.sum.tolist()
     positives = miner.hist.sum(dim=1).tolist()  # every positive activation is in a bin
+    histograms = miner.histograms()
     n_tokens = max(miner.tokens, 1)
-    window_row: dict[int, int] = {}  # pass window -> stored row
+    stored = np.full(len(lengths), -1, dtype=np.int64)  # pass window -> store row
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-mine-writer") as writer:
         pending = None
         for start in range(0, len(chunk), config.write_every):
-            group = range(start, min(start + config.write_every, len(chunk)))
-            picks = {
-                f: choose_examples(
-                    samples, f, lengths, np.random.default_rng([config.seed, chunk[f]])
-                )
-                for f in group
-            }
+            rows = np.arange(start, min(start + config.write_every, len(chunk)))
+            chosen = choose_examples(samples, rows, [chunk[f] for f in rows])
             if pending is not None:
                 pending.result()  # one writer at a time: the windows below need the lock
-            new = sorted({p.window for ps in picks.values() for p in ps} - window_row.keys())
-            stored = store.add_windows(subject_id, [
+            new = [int(w) for w in np.unique(chosen.windows) if stored[w] < 0]
+            stored[new] = store.add_windows(subject_id, [
                 WindowIn(docs[w][0], docs[w][1], tokens[w].tolist(),
                          subject.token_strings(tokens[w]))
                 for w in new
             ])  # fmt: skip
-            window_row.update(zip(new, stored, strict=True))
-            mined = [
-                MinedFeature(
-                    index=chunk[f],
-                    max_act=maxes[f],
-                    mean_act=sums[f] / n_tokens,
-                    density=positives[f] / n_tokens,
-                    n_tokens=miner.tokens,
-                    histogram=miner.histogram(f),
-                    layers=(
-                        dict(zip(points, layer_means[f], strict=True))
-                        if layer_means is not None
-                        else None
-                    ),
-                    examples=[
-                        ExampleIn(
-                            window_row[p.window],
-                            p.split,
-                            p.kind,
-                            p.rank,
-                            p.max_act,
-                            p.acts.astype("<f2", copy=False).tobytes(),
-                        )
-                        for p in picks[f]
-                    ],
+            sizes = lengths[chosen.windows]
+            acts = chosen.acts[np.arange(chosen.acts.shape[1]) < sizes[:, None]]
+            ends = np.searchsorted(chosen.rows, np.arange(len(rows)), side="right")
+            act_ends = np.concatenate([[0], sizes.cumsum()])[ends]
+            mined = []
+            for i, f in enumerate(rows):
+                at = slice(ends[i - 1] if i else 0, ends[i])
+                examples = ExampleSet(
+                    stored[chosen.windows[at]], chosen.splits[at], chosen.kinds[at],
+                    chosen.ranks[at], chosen.max_acts[at], sizes[at].astype(np.uint32),
+                    acts[(act_ends[i - 1] if i else 0) : act_ends[i]],
                 )  # fmt: skip
-                for f in group
-            ]
+                mined.append(MinedFeature(
+                    index=chunk[f], max_act=maxes[f], mean_act=sums[f] / n_tokens,
+                    density=positives[f] / n_tokens, n_tokens=miner.tokens,
+                    histogram=histograms[f],
+                    layers=(dict(zip(points, layer_means[f], strict=True))
+                            if layer_means is not None else None),
+                    examples=examples,
+                ))  # fmt: skip
             pending = writer.submit(
                 _write_group, store, source_id, run_id, mined, result, checkpoint, on_write
             )

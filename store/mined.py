@@ -2,7 +2,8 @@
 
 Mining writes here and the explainers and scorers read back. A window is stored once
 per subject (deduplicated by its tokens) and shared by every feature that fires on
-it; an example points at a window and carries the feature's per-token activations.
+it; an example points at a window and carries the feature's per-token activations,
+and a feature's examples are kept together as one packed row (`ExampleSet`).
 Writes are idempotent, so mining resumes feature by feature: `feature_statuses` and
 `mining_runs` say what is done. A dictionary shared by several hook points also keeps
 each feature's layer map (its mean top activation at every point), which
@@ -20,9 +21,10 @@ from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from gloss.store.base import StoreBase, index_in
-from gloss.store.models import Example, Feature, Window
+from gloss.store.errors import InputError
+from gloss.store.models import Feature, FeatureExamples, Window
 from gloss.store.statuses import MINED_STATUSES, FeatureStatus
-from gloss.store.types import ExampleOut, MinedFeature, WindowIn, decode_acts
+from gloss.store.types import SPLITS, ExampleOut, ExampleSet, MinedFeature, WindowIn
 
 
 class Mined(StoreBase):
@@ -93,8 +95,8 @@ class Mined(StoreBase):
             )
             feature_ids = list(id_of.values())
             s.execute(
-                delete(Example).where(
-                    Example.feature_id.in_(
+                delete(FeatureExamples).where(
+                    FeatureExamples.feature_id.in_(
                         bindparam("ids", feature_ids, expanding=True, literal_execute=True)
                     )
                 )
@@ -116,26 +118,27 @@ class Mined(StoreBase):
                     for f in features
                 ],
             )
-            rows = [
-                (id_of[f.index], e.window_id, e.split, e.kind, e.rank, e.max_act, e.acts)
-                for f in features
-                for e in f.examples
-            ]
+            rows = []
+            for f in features:
+                examples = f.examples
+                if not isinstance(examples, ExampleSet):
+                    examples = ExampleSet.of(examples)
+                if len(examples):
+                    rows.append((id_of[f.index], len(examples), examples.pack()))
             if rows:
                 self._bulk_insert_examples(s, rows)
 
     def _bulk_insert_examples(self, s: Session, rows: list[tuple]) -> None:
         """The hot path of mining: straight to the driver (COPY on PostgreSQL)."""
-        columns = "feature_id, window_id, split, kind, rank, max_act, acts"
         driver: Any = s.connection().connection.driver_connection  # psycopg or sqlite3
         cursor = driver.cursor()
         if self.dialect == "postgresql":
-            with cursor.copy(f"COPY examples ({columns}) FROM STDIN") as copy:
+            with cursor.copy("COPY feature_examples (feature_id, count, data) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         else:
             cursor.executemany(
-                f"INSERT INTO examples ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT INTO feature_examples (feature_id, count, data) VALUES (?, ?, ?)", rows
             )
         cursor.close()
 
@@ -162,30 +165,37 @@ class Mined(StoreBase):
             )
 
     def examples(self, feature_id: int, split: str | None = None) -> list[ExampleOut]:
-        query = (
-            select(Example, Window)
-            .join(Window, Window.id == Example.window_id)
-            .where(Example.feature_id == feature_id)
-            .order_by(Example.split, Example.kind, Example.rank)
-        )
-        if split is not None:
-            query = query.where(Example.split == split)
+        """A feature's examples (of one split), ordered by split, kind and rank."""
         with self.session() as s:
-            return [
-                ExampleOut(
-                    window_id=w.id,
-                    split=e.split,
-                    kind=e.kind,
-                    rank=e.rank,
-                    max_act=e.max_act,
-                    doc_id=w.doc_id,
-                    offset=w.offset,
-                    tokens=list(w.tokens),
-                    token_ids=list(w.token_ids),
-                    acts=decode_acts(e.acts),
-                )
-                for e, w in s.execute(query).all()
-            ]
+            data = s.scalar(
+                select(FeatureExamples.data).where(FeatureExamples.feature_id == feature_id)
+            )
+            if data is None:
+                return []
+            rows = ExampleSet.unpack(data).rows()
+            if split is not None:
+                if split not in SPLITS:
+                    raise InputError(f"no split {split!r}; the splits are {', '.join(SPLITS)}")
+                rows = [r for r in rows if r[1] == split]
+            ids = sorted({r[0] for r in rows})
+            windows = {w.id: w for w in s.scalars(select(Window).where(Window.id.in_(ids))).all()}
+        return [
+            ExampleOut(
+                window_id=window_id,
+                split=split_,
+                kind=kind,
+                rank=rank,
+                max_act=max_act,
+                doc_id=windows[window_id].doc_id,
+                offset=windows[window_id].offset,
+                tokens=list(windows[window_id].tokens),
+                token_ids=list(windows[window_id].token_ids),
+                acts=acts,
+            )
+            for window_id, split_, kind, rank, max_act, acts in sorted(
+                rows, key=lambda r: (r[1], r[2], r[3])
+            )
+        ]
 
 
 def _window_hash(token_ids: Sequence[int]) -> str:

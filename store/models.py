@@ -158,24 +158,21 @@ class Window(Base):
     tokens: Mapped[list[Any]] = mapped_column()
 
 
-class Example(Base):
-    """A window shown for a feature, with the feature's per-token activations.
+class FeatureExamples(Base):
+    """A feature's examples, packed: windows shown for it with its per-token activations.
 
-    `acts` holds float16 little-endian bytes, one per token of the window.
-    A window is used at most once per feature, so explain and holdout never overlap.
+    `data` is `ExampleSet.pack()` (store.types): one row per feature, so mining a wide
+    SAE writes a row per feature rather than per example. A window is used at most once
+    per feature, so explain, validation and holdout never overlap.
     """
 
-    __tablename__ = "examples"
-    __table_args__ = (UniqueConstraint("feature_id", "window_id"),)
+    __tablename__ = "feature_examples"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
-    window_id: Mapped[int] = mapped_column(ForeignKey("windows.id", ondelete="CASCADE"), index=True)
-    split: Mapped[str] = mapped_column(String(10))
-    kind: Mapped[str] = mapped_column(String(20))
-    rank: Mapped[int] = mapped_column(Integer)
-    max_act: Mapped[float] = mapped_column(Float)
-    acts: Mapped[bytes] = mapped_column(LargeBinary)
+    feature_id: Mapped[int] = mapped_column(
+        ForeignKey("features.id", ondelete="CASCADE"), primary_key=True
+    )
+    count: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Run(Base):

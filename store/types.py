@@ -2,8 +2,9 @@
 
 Store methods take and return these (and ids), never live ORM objects, so a caller
 cannot hold a session by accident. `*In` types are written by mining; the `*Info`,
-`*Out` and `*Row` types are read back. Per-token activations travel as float16 bytes
-(`encode_acts` / `decode_acts`), the way `examples.acts` stores them.
+`*Out` and `*Row` types are read back. A feature's examples are kept as one `ExampleSet`
+(columns of numpy arrays, packed into one row per feature); `ExampleIn` is the readable
+form of one example, with its per-token activations as float16 bytes (`encode_acts`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def encode_acts(values: Sequence[float]) -> bytes:
-    """Per-token activations as little-endian float16 bytes (how `examples.acts` stores them)."""
+    """Per-token activations as little-endian float16 bytes."""
     return struct.pack(f"<{len(values)}e", *values)
 
 
@@ -49,6 +53,115 @@ class ExampleIn:
     acts: bytes  # encode_acts(...) or numpy .astype("<f2").tobytes()
 
 
+SPLITS = ("explain", "validation", "holdout")
+KINDS = ("top", "random", "silent")  # then quantile:1, quantile:2, ... as 3, 4, ...
+
+
+def kind_code(kind: str) -> int:
+    if kind.startswith("quantile:"):
+        return len(KINDS) - 1 + int(kind.split(":")[1])
+    return KINDS.index(kind)
+
+
+def kind_name(code: int) -> str:
+    return KINDS[code] if code < len(KINDS) else f"quantile:{code - len(KINDS) + 1}"
+
+
+@dataclass
+class ExampleSet:
+    """A feature's examples as columns, one entry per example; `acts` holds every
+    example's per-token activations end to end (`lengths` apart), as float16.
+
+    The store keeps a feature's set as one packed row: mining a 16k-latent SAE writes
+    16k rows, not a million, and a mostly silent SAE latent's activations pack sparsely.
+    """
+
+    windows: np.ndarray  # int64: store window ids
+    splits: np.ndarray  # uint8: index into SPLITS
+    kinds: np.ndarray  # uint16: kind_code
+    ranks: np.ndarray  # uint32: order within (split, kind)
+    max_acts: np.ndarray  # float32
+    lengths: np.ndarray  # uint32: tokens of each window
+    acts: np.ndarray  # float16 [lengths.sum()]
+
+    VERSION = 1
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    @classmethod
+    def of(cls, examples: Sequence[ExampleIn]) -> ExampleSet:
+        import numpy as np
+
+        acts = [np.frombuffer(e.acts, dtype="<f2") for e in examples]
+        return cls(
+            windows=np.array([e.window_id for e in examples], dtype=np.int64),
+            splits=np.array([SPLITS.index(e.split) for e in examples], dtype=np.uint8),
+            kinds=np.array([kind_code(e.kind) for e in examples], dtype=np.uint16),
+            ranks=np.array([e.rank for e in examples], dtype=np.uint32),
+            max_acts=np.array([e.max_act for e in examples], dtype=np.float32),
+            lengths=np.array([len(a) for a in acts], dtype=np.uint32),
+            acts=np.concatenate(acts) if acts else np.zeros(0, dtype=np.float16),
+        )
+
+    def rows(self) -> list[tuple[int, str, str, int, float, list[float]]]:
+        """(window id, split, kind, rank, max_act, acts) of each example, in stored order."""
+        ends = self.lengths.astype("int64").cumsum()
+        acts = self.acts.astype("float32")
+        return [
+            (int(w), SPLITS[s], kind_name(int(k)), int(r), float(m), acts[end - n : end].tolist())
+            for w, s, k, r, m, n, end in zip(
+                self.windows, self.splits, self.kinds, self.ranks, self.max_acts, self.lengths,
+                ends, strict=True,
+            )
+        ]  # fmt: skip
+
+    def pack(self) -> bytes:
+        """Version, count, a record per example, then the activations: dense float16, or
+        (position, value) pairs of the nonzero ones where that is smaller."""
+        import numpy as np
+
+        meta = np.empty(len(self), dtype=_META)
+        meta["window"], meta["split"], meta["kind"] = self.windows, self.splits, self.kinds
+        meta["rank"], meta["max"], meta["length"] = self.ranks, self.max_acts, self.lengths
+        acts = np.ascontiguousarray(self.acts, dtype="<f2")
+        nonzero = np.flatnonzero(acts)
+        if 3 * len(nonzero) < len(acts):  # 6 bytes a nonzero value against 2 a token
+            body = nonzero.astype("<u4").tobytes() + acts[nonzero].tobytes()
+            head = _HEAD.pack(self.VERSION, len(self), 1, len(nonzero))
+        else:
+            body = acts.tobytes()
+            head = _HEAD.pack(self.VERSION, len(self), 0, len(acts))
+        return head + meta.tobytes() + body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ExampleSet:
+        import numpy as np
+
+        version, n, sparse, count = _HEAD.unpack_from(data)
+        if version != cls.VERSION:
+            raise ValueError(f"examples packed in format {version}; this gloss reads {cls.VERSION}")
+        meta = np.frombuffer(data, dtype=_META, count=n, offset=_HEAD.size)
+        at = _HEAD.size + meta.nbytes
+        total = int(meta["length"].astype("int64").sum())
+        if sparse:
+            positions = np.frombuffer(data, dtype="<u4", count=count, offset=at)
+            acts = np.zeros(total, dtype="<f2")
+            acts[positions] = np.frombuffer(data, dtype="<f2", count=count, offset=at + 4 * count)
+        else:
+            acts = np.frombuffer(data, dtype="<f2", count=total, offset=at)
+        return cls(
+            meta["window"].astype(np.int64), meta["split"].copy(), meta["kind"].astype(np.uint16),
+            meta["rank"].astype(np.uint32), meta["max"].astype(np.float32),
+            meta["length"].astype(np.uint32), acts,
+        )  # fmt: skip
+
+
+_HEAD = struct.Struct("<BIBI")  # version, examples, sparse, stored activations
+_META: Any = [("window", "<i8"), ("split", "u1"), ("kind", "<u2"), ("rank", "<u4"),
+              ("max", "<f4"), ("length", "<u4")]  # fmt: skip
+
+
 @dataclass
 class MinedFeature:
     index: int
@@ -57,7 +170,8 @@ class MinedFeature:
     density: float
     n_tokens: int
     histogram: dict[str, Any] | None
-    examples: list[ExampleIn] = field(default_factory=list)
+    # ExampleIn for readable writes (tests, imports); mining hands over an ExampleSet.
+    examples: Sequence[ExampleIn] | ExampleSet = field(default_factory=list)
     # A dictionary shared by several hook points: {point: mean of top activations there}.
     layers: dict[str, float] | None = None
 

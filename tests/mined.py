@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from gloss.store import ExampleIn, MinedFeature, Store, WindowIn, encode_acts
+from gloss.store import ExampleIn, ExampleSet, MinedFeature, Store, WindowIn, encode_acts
 
 VOCAB = (
     " the a of and to in is was for on with as by at from it that this which but or "
@@ -81,3 +81,21 @@ def token_features(
     store.write_mined_features(source, mined)
     ids = [f.id for f in sorted(store.features(source), key=lambda f: f.index)]
     return source, ids
+
+
+def replace_example(
+    store: Store, feature_id: int, split: str, rank: int, window_id: int, acts: list[float]
+) -> None:
+    """Point a feature's one example of `split` and `rank` at another window, with these
+    activations (its max activation kept): how tests plant a window among real examples."""
+    from gloss.store.models import FeatureExamples
+
+    with store.session() as s:
+        row = s.get(FeatureExamples, feature_id)
+        examples = ExampleSet.unpack(row.data).rows()
+        (hit,) = [i for i, e in enumerate(examples) if (e[1], e[3]) == (split, rank)]
+        kept = [ExampleIn(w, sp, k, r, m, encode_acts(a)) for w, sp, k, r, m, a in examples]
+        old = kept[hit]
+        kept[hit] = ExampleIn(window_id, old.split, old.kind, old.rank, old.max_act,
+                              encode_acts(acts))  # fmt: skip
+        row.data = ExampleSet.of(kept).pack()

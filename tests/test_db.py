@@ -235,3 +235,36 @@ def test_two_processes_opening_an_empty_database_at_once_both_get_the_schema(db_
             assert store.sources() == []
             store.close()
         assert db.current_revision(url) == db.head_revision()
+
+
+def test_examples_are_packed_by_0008_and_unpacked_by_its_downgrade(db_url):
+    """0008 moves each feature's example rows into one packed row, and back."""
+    from gloss.store import ExampleIn, WindowIn, encode_acts
+
+    with open_store(db_url) as store:
+        subject = store.get_or_create_subject("s", "/s", "r", "bert")
+        source = store.get_or_create_source(subject, "layer.0.mlp", "neurons", 3, "p")
+        windows = store.add_windows(
+            subject, [WindowIn("d", 4 * i, [i, i + 1, i + 2, 9], ["a", "b", "c", "d"])
+                      for i in range(5)]
+        )  # fmt: skip
+        store.write_mined_features(source, [
+            MinedFeature(f, 2.0, 0.1, 0.1, 20, None, [
+                ExampleIn(w, ("explain", "holdout")[k % 2], ("top", "quantile:2")[k // 3],
+                          k, 0.5 * k, encode_acts([0.0, 0.25 * k * f, 0.0, -1.5][: 2 + k % 3]))
+                for k, w in enumerate(windows[f:])
+            ])
+            for f in range(3)
+        ])  # fmt: skip
+        ids = [f.id for f in store.features(source)]
+        before = {i: store.examples(i) for i in ids}
+    assert sum(map(len, before.values())) == 5 + 4 + 3
+    db.downgrade(db_url, "0007")
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM examples")).scalar() == 12
+    engine.dispose()
+    assert "feature_examples" not in tables(db_url)
+    db.upgrade(db_url)
+    with open_store(db_url) as store:
+        assert {i: store.examples(i) for i in ids} == before

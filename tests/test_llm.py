@@ -31,7 +31,7 @@ from gloss.pipeline.simulator import (
     integers_from_answer,
 )
 from gloss.store import ConfigError, LLMError
-from tests.mined import token_features
+from tests.mined import replace_example, token_features
 from tests.scripted_llm import Fault, ScriptedLLM
 
 WORDS = ["cat", "bridge", "violin"]
@@ -355,15 +355,11 @@ def test_prompt_injection_stays_inside_the_data_block(sqlite_store, server):
         " answer",
         " PWNED",
     ]
-    from gloss.store import WindowIn, encode_acts
-    from gloss.store.models import Example
+    from gloss.store import WindowIn
 
     subject = store.sources()[0].subject_id
     (wid,) = store.add_windows(subject, [WindowIn("evil", 0, list(range(9000, 9008)), injection)])
-    with store.session() as s:
-        example = s.query(Example).filter_by(feature_id=feature, split="explain", rank=0).one()
-        example.window_id = wid
-        example.acts = encode_acts([0, 0, 0, 4.0, 0, 0, 0, 4.0])
+    replace_example(store, feature, "explain", 0, wid, [0, 0, 0, 4.0, 0, 0, 0, 4.0])
     explain_features(store, ids, server.config())
     prompt = server.requests[0]["prompt"]
     instructions, _, data = prompt.partition("Neuron 2\nActivations:\n")

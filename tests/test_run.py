@@ -71,9 +71,10 @@ def db(workdir: Path) -> sqlite3.Connection:
 def counts(workdir: Path) -> dict[str, int]:
     queries = {
         table: f"SELECT count(*) FROM {table}"
-        for table in ("features", "examples", "windows", "explanations", "scores", "llm_calls")
+        for table in ("features", "windows", "explanations", "scores", "llm_calls")
     }
     queries.update(
+        examples="SELECT coalesce(sum(count), 0) FROM feature_examples",
         labeled="SELECT count(*) FROM feature_labels WHERE label IS NOT NULL",
         model_labels="SELECT count(*) FROM explanations WHERE author_kind = 'model'",
         model_labeled="SELECT count(*) FROM feature_labels WHERE author_kind = 'model'",
@@ -91,14 +92,19 @@ DUPLICATES = [
     "SELECT feature_id FROM explanations WHERE author_kind = 'baseline' GROUP BY 1 HAVING count(*) > 1",
     "SELECT explanation_id FROM scores GROUP BY explanation_id, method, simulator_model "
     "HAVING count(*) > 1",
-    "SELECT feature_id FROM examples GROUP BY feature_id, window_id HAVING count(*) > 1",
 ]
 
 
 def assert_no_duplicates(workdir: Path) -> None:
+    """No doubled labels or scores, and no window twice among a feature's examples."""
+    from gloss.store import ExampleSet
+
     con = db(workdir)
     for sql in DUPLICATES:
         assert con.execute(sql).fetchall() == [], sql
+    for feature_id, data in con.execute("SELECT feature_id, data FROM feature_examples"):
+        windows = ExampleSet.unpack(data).windows.tolist()
+        assert len(windows) == len(set(windows)), feature_id
     con.close()
 
 

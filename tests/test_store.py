@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from gloss.store import (
     ConflictError,
     ExampleIn,
+    ExampleSet,
     InputError,
     LockedError,
     MinedFeature,
@@ -22,6 +23,7 @@ from gloss.store import (
     encode_acts,
 )
 from gloss.store.models import Score
+from gloss.store.types import SPLITS
 
 NASTY = [
     '"',
@@ -122,7 +124,7 @@ def test_mining_writes_are_idempotent_and_dead_features_recorded(store):
     ids = mine(store, source, subject)
     mine(store, source, subject)  # a resumed mine writes the same features again
     with store.session() as s:
-        assert s.scalar(text("SELECT count(*) FROM examples")) == 3 * 4
+        assert s.scalar(text("SELECT sum(count) FROM feature_examples")) == 3 * 4
         assert s.scalar(text("SELECT count(*) FROM features")) == 3
     assert store.feature(ids[0]).status == "dead"
     assert store.feature(ids[2]).status == "mined"
@@ -633,3 +635,31 @@ def test_large_feature_batches_and_selections(store):
     store.write_mined_features(
         source, [MinedFeature(i, 1.0, 0.1, 0.1, 10, None) for i in range(70_000)]
     )
+
+
+def test_an_example_set_packs_dense_or_sparse_and_reads_back_exactly():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((6, 40), dtype=np.float16)
+    sparse[rng.integers(0, 6, 9), rng.integers(0, 40, 9)] = rng.normal(size=9)
+    dense = rng.normal(size=(6, 40)).astype(np.float16)
+    kinds = ["top", "random", "silent", "quantile:1", "quantile:12", "top"]
+    for acts in (sparse, dense):
+        examples = [
+            ExampleIn(100 + i, SPLITS[i % 3], kinds[i], i // 2, float(a.max()),
+                      encode_acts(a[: 40 - i].tolist()))
+            for i, a in enumerate(acts)
+        ]  # fmt: skip
+        data = ExampleSet.of(examples).pack()
+        rows = ExampleSet.unpack(data).rows()
+        assert rows == [
+            (e.window_id, e.split, e.kind, e.rank, pytest.approx(e.max_act),
+             acts[i, : 40 - i].astype(float).tolist())
+            for i, e in enumerate(examples)
+        ]  # fmt: skip
+        tokens = sum(40 - i for i in range(6))
+        assert (len(data) < tokens) if acts is sparse else (len(data) > 2 * tokens)
+    assert ExampleSet.unpack(ExampleSet.of([]).pack()).rows() == []
+    with pytest.raises(ValueError, match="format 9"):
+        ExampleSet.unpack(bytes([9]) + data[1:])
