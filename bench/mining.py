@@ -12,8 +12,11 @@ reservoirs, choosing examples, decoding and writing to SQLite) for synthetic SAE
 each width on MiniLM's residual stream (`--hook layer.3.resid`), each in a child process
 that also reports its peak memory, against the *model work* measured in this process on
 the same tokens: a bare forward to the hook plus the bare SAE encode (one dense matmul
-and ReLU, in feature chunks of `feature_chunk` so it fits in memory). Goal (issue 15):
-end to end <= 1.5x the model work at 16,384 latents and <= 2x at 131,072 on CPU.
+and ReLU, in feature chunks of `feature_chunk` so it fits in memory). The corpus is the
+first --tokens tokens' worth of the default corpus's text, written to a file and mined
+whole, so reading and tokenising it count in proportion (a 20k-token sample of the whole
+default corpus would tokenise all 1.2M of its tokens first, a fixed 1.4 s here). Goal
+(issue 15): end to end <= 1.5x the model work at 16,384 latents and <= 2x at 131,072.
 """
 
 from __future__ import annotations
@@ -81,13 +84,36 @@ def child(args) -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.perf_counter()
-        corpus = Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode)
+        corpus = Corpus(corpus_config(args), subject.encode)
         result = mine(store, subject, source, args.hook, corpus, MiningConfig(), progress=False)
         seconds = time.perf_counter() - started
         done.set()
         sampler.join()
     print(json.dumps({"tokens": result.tokens, "peak_mib": peak[0], "before_mib": before,
                       "seconds": seconds, "features": result.features}))  # fmt: skip
+
+
+def corpus_config(args) -> CorpusConfig:
+    """--corpus whole if given, else a --tokens sample of the default corpus."""
+    if args.corpus:
+        return CorpusConfig((args.corpus,))
+    return CorpusConfig(max_tokens=args.tokens)
+
+
+def write_corpus(path: Path, subject, tokens: int) -> Path:
+    """The default corpus's first lines, up to about `tokens` tokens, as one markdown file
+    (cleaned as the default corpus is)."""
+    from gloss.pipeline.corpus import default_corpus_files
+
+    lines, count = [], 0
+    for file in default_corpus_files():
+        for line in file.read_text(encoding="utf-8").splitlines(keepends=True):
+            if count >= tokens:
+                break
+            lines.append(line)
+            count += len(subject.encode(line))
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
 
 
 def write_sae(folder: Path, d_in: int, width: int) -> Path:
@@ -132,7 +158,9 @@ def model_work(subject, batches, args, source, config) -> tuple[float, float]:
 def end_to_end(args) -> None:
     subject = load_subject(args.model, device=args.device)
     config = MiningConfig()
-    windows = list(Corpus(CorpusConfig(max_tokens=args.tokens), subject.encode).scan())
+    tmp = tempfile.TemporaryDirectory()
+    args.corpus = str(write_corpus(Path(tmp.name) / "corpus.md", subject, args.tokens))
+    windows = list(Corpus(corpus_config(args), subject.encode).scan())
     batches = list(iter_batches(subject, windows, config.batch_size))
     tokens = sum(int(valid.sum()) for _, valid, _ in batches)
     device = str(subject.device)
@@ -141,15 +169,15 @@ def end_to_end(args) -> None:
           f"tokens, device {device}, {torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'latents':>8} {'forward':>8} {'encode':>8} {'model work':>10} {'gloss mine':>10} "
           f"{'ratio':>6} {'peak MiB':>9}")  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
+    with tmp:
         for width in [int(w) for w in args.widths.split(",")]:
-            folder = write_sae(Path(tmp) / f"sae{width}", d_in, width)
+            folder = write_sae(Path(tmp.name) / f"sae{width}", d_in, width)
             source = load_source(str(folder), d_in)
             forward_s, encode_s = model_work(subject, batches, args, source, config)
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "--model", args.model, "--hook",
                  args.hook, "--tokens", str(args.tokens), "--device", args.device, "--threads",
-                 str(args.threads), "--sae", str(folder)],
+                 str(args.threads), "--sae", str(folder), "--corpus", args.corpus],
                 capture_output=True, text=True, check=True,
             ).stdout.strip().splitlines()[-1]  # fmt: skip
             r = json.loads(out)
@@ -173,6 +201,7 @@ def main() -> None:
     parser.add_argument("--end-to-end", action="store_true", help="gloss mine vs model work")
     parser.add_argument("--widths", default="512,16384,131072", help="SAE latents (end to end)")
     parser.add_argument("--sae", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

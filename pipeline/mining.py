@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -429,8 +430,11 @@ class Samples:
     def acts(self, name: str, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """[len(rows), ctx_len] float16: the activations held in these (row, slot) pairs."""
         acts = self._acts[name]
-        index = (torch.from_numpy(rows).to(acts.device), torch.from_numpy(slots).to(acts.device))
-        return acts[index].cpu().numpy()
+        flat = rows * acts.shape[1] + slots
+        if acts.device.type == "cpu":  # numpy gathers float16 rows several times faster
+            return acts.numpy().reshape(-1, acts.shape[2]).take(flat, axis=0)
+        index = torch.from_numpy(flat).to(acts.device)
+        return acts.view(-1, acts.shape[2]).index_select(0, index).cpu().numpy()
 
 
 RESERVOIRS = ("top", "pool", "random", "silent")
@@ -478,10 +482,12 @@ def choose_examples(samples: Samples, rows: np.ndarray, indices: Sequence[int]) 
         keys = np.arange(n)[:, None] * span + windows
         return valid & ~np.isin(keys, used)
 
-    def take(name: str, mask: np.ndarray, split: int, kind: int, ranks: np.ndarray) -> None:
-        order, _, windows, _ = samples.reservoirs[name]
+    def take(name: str, mask: np.ndarray, split: int, kind, ranks: np.ndarray) -> None:
+        """Take the masked [group, slot] entries; `kind` a code, or one per entry."""
+        _, _, windows, _ = samples.reservoirs[name]
         r, position = mask.nonzero()
-        parts.append((name, r, position, split, kind, ranks[r, position]))
+        kinds = kind[r, position] if isinstance(kind, np.ndarray) else kind
+        parts.append((name, r, position, split, kinds, ranks[r, position]))
         taken.append(r * span + windows[rows][r, position])
 
     def sample(name: str, kind: str, split: str, count: int) -> None:
@@ -539,42 +545,36 @@ def _quantiles(samples: Samples, rows: np.ndarray, indices: Sequence[int], unuse
     # Free windows first, lowest max first, ties in key order (a stable sort).
     by_max = np.argsort(np.where(free, maxes[rows], np.inf), axis=1, kind="stable")
     counts = free.sum(axis=1)
-    width = by_max.shape[1]
-    dealt = np.full((len(rows), width), -1, dtype=np.int64)  # position -> within-bin place
-    bins = np.zeros((len(rows), width), dtype=np.int64)
+    # np.array_split's bins of m positions: the first m % Q hold one more.
+    base, extra = (x[:, None] for x in np.divmod(counts, c.quantiles))
+    position = np.arange(by_max.shape[1])[None, :]
+    big = extra * (base + 1)  # positions in the larger bins
+    bins = np.where(
+        position < big, position // (base + 1), extra + (position - big) // np.maximum(base, 1)
+    )
+    places = position - (bins * base + np.minimum(bins, extra))  # place within its bin
+    dealt = np.full(by_max.shape, -1, dtype=np.int64)  # position -> place in its shuffled bin
     for i in np.flatnonzero(counts):
-        m = int(counts[i])
         rng = np.random.default_rng([c.seed, indices[i]])
-        base, extra = divmod(m, c.quantiles)
-        start = 0
-        for q in range(c.quantiles):
-            size = base + (q < extra)
-            if size == 0:
-                break
-            shuffled = start + rng.permutation(size)  # as np.array_split + permutation did
-            dealt[i, shuffled] = np.arange(size)
-            bins[i, start : start + size] = q
-            start += size
+        m, b, e = int(counts[i]), int(base[i, 0]), int(extra[i, 0])
+        starts = [q * b + min(q, e) for q in range(min(c.quantiles, m))]
+        shuffled = [start + rng.permutation(b + (q < e)) for q, start in enumerate(starts)]
+        dealt[i, np.concatenate(shuffled)] = places[i, :m]  # as np.array_split + permutation
     per_bin = (("holdout", c.quantile_holdout), ("validation", c.quantile_validation),
                ("explain", c.quantile_explain))  # fmt: skip
     first = 0
     for split, count in per_bin:
         within = (dealt >= first) & (dealt < first + count)
         r, sorted_at = within.nonzero()
-        position = by_max[r, sorted_at]  # the pool slot, in key order
+        slot = by_max[r, sorted_at]  # the pool slot, in key order
         mask = np.zeros_like(within)
-        mask[r, position] = True
+        mask[r, slot] = True
         ranks = np.zeros(within.shape, dtype=np.int64)
-        ranks[r, position] = dealt[r, sorted_at] - first
+        ranks[r, slot] = dealt[r, sorted_at] - first
         kinds = np.zeros(within.shape, dtype=np.int64)
-        kinds[r, position] = bins[r, sorted_at] + kind_code("quantile:1")
-        _take_kinds(take, mask, SPLITS.index(split), kinds, ranks)
+        kinds[r, slot] = bins[r, sorted_at] + kind_code("quantile:1")
+        take("pool", mask, SPLITS.index(split), kinds, ranks)
         first += count
-
-
-def _take_kinds(take, mask: np.ndarray, split: int, kinds: np.ndarray, ranks: np.ndarray) -> None:
-    for kind in np.unique(kinds[mask]):
-        take("pool", mask & (kinds == kind), split, int(kind), ranks)
 
 
 def _spread_table(c: MiningConfig, slots: int) -> np.ndarray:
@@ -732,11 +732,21 @@ def mine(
                 chunks = len(todo) > config.feature_chunk
                 if chunks and PassCache.fits(subject, points, corpus):  # replay the first pass
                     cache = stack.enter_context(PassCache.temporary())
+                # A chunk's examples are chosen and written while the next chunk's pass runs.
+                writer = stack.enter_context(
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-mine-chunk")
+                )
+                written = None
                 for start in range(0, len(todo), config.feature_chunk):
                     chunk = todo[start : start + config.feature_chunk]
-                    _mine_chunk(store, subject, source, hook, points, corpus, config, chunk,
-                                subject_id, source_id, run_id, result, progress, on_write,
-                                cache)  # fmt: skip
+                    write = _mine_chunk(store, subject, source, hook, points, corpus, config,
+                                        chunk, subject_id, source_id, run_id, result, progress,
+                                        on_write, cache)  # fmt: skip
+                    if written is not None:
+                        written.result()
+                    written = writer.submit(write)
+                if written is not None:
+                    written.result()
         except BaseException as error:
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             store.finish_run(run_id, status, str(error)[:2000] or type(error).__name__,
@@ -806,8 +816,8 @@ def mined_otherwise(
 def _mine_chunk(
     store, subject, source, hook, points, corpus, config, chunk, subject_id, source_id, run_id,
     result, progress, on_write, cache=None,
-) -> None:  # fmt: skip
-    """One pass over the corpus for a block of features, then write them in groups.
+) -> Callable[[], None]:  # fmt: skip
+    """One pass over the corpus for a block of features; returns what writes them in groups.
 
     With a `cache`, the first chunk's pass records each batch's hook activations and the
     later chunks replay them: the model runs once, however many chunks there are.
@@ -877,8 +887,8 @@ def _mine_chunk(
         raise InputError("the corpus gave no windows; give text with at least one window in it")
     result.tokens, result.windows = n_tokens, seen
     _forget_unused(miner, tokens, docs)
-    _write_chunk(store, subject, miner, chunk, points, tokens, docs, config, subject_id,
-                 source_id, run_id, result, checkpoint, on_write)  # fmt: skip
+    return partial(_write_chunk, store, subject, miner, chunk, points, tokens, docs, config,
+                   subject_id, source_id, run_id, result, checkpoint, on_write)  # fmt: skip
 
 
 def _write_chunk(

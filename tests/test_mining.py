@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -248,7 +249,12 @@ def test_sae_mining_records_dead_features(minilm, corpus_dir, tmp_path, sqlite_s
     assert rerun.source_id == result.source_id and rerun.skipped == 6 and rerun.features == 0
 
 
-def test_resume_after_interruption_has_no_duplicates(minilm, corpus_dir, sqlite_store, tmp_path):
+@pytest.mark.parametrize("chunk", [8192, 8])
+def test_resume_after_interruption_has_no_duplicates(minilm, corpus_dir, sqlite_store, tmp_path,
+                                                     chunk):  # fmt: skip
+    """Interrupted while writing its first group (in chunks of 8, while the second chunk's
+    pass runs), a mine keeps that group; a rerun mines the rest, as one run would have."""
+    config = replace(SMALL, feature_chunk=chunk)
     source = load_source("neurons", minilm.hook_width(HOOK))
     written: list[list[int]] = []
 
@@ -257,14 +263,14 @@ def test_resume_after_interruption_has_no_duplicates(minilm, corpus_dir, sqlite_
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+        mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
              range(20), progress=False, on_write=crash_after_first_group)  # fmt: skip
     assert written == [list(range(7))]
     first_run = sqlite_store.runs()[0]
     assert first_run.status == "interrupted"
     statuses = sqlite_store.feature_statuses(1)
     assert sorted(statuses) == list(range(7))
-    result = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+    result = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
                   range(20), progress=False)  # fmt: skip
     assert (result.skipped, result.features) == (7, 13)
     pairs = [
@@ -273,7 +279,7 @@ def test_resume_after_interruption_has_no_duplicates(minilm, corpus_dir, sqlite_
     assert len(pairs) == len(set(pairs))
     # The same as one uninterrupted mine: statistics and top windows per feature.
     with open_store(f"sqlite:///{tmp_path / 'fresh.db'}") as fresh:
-        clean = mine(fresh, minilm, source, HOOK, corpus_for(minilm, corpus_dir), SMALL,
+        clean = mine(fresh, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
                      range(20), progress=False)  # fmt: skip
 
         def summary(store, source_id):
