@@ -11,8 +11,8 @@ per corpus size) so each number is that run's own high-water mark.
 reservoirs, choosing examples, decoding and writing to SQLite) for synthetic SAEs of
 each width on MiniLM's residual stream (`--hook layer.3.resid`), each in a child process
 that also reports its peak memory, against the *model work* measured in this process on
-the same tokens: a bare forward to the hook plus the bare SAE encode (one dense matmul
-and ReLU, in feature chunks of `feature_chunk` so it fits in memory). The corpus is the
+the same tokens: a bare forward to the hook plus the SAE encode alone (gloss's encoder:
+one dense matmul and ReLU, in feature chunks of `feature_chunk` so it fits in memory). The corpus is the
 first --tokens tokens' worth of the default corpus's text, written to a file and mined
 whole, so reading and tokenising it count in proportion (a 20k-token sample of the whole
 default corpus would tokenise all 1.2M of its tokens first, a fixed 1.4 s here). Goal
@@ -132,11 +132,10 @@ def write_sae(folder: Path, d_in: int, width: int) -> Path:
 
 
 def model_work(subject, batches, args, source, config) -> tuple[float, float]:
-    """Best-of-repeat seconds of a bare forward to the hook, and of the bare SAE encode of
-    the real tokens it gives (a dense matmul and ReLU per feature chunk)."""
+    """Best-of-repeat seconds of a bare forward to the hook, and of the SAE encode alone
+    (gloss's encoder, one matmul and activation per feature chunk) of the real tokens."""
     device = str(subject.device)
-    W, b = source.encoder.W_enc.to(subject.device), source.encoder.b_enc.to(subject.device)
-    width = W.shape[1]
+    width = source.width
     hidden: list[torch.Tensor] = []
 
     def forward() -> None:
@@ -145,12 +144,14 @@ def model_work(subject, batches, args, source, config) -> tuple[float, float]:
             out = subject.activations(ids, valid.long(), [args.hook])[args.hook]
             hidden.append(out[valid.to(out.device)])  # real tokens only
 
+    chunks = [torch.arange(start, min(start + config.feature_chunk, width), device=device)
+              for start in range(0, width, config.feature_chunk)]  # fmt: skip
+
     def encode() -> None:
         with torch.inference_mode():
             for h in hidden:
-                for start in range(0, width, config.feature_chunk):
-                    cut = slice(start, start + config.feature_chunk)
-                    torch.relu(h @ W[:, cut] + b[cut])
+                for chunk in chunks:
+                    source.encode(h, None if len(chunk) == width else chunk, hook=args.hook)
 
     return timed(forward, args.repeat, device), timed(encode, args.repeat, device)
 

@@ -58,9 +58,10 @@ class Encoder:
             return acts if features is None else acts[..., features]
         pick = slice(None) if features is None else features
         W, b = self.W_enc[:, pick], self.b_enc[pick]
-        pre = x @ W + b
+        # One fused multiply-add and an in-place ReLU: no second [tokens, latents] buffer.
+        pre = torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[1])
         if self.activation == "relu":
-            return torch.relu(pre)
+            return pre.relu_()
         if self.activation == "jumprelu":
             return torch.relu(pre) * (pre > self.threshold[pick])
         if self.activation == "gated":
