@@ -250,7 +250,8 @@ def timings(args) -> None:
         miner = FeatureMiner(source.width, 64, config, device)
         seen = 0
         for ids, valid, batch in batches:
-            acts = source.encode(subject.activations(ids, valid.long(), [args.hook])[args.hook])
+            hidden = subject.activations(ids, valid.long(), [args.hook])[args.hook]
+            acts = source.encode(hidden, feature_major=True)
             miner.update(
                 acts, valid.to(device), torch.arange(seen, seen + len(batch), device=device)
             )

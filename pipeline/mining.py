@@ -218,7 +218,7 @@ class Reservoir:
         strips: torch.Tensor,
         window_ids: torch.Tensor,
     ) -> None:
-        """Merge a batch: keys and maxes [F, B], strips [B, F, T] float16, window_ids [B]."""
+        """Merge a batch: keys and maxes [F, B], strips [F, B, T] float16, window_ids [B]."""
         if self.size == 0:
             return
         n_features, batch = keys.shape
@@ -227,7 +227,7 @@ class Reservoir:
             self.keys[:, block] = keys
             self.maxes[:, block] = maxes
             self.windows[:, block] = window_ids
-            self.acts[:, block, : strips.shape[2]] = strips.transpose(0, 1)
+            self.acts[:, block, : strips.shape[2]] = strips
             self.filled += batch
             return
         self.filled = self.size
@@ -247,13 +247,18 @@ class Reservoir:
         new_rows, columns = chosen[:, self.size :].nonzero(as_tuple=True)
         if len(rows) == 0:
             return
-        self.keys[rows, slots] = keys[new_rows, columns]
-        self.maxes[rows, slots] = maxes[new_rows, columns]
-        self.windows[rows, slots] = window_ids[columns]
+        # Flat row indices: index_select / index_copy_ move whole strips, several times
+        # faster than indexing with (row, slot) pairs.
+        into = rows * self.size + slots
+        taken = new_rows * batch + columns
+        self.keys.view(-1).index_copy_(0, into, keys.reshape(-1).index_select(0, taken))
+        self.maxes.view(-1).index_copy_(0, into, maxes.reshape(-1).index_select(0, taken))
+        self.windows.view(-1).index_copy_(0, into, window_ids.index_select(0, columns))
         width = strips.shape[2]
+        found = strips.view(-1, width).index_select(0, taken)
         if width < self.acts.shape[2]:
-            self.acts[rows, slots] = 0
-        self.acts[rows, slots, :width] = strips[columns, rows]
+            found = torch.nn.functional.pad(found, (0, self.acts.shape[2] - width))
+        self.acts.view(-1, self.acts.shape[2]).index_copy_(0, into, found)
 
 
 class LayerMap:
@@ -268,21 +273,22 @@ class LayerMap:
         self.values = torch.zeros((n_points, LAYER_TOP, n_features), device=device)
 
     def update(self, point: int, acts: torch.Tensor, valid: torch.Tensor) -> None:
-        """acts [B, T, F] at one point, valid [B, T]."""
-        flat = acts.reshape(-1, acts.shape[2])
+        """acts [F, B, T] at one point (feature-major), valid [B, T]."""
+        flat = acts.reshape(acts.shape[0], -1)
         if not bool(valid.all()):
-            flat = flat[valid.reshape(-1)]
-        if flat.shape[0] == 0:
+            flat = flat[:, valid.reshape(-1)]
+        if flat.shape[1] == 0:
             return
         kept = self.values[point]
-        touched = (flat.amax(dim=0) > kept[-1]).nonzero().squeeze(1)
+        touched = (flat.amax(dim=1) > kept[-1]).nonzero().squeeze(1)
         if len(touched) == 0:
             return
-        if len(touched) == flat.shape[1]:
-            top = flat.topk(min(LAYER_TOP, flat.shape[0]), dim=0).values
+        k = min(LAYER_TOP, flat.shape[1])
+        if len(touched) == flat.shape[0]:
+            top = flat.topk(k, dim=1).values.T
             kept[:] = torch.cat([kept, top]).topk(LAYER_TOP, dim=0).values
             return
-        top = flat[:, touched].topk(min(LAYER_TOP, flat.shape[0]), dim=0).values
+        top = flat[touched].topk(k, dim=1).values.T
         kept[:, touched] = torch.cat([kept[:, touched], top]).topk(LAYER_TOP, dim=0).values
 
     def means(self) -> torch.Tensor:
@@ -340,13 +346,14 @@ class FeatureMiner:
             self.layers.values = state["layers"].to(device)
 
     def update(self, acts: torch.Tensor, valid: torch.Tensor, window_ids: torch.Tensor) -> None:
-        """acts [B, T, F] feature activations, valid [B, T], window_ids [B] (global indices)."""
-        n_features = acts.shape[2]
+        """acts [F, B, T] feature activations, feature-major (`Source.encode(...,
+        feature_major=True)`), valid [B, T], window_ids [B] (global indices)."""
+        n_features = acts.shape[0]
         padded = not bool(valid.all())
-        masked = acts.masked_fill(~valid[..., None], -math.inf) if padded else acts
-        window_max = masked.amax(dim=1).T.contiguous()  # [F, B]
+        masked = acts.masked_fill(~valid, -math.inf) if padded else acts
+        window_max = masked.amax(dim=2)  # [F, B]
         # Each feature's activations along a window, contiguous: reservoirs copy whole strips.
-        strips = acts.transpose(1, 2).to(torch.float16, memory_format=torch.contiguous_format)
+        strips = acts.to(torch.float16, memory_format=torch.contiguous_format)
         self.top.update(window_max, window_max, strips, window_ids)
         if self.pool.size:
             keys = torch.rand(window_max.shape, generator=self.generator, device=acts.device)
@@ -361,10 +368,10 @@ class FeatureMiner:
             self.silent.update(keys, window_max, strips, window_ids)
         batch_max = window_max.amax(dim=1)
         self.max = torch.maximum(self.max, batch_max)
-        flat = masked.reshape(-1, n_features)
-        summed = acts.masked_fill(~valid[..., None], 0) if padded else acts
-        ones = torch.ones(1, flat.shape[0], device=acts.device, dtype=acts.dtype)
-        self.sum += (ones @ summed.reshape(-1, n_features))[0].double()  # a GEMV: fastest sum
+        flat = masked.reshape(n_features, -1)
+        summed = acts.masked_fill(~valid, 0) if padded else acts
+        ones = torch.ones(flat.shape[1], 1, device=acts.device, dtype=acts.dtype)
+        self.sum += (summed.reshape(n_features, -1) @ ones)[:, 0].double()  # a GEMV: fastest sum
         positive = flat > 0
         self.tokens += int(valid.sum())
         self._histogram(flat, positive, batch_max)
@@ -382,11 +389,11 @@ class FeatureMiner:
             self.hist_top[grow] *= 2
         scale = self.bins / self.hist_top.clamp(min=1e-30)
         # Only positive activations are counted: gather them first (a fifth of all, or less).
-        tokens, features = positive.nonzero(as_tuple=True)
-        index = (flat[tokens, features] * scale[features]).clamp_(max=self.bins - 0.5).long()
+        features, tokens = positive.nonzero(as_tuple=True)
+        index = (flat[features, tokens] * scale[features]).clamp_(max=self.bins - 0.5).long()
         index += features * self.bins
-        counts = torch.bincount(index, minlength=flat.shape[1] * self.bins)
-        self.hist += counts.view(flat.shape[1], self.bins)
+        counts = torch.bincount(index, minlength=flat.shape[0] * self.bins)
+        self.hist += counts.view(flat.shape[0], self.bins)
 
     def histograms(self) -> list[dict[str, Any] | None]:
         """Per feature {"edges", "counts"} of its positive activations (None if never positive),
@@ -635,14 +642,17 @@ def encode_points(
     valid: torch.Tensor | None = None,
     *,
     where: bool = False,
+    feature_major: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Feature activations, the largest over `points`, and with `where` (several points) the
-    index of the point each is largest at; `layers` takes in each point's own activations."""
+    index of the point each is largest at; `layers` (feature-major acts only) takes in each
+    point's own activations."""
     if len(points) == 1:
-        return source.encode(captured[points[0]], features, hook=points[0]), None
+        acts = source.encode(captured[points[0]], features, points[0], feature_major=feature_major)
+        return acts, None
     best = at = None
     for i, point in enumerate(points):
-        acts = source.encode(captured.pop(point), features, hook=point)
+        acts = source.encode(captured.pop(point), features, point, feature_major=feature_major)
         if layers is not None:
             layers.update(i, acts, valid)
         if best is None:
@@ -859,11 +869,9 @@ def _mine_chunk(
     ):
         if record:
             cache.record(ids, valid, batch, captured)
-        if miner.layers is None:
-            acts = source.encode(captured[points[0]], index, hook=points[0])
-        else:
-            mask = valid.to(subject.device)
-            acts, _ = encode_points(source, captured, points, index, miner.layers, mask)
+        mask = valid.to(subject.device)
+        acts, _ = encode_points(source, captured, points, index, miner.layers, mask,
+                                feature_major=True)  # fmt: skip
         window_ids = torch.arange(seen, seen + len(batch), device=acts.device)
         miner.update(acts, valid.to(acts.device), window_ids)
         for offset, window in enumerate(batch):

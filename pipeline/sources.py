@@ -44,8 +44,12 @@ class Encoder:
     b_mag: torch.Tensor | None = None  # gated: magnitude path bias (b_enc is the gate bias)
     norm_scale: bool = False  # SAELens constant_norm_rescale: x * sqrt(d_in) / |x|
 
-    def encode(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """Latent activations [..., d_sae] (or [..., len(features)] for a subset)."""
+    def encode(
+        self, x: torch.Tensor, features: torch.Tensor | None = None, *, feature_major: bool = False
+    ) -> torch.Tensor:
+        """Latent activations [..., d_sae] (or [..., len(features)] for a subset); with
+        `feature_major`, [d_sae, ...]: each latent's activations contiguous, as mining's
+        reservoirs copy them, computed in that layout rather than transposed after."""
         x = x.to(self.W_enc.dtype)
         if self.norm_scale:
             x = x * (x.shape[-1] ** 0.5) / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -55,17 +59,28 @@ class Encoder:
             acts = torch.relu(x @ self.W_enc + self.b_enc)
             top = acts.topk(self.k, dim=-1)
             acts = torch.zeros_like(acts).scatter_(-1, top.indices, top.values)
-            return acts if features is None else acts[..., features]
+            acts = acts if features is None else acts[..., features]
+            return acts.movedim(-1, 0) if feature_major else acts
+        lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
+
+        def affine(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            """x W + b in one fused multiply-add, no second [tokens, latents] buffer."""
+            if feature_major:
+                return torch.addmm(b[:, None], W.T, flat.T).view(W.shape[1], *lead)
+            return torch.addmm(b, flat, W).view(*lead, W.shape[1])
+
+        def per_latent(t: torch.Tensor) -> torch.Tensor:
+            return t.view(-1, *[1] * len(lead)) if feature_major else t
+
         pick = slice(None) if features is None else features
         W, b = self.W_enc[:, pick], self.b_enc[pick]
-        # One fused multiply-add and an in-place ReLU: no second [tokens, latents] buffer.
-        pre = torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[1])
+        pre = affine(W, b)
         if self.activation == "relu":
             return pre.relu_()
         if self.activation == "jumprelu":
-            return torch.relu(pre) * (pre > self.threshold[pick])
+            return torch.relu(pre) * (pre > per_latent(self.threshold[pick]))
         if self.activation == "gated":
-            mag = x @ (W * torch.exp(self.r_mag[pick])) + self.b_mag[pick]
+            mag = affine(W * torch.exp(self.r_mag[pick]), self.b_mag[pick])
             return (pre > 0) * torch.relu(mag)
         raise ModelError(f"unknown encoder activation {self.activation!r}")
 
@@ -91,17 +106,24 @@ class Source:
         return tuple(self.encoders)
 
     def encode(
-        self, acts: torch.Tensor, features: torch.Tensor | None = None, hook: str | None = None
+        self,
+        acts: torch.Tensor,
+        features: torch.Tensor | None = None,
+        hook: str | None = None,
+        *,
+        feature_major: bool = False,
     ) -> torch.Tensor:
-        """Feature activations from hook activations [..., d_in] -> [..., n_features]."""
+        """Feature activations from hook activations [..., d_in] -> [..., n_features]
+        (with `feature_major`, [n_features, ...])."""
         encoder = self.encoder
         if self.encoders:
             if hook not in self.encoders:
                 raise InputError(f"this dictionary reads {', '.join(self.encoders)}, not {hook!r}")
             encoder = self.encoders[hook]
         if encoder is None:
-            return acts if features is None else acts[..., features]
-        return encoder.encode(acts, features)
+            acts = acts if features is None else acts[..., features]
+            return acts.movedim(-1, 0) if feature_major else acts
+        return encoder.encode(acts, features, feature_major=feature_major)
 
 
 def load_source(spec: str, hook_width: int) -> Source:

@@ -182,7 +182,7 @@ def test_the_layer_map_keeps_each_points_largest_token_activations():
         valid[2, 1 + batch % 3 :] = False
         for point in (0, 1):
             acts = torch.relu(torch.randn(3, 4, 6, generator=g)) * growth * (point + 1)
-            layer_map.update(point, acts, valid)
+            layer_map.update(point, acts.movedim(-1, 0), valid)
             seen[point].append(acts[valid])
     for point in (0, 1):
         everything = torch.cat(seen[point])

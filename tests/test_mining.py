@@ -169,7 +169,8 @@ def test_reservoir_keeps_the_largest_keys_with_their_strips(size):
         keys = torch.rand(n_features, batch, generator=g)
         keys[keys < 0.2] = -torch.inf  # windows that may not enter, as in the quantile pool
         strips = torch.randn(batch, n_features, width, generator=g).half()
-        reservoir.update(keys, keys * 10, strips, torch.arange(start, start + batch))
+        feature_major = strips.transpose(0, 1).contiguous()
+        reservoir.update(keys, keys * 10, feature_major, torch.arange(start, start + batch))
         start += batch
         seen_keys.append(keys)
         seen_strips.append(torch.nn.functional.pad(strips, (0, ctx - width)))
@@ -192,7 +193,7 @@ def test_histogram_counts_every_positive_activation_in_its_bin():
     for i, acts in enumerate(batches):  # the range grows: bins double and merge
         valid = torch.ones(4, 8, dtype=torch.bool)
         valid[0, 5:] = False
-        miner.update(acts, valid, torch.arange(4 * i, 4 * i + 4))
+        miner.update(acts.movedim(-1, 0), valid, torch.arange(4 * i, 4 * i + 4))
     for f in range(3):
         values = torch.cat([torch.cat([a[1:, :, f].flatten(), a[0, :5, f]]) for a in batches])
         positive = values[values > 0].double().numpy()

@@ -173,3 +173,22 @@ def test_bad_sources(tmp_path):
     (bad_pt / "config.json").write_text("{}")
     with pytest.raises(InputError, match="cannot read"):
         load_source(str(bad_pt), D_IN)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [{}, {"architecture": "jumprelu"}, {"architecture": "gated"},
+     {"architecture": "topk", "activation_fn_kwargs": {"k": 3}}, None],
+    ids=["relu", "jumprelu", "gated", "topk", "neurons"],
+)  # fmt: skip
+def test_feature_major_encodings_are_the_same_numbers_latent_first(tmp_path, cfg):
+    """Mining asks for [latents, batch, tokens], computed in that layout."""
+    spec = "neurons" if cfg is None else str(write_sae(tmp_path / "s", cfg, _weights()))
+    source = load_source(spec, D_IN)
+    subset = torch.tensor([3, 0, 11])
+    for features in (None, subset):
+        expected = source.encode(X, features).movedim(-1, 0)
+        got = source.encode(X, features, feature_major=True)
+        assert got.shape == expected.shape == (len(features) if features is not None
+                                                else source.width, 5, 7)  # fmt: skip
+        torch.testing.assert_close(got, expected)
