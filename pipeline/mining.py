@@ -747,10 +747,11 @@ def mine(
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-mine-chunk")
                 )
                 written = None
+                stored = StoredWindows(store, subject, subject_id)
                 for start in range(0, len(todo), config.feature_chunk):
                     chunk = todo[start : start + config.feature_chunk]
                     write = _mine_chunk(store, subject, source, hook, points, corpus, config,
-                                        chunk, subject_id, source_id, run_id, result, progress,
+                                        chunk, stored, source_id, run_id, result, progress,
                                         on_write, cache)  # fmt: skip
                     if written is not None:
                         written.result()
@@ -824,7 +825,7 @@ def mined_otherwise(
 
 
 def _mine_chunk(
-    store, subject, source, hook, points, corpus, config, chunk, subject_id, source_id, run_id,
+    store, subject, source, hook, points, corpus, config, chunk, stored, source_id, run_id,
     result, progress, on_write, cache=None,
 ) -> Callable[[], None]:  # fmt: skip
     """One pass over the corpus for a block of features; returns what writes them in groups.
@@ -896,16 +897,40 @@ def _mine_chunk(
     result.tokens, result.windows = n_tokens, seen
     _forget_unused(miner, tokens, docs)
     return partial(_write_chunk, store, subject, miner, chunk, points, tokens, docs, config,
-                   subject_id, source_id, run_id, result, checkpoint, on_write)  # fmt: skip
+                   stored, source_id, run_id, result, checkpoint, on_write)  # fmt: skip
+
+
+class StoredWindows:
+    """Pass window number -> store row, shared by every chunk of a mine: a window is
+    decoded and stored once per mine, not once per chunk that shows it."""
+
+    def __init__(self, store: Store, subject: Subject, subject_id: int):
+        self.store, self.subject, self.subject_id = store, subject, subject_id
+        self.stored = np.zeros(0, dtype=np.int64)
+
+    def rows(self, windows: np.ndarray, tokens: dict, docs: dict) -> np.ndarray:
+        """The store rows of these pass windows, storing those not stored yet."""
+        if len(windows) and windows.max() >= len(self.stored):
+            grown = np.full(int(windows.max()) + 1, -1, dtype=np.int64)
+            grown[: len(self.stored)] = self.stored
+            self.stored = grown
+        new = np.unique(windows[self.stored[windows] < 0]).tolist()
+        if new:
+            self.stored[new] = self.store.add_windows(self.subject_id, [
+                WindowIn(docs[w][0], docs[w][1], tokens[w].tolist(),
+                         self.subject.token_strings(tokens[w]))
+                for w in new
+            ])  # fmt: skip
+        return self.stored[windows]
 
 
 def _write_chunk(
-    store, subject, miner, chunk, points, tokens, docs, config, subject_id, source_id, run_id,
+    store, subject, miner, chunk, points, tokens, docs, config, stored, source_id, run_id,
     result, checkpoint, on_write,
 ) -> None:  # fmt: skip
     """Choose and write a mined chunk's features in groups of `write_every`, each group one
     transaction. A writer thread stores a group while the next group's examples are
-    chosen; windows are decoded and stored once for the whole chunk."""
+    chosen; windows are decoded and stored once per mine (`stored`)."""
     lengths = np.zeros(1 + max(tokens, default=0), dtype=np.int64)
     lengths[list(tokens)] = [len(t) for t in tokens.values()]
     layer_means = miner.layers.means().T.tolist() if miner.layers is not None else None
@@ -914,7 +939,6 @@ def _write_chunk(
     positives = miner.hist.sum(dim=1).tolist()  # every positive activation is in a bin
     histograms = miner.histograms()
     n_tokens = max(miner.tokens, 1)
-    stored = np.full(len(lengths), -1, dtype=np.int64)  # pass window -> store row
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gloss-mine-writer") as writer:
         pending = None
         for start in range(0, len(chunk), config.write_every):
@@ -922,12 +946,7 @@ def _write_chunk(
             chosen = choose_examples(samples, rows, [chunk[f] for f in rows])
             if pending is not None:
                 pending.result()  # one writer at a time: the windows below need the lock
-            new = [int(w) for w in np.unique(chosen.windows) if stored[w] < 0]
-            stored[new] = store.add_windows(subject_id, [
-                WindowIn(docs[w][0], docs[w][1], tokens[w].tolist(),
-                         subject.token_strings(tokens[w]))
-                for w in new
-            ])  # fmt: skip
+            rows_of = stored.rows(chosen.windows, tokens, docs)
             sizes = lengths[chosen.windows]
             acts = chosen.acts[np.arange(chosen.acts.shape[1]) < sizes[:, None]]
             ends = np.searchsorted(chosen.rows, np.arange(len(rows)), side="right")
@@ -936,7 +955,7 @@ def _write_chunk(
             for i, f in enumerate(rows):
                 at = slice(ends[i - 1] if i else 0, ends[i])
                 examples = ExampleSet(
-                    stored[chosen.windows[at]], chosen.splits[at], chosen.kinds[at],
+                    rows_of[at], chosen.splits[at], chosen.kinds[at],
                     chosen.ranks[at], chosen.max_acts[at], sizes[at].astype(np.uint32),
                     acts[(act_ends[i - 1] if i else 0) : act_ends[i]],
                 )  # fmt: skip

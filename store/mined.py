@@ -118,13 +118,12 @@ class Mined(StoreBase):
                     for f in features
                 ],
             )
-            rows = []
-            for f in features:
-                examples = f.examples
-                if not isinstance(examples, ExampleSet):
-                    examples = ExampleSet.of(examples)
-                if len(examples):
-                    rows.append((id_of[f.index], len(examples), examples.pack()))
+            sets = [e if isinstance(e, ExampleSet) else ExampleSet.of(e) for e in
+                    (f.examples for f in features)]  # fmt: skip
+            shown = [(f, e) for f, e in zip(features, sets, strict=True) if len(e)]
+            packed = ExampleSet.pack_all([e for _, e in shown])
+            rows = [(id_of[f.index], len(e), data)
+                    for (f, e), data in zip(shown, packed, strict=True)]  # fmt: skip
             if rows:
                 self._bulk_insert_examples(s, rows)
 
