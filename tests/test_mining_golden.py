@@ -99,6 +99,8 @@ def test_the_model_runs_once_per_batch_whatever_the_chunks(minilm, tmp_path, mon
     from gloss.pipeline.subjects import cache_dir
     from tests.test_mining import write_corpus
 
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path / "cache"))  # not another run's pass files
+
     folder = write_corpus(tmp_path / "corpus")
     corpus = Corpus(CorpusConfig((str(folder),), ctx_len=16, min_len=4), minilm.encode).scan()
     batches = -(-corpus.n_windows // CONFIG.batch_size)
