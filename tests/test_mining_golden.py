@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from sqlalchemy import text
 
 from gloss.pipeline.corpus import Corpus, CorpusConfig
 from gloss.pipeline.mining import mine
@@ -111,10 +112,16 @@ def test_the_model_runs_once_per_batch_whatever_the_chunks(minilm, tmp_path, mon
         calls.append(1)
         return original(*args, **kwargs)
 
+    decoded = []
+    strings = minilm.token_strings
     monkeypatch.setattr(minilm, "activations", counted)
+    monkeypatch.setattr(minilm, "token_strings", lambda ids: decoded.append(1) or strings(ids))
     digest(minilm, folder, tmp_path)  # 48 features in chunks of 20: three chunks
     assert len(calls) == batches
     assert not list((cache_dir() / "mining").glob("pass-*")), "the pass cache is removed"
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as store, store.session() as s:
+        windows = s.scalar(text("SELECT count(*) FROM windows"))
+    assert len(decoded) == windows, "each window decoded once, whatever the chunks"
 
 
 @pytest.mark.slow
