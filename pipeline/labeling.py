@@ -452,7 +452,10 @@ def stage_run(
     """The stage's run (its own, unless inside a nightly run), closed with what happened.
 
     Yields (run id, holder). A stage that raises is recorded failed, one that is
-    cancelled or interrupted is recorded interrupted: never done.
+    cancelled or interrupted is recorded interrupted: never done. However it ends, the
+    claims its holder still has are dropped: each feature's release is queued as its work
+    unwinds, and one lost to a cancellation would otherwise hold the feature until its
+    lease ran out.
     """
     started = time.perf_counter()
     with heartbeat(store) as holder:
@@ -470,6 +473,7 @@ def stage_run(
             raise
         finally:
             summary.wall_s = time.perf_counter() - started
+            store.drop_claims(holder)
             _close_run(store, run_id, own, summary, kind, status)
 
 

@@ -210,7 +210,7 @@ class Runs(StoreBase):
             return list(s.scalars(select(Claim.holder).distinct()))
 
     def drop_claims(self, holder: str) -> int:
-        """Release every claim of a holder whose process is known to be dead."""
+        """Release every claim of a holder: a process known to be dead, or a stage that ended."""
         with self.session() as s:
             result = s.execute(delete(Claim).where(Claim.holder == holder))
             return cast("CursorResult[Any]", result).rowcount

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -392,3 +393,29 @@ def test_a_write_queued_on_the_store_worker_runs_even_if_its_caller_is_cancelled
         return done
 
     assert asyncio.run(go()) == [1]
+
+
+@pytest.mark.parametrize("ending", ["done", "interrupted"])
+def test_a_stage_leaves_no_claim_behind_however_it_ends(sqlite_store, ending):
+    """A release lost while a stage unwinds (a cancellation race) must not hold the feature
+    until its lease expires: the stage drops its holder's claims when it ends."""
+    from gloss.pipeline.labeling import Summary, stage_run
+
+    store = sqlite_store
+    _, ids = token_features(store, ["river", "bank"])
+    other = "elsewhere:1#1"
+    assert store.claim(ids[1], "score", other)  # another process's claim stays
+    with pytest.raises(KeyboardInterrupt) if ending == "interrupted" else nullcontext():
+        with stage_run(store, None, "score", {}, Summary()) as (run_id, holder):
+            assert store.claim(ids[0], "score", holder, run_id=run_id)
+            if ending == "interrupted":
+                raise KeyboardInterrupt
+    assert [(c.feature_id, c.holder) for c in claims(store)] == [(ids[1], other)]
+    assert store.runs()[0].status == ending
+
+
+def claims(store) -> list[Any]:
+    from gloss.store.models import Claim
+
+    with store.session() as s:
+        return list(s.scalars(select(Claim)).all())
