@@ -433,6 +433,7 @@ class Samples:
             )  # fmt: skip
             self._acts[name] = res.acts
         self.span = 1 + max(int(r[2].max(initial=-1)) for r in self.reservoirs.values())
+        self.ctx_len = miner.top.acts.shape[2]
 
     def acts(self, name: str, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """[len(rows), ctx_len] float16: the activations held in these (row, slot) pairs."""
@@ -530,7 +531,7 @@ def choose_examples(samples: Samples, rows: np.ndarray, indices: Sequence[int]) 
     names, r, positions = names[by_row], r[by_row], positions[by_row]
     windows = np.zeros(len(r), dtype=np.int64)
     max_acts = np.zeros(len(r), dtype=np.float32)
-    acts = np.zeros((len(r), samples._acts["top"].shape[2]), dtype=np.float16)
+    acts = np.zeros((len(r), samples.ctx_len), dtype=np.float16)
     for code, name in enumerate(RESERVOIRS):
         at = names == code
         if not at.any():
