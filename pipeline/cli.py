@@ -109,6 +109,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         "dead": result.dead,
         "skipped": result.skipped,
         "stale": len(result.stale),
+        "elsewhere": result.elsewhere,
         "tokens": result.tokens,
         "windows": result.windows,
         "seconds": round(seconds, 1),
@@ -126,6 +127,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
                 f"{len(result.stale)} already mined features were mined over another corpus "
                 "or with other settings: --remine mines them again"
             )
+        if result.elsewhere:
+            print(f"{result.elsewhere} features were left to other processes mining this source")
     return 0
 
 

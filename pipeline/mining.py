@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import islice
+from itertools import groupby, islice
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from gloss.pipeline.corpus import Corpus, CorpusConfig, Window
-from gloss.pipeline.liveness import heartbeat, sweep
+from gloss.pipeline.liveness import LEASE_S, heartbeat, sweep
 from gloss.pipeline.settings import MiningConfig
 from gloss.pipeline.sources import Source
 from gloss.pipeline.subjects import Subject, cache_dir
@@ -79,6 +79,7 @@ class MiningResult:
     seconds: float
     dead_indices: list[int] = field(default_factory=list)
     stale: list[int] = field(default_factory=list)  # skipped, but mined over other windows
+    elsewhere: int = 0  # left to another process mining their unit, or mined by it meanwhile
 
 
 # ---------------------------------------------------------------- batches
@@ -740,8 +741,8 @@ def mine(
         try:
             with ExitStack() as stack:
                 cache = None
-                chunks = len(todo) > config.feature_chunk
-                if chunks and PassCache.fits(subject, points, corpus):  # replay the first pass
+                units = list(_units(todo, config.feature_chunk))
+                if len(units) > 1 and PassCache.fits(subject, points, corpus):  # replay a pass
                     cache = stack.enter_context(PassCache.temporary())
                 # A chunk's examples are chosen and written while the next chunk's pass runs.
                 writer = stack.enter_context(
@@ -749,8 +750,12 @@ def mine(
                 )
                 written = None
                 stored = StoredWindows(store, subject, subject_id)
-                for start in range(0, len(todo), config.feature_chunk):
-                    chunk = todo[start : start + config.feature_chunk]
+                for first, unit in units:
+                    chunk = _claim_unit(store, source_id, first, unit, config, holder, run_id,
+                                        force)  # fmt: skip
+                    result.elsewhere += len(unit) - len(chunk)
+                    if not chunk:
+                        continue
                     write = _mine_chunk(store, subject, source, hook, points, corpus, config,
                                         chunk, stored, source_id, run_id, result, progress,
                                         on_write, cache)  # fmt: skip
@@ -761,12 +766,34 @@ def mine(
                     written.result()
         except BaseException as error:
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            store.drop_claims(holder)
             store.finish_run(run_id, status, str(error)[:2000] or type(error).__name__,
                              counts=_counts(result))  # fmt: skip
             raise
+        store.drop_claims(holder)
         result.seconds = time.perf_counter() - started
         store.finish_run(run_id, "done", counts=_counts(result))
     return result
+
+
+def _units(todo: Sequence[int], size: int) -> Iterator[tuple[int, list[int]]]:
+    """(first index, features of `todo` in it) of each unit of `size` features: units are
+    fixed blocks of the index range, so every process mining a source draws the same."""
+    for key, unit in groupby(todo, key=lambda i: i // size):
+        yield key * size, list(unit)
+
+
+def _claim_unit(store, source_id, first, unit, config, holder, run_id, force) -> list[int]:
+    """The features of `unit` this process mines: none if another live process holds an
+    overlapping unit; else those still unmined once the lease is held (another process
+    may have finished them since this one listed its work), or all of them with `force`."""
+    if not store.claim_unit(source_id, first, config.feature_chunk, holder, run_id=run_id,
+                            lease_s=LEASE_S):  # fmt: skip
+        return []
+    if force:
+        return unit
+    now = store.feature_statuses(source_id, unit)
+    return [i for i in unit if now.get(i) not in ("mined", "dead")]
 
 
 def _counts(result: MiningResult) -> dict[str, Any]:
@@ -775,6 +802,7 @@ def _counts(result: MiningResult) -> dict[str, Any]:
         "dead": result.dead,
         "skipped": result.skipped,
         "stale": len(result.stale),
+        "elsewhere": result.elsewhere,
         "tokens": result.tokens,
         "windows": result.windows,
     }

@@ -143,14 +143,15 @@ class Mined(StoreBase):
 
     # ------------------------------------------------------------ reads
 
-    def feature_statuses(self, source_id: int) -> dict[int, str]:
+    def feature_statuses(
+        self, source_id: int, indices: Sequence[int] | None = None
+    ) -> dict[int, str]:
         """Each feature's index and status (new, mined, dead), for mining to resume."""
+        query = select(Feature.index, Feature.status).where(Feature.source_id == source_id)
+        if indices is not None:
+            query = query.where(index_in(indices))
         with self.session() as s:
-            return dict(
-                s.execute(
-                    select(Feature.index, Feature.status).where(Feature.source_id == source_id)
-                ).all()
-            )
+            return dict(s.execute(query).all())
 
     def mining_runs(self, source_id: int) -> dict[int, int | None]:
         """Each mined (or dead) feature's index and the run that mined it."""

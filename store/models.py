@@ -413,3 +413,24 @@ class Claim(Base):
     holder: Mapped[str] = mapped_column(String(200), index=True)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MiningUnit(Base):
+    """A block of a source's features one process is mining, until its lease expires.
+
+    Processes mining the same source split it into units of `feature_chunk` features
+    (`first` .. `first + size - 1`); a unit overlapping one held by a live holder is
+    left to it. One that dies loses only its unit, which another takes when the lease
+    has expired.
+    """
+
+    __tablename__ = "mining_units"
+
+    source_id: Mapped[int] = mapped_column(
+        ForeignKey("feature_sources.id", ondelete="CASCADE"), primary_key=True
+    )
+    first: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[str] = mapped_column(String(200), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)

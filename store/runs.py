@@ -16,12 +16,12 @@ import math
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from gloss.store.base import StoreBase, check_id
 from gloss.store.errors import InputError, LockedError, NotFoundError
-from gloss.store.models import Claim, LLMCall, Lock, Run, utcnow
+from gloss.store.models import Claim, FeatureSource, LLMCall, Lock, MiningUnit, Run, utcnow
 from gloss.store.statuses import RunStatus
 from gloss.store.types import LockInfo, RunInfo
 
@@ -90,11 +90,12 @@ class Runs(StoreBase):
                 .where(Run.holder == holder, Run.status == RunStatus.RUNNING)
                 .values(heartbeat_at=now)
             )
-            s.execute(
-                update(Claim)
-                .where(Claim.holder == holder)
-                .values(expires_at=now + timedelta(seconds=lease_s))
-            )
+            for leased in (Claim, MiningUnit):
+                s.execute(
+                    update(leased)
+                    .where(leased.holder == holder)
+                    .values(expires_at=now + timedelta(seconds=lease_s))
+                )
 
     def run(self, run_id: int) -> RunInfo:
         check_id(run_id, "run")
@@ -206,14 +207,59 @@ class Runs(StoreBase):
             )
 
     def claim_holders(self) -> list[str]:
+        """Everyone holding a feature claim or a mining unit."""
         with self.session() as s:
-            return list(s.scalars(select(Claim.holder).distinct()))
+            return sorted(
+                set(s.scalars(select(Claim.holder).distinct()))
+                | set(s.scalars(select(MiningUnit.holder).distinct()))
+            )
 
     def drop_claims(self, holder: str) -> int:
-        """Release every claim of a holder: a process known to be dead, or a stage that ended."""
+        """Release every claim and mining unit of a holder: a process known to be dead, or
+        a stage that ended."""
         with self.session() as s:
             result = s.execute(delete(Claim).where(Claim.holder == holder))
-            return cast("CursorResult[Any]", result).rowcount
+            units = s.execute(delete(MiningUnit).where(MiningUnit.holder == holder))
+            return sum(cast("CursorResult[Any]", r).rowcount for r in (result, units))
+
+    def claim_unit(
+        self,
+        source_id: int,
+        first: int,
+        size: int,
+        holder: str,
+        *,
+        run_id: int | None = None,
+        lease_s: float = 300.0,
+    ) -> bool:
+        """Lease features `first` .. `first + size - 1` of a source for mining.
+
+        False when a unit overlapping them is held by another holder whose lease has not
+        expired; expired or own overlapping units are replaced.
+        """
+        now = utcnow()
+        with self.session() as s:
+            if self.dialect == "sqlite":
+                s.execute(text("BEGIN IMMEDIATE"))
+            else:  # one claimer per source at a time
+                s.execute(
+                    select(FeatureSource.id).where(FeatureSource.id == source_id).with_for_update()
+                )
+            overlapping = s.scalars(
+                select(MiningUnit).where(
+                    MiningUnit.source_id == source_id,
+                    MiningUnit.first < first + size,
+                    MiningUnit.first + MiningUnit.size > first,
+                )
+            ).all()
+            if any(u.holder != holder and u.expires_at > now for u in overlapping):
+                return False
+            for unit in overlapping:
+                s.delete(unit)
+            s.flush()
+            s.add(MiningUnit(source_id=source_id, first=first, size=size, holder=holder,
+                             run_id=run_id, expires_at=now + timedelta(seconds=lease_s)))  # fmt: skip
+            return True
 
     # ------------------------------------------------------------ the LLM ledger
 

@@ -419,3 +419,60 @@ def claims(store) -> list[Any]:
 
     with store.session() as s:
         return list(s.scalars(select(Claim)).all())
+
+
+def test_a_mining_unit_is_leased_to_one_live_holder(store):
+    """Units overlap by feature range, whatever chunk size each process uses; an expired
+    or own unit is taken over; a dead holder's units go with its claims."""
+    subject = store.get_or_create_subject("s", "/s", "r", "bert")
+    source = store.get_or_create_source(subject, "layer.0.mlp", "neurons", 64, "p")
+    assert store.claim_unit(source, 0, 16, "a:1#1")
+    assert not store.claim_unit(source, 8, 16, "b:2#1")  # overlaps 8..15
+    assert store.claim_unit(source, 16, 16, "b:2#1")  # next to it
+    assert store.claim_unit(source, 0, 16, "a:1#1")  # its own, again
+    assert store.claim_unit(source, 32, 8, "c:3#1", lease_s=-1)  # already expired
+    assert store.claim_unit(source, 32, 16, "b:2#1")  # taken over
+    assert store.drop_claims("a:1#1") == 1
+    assert store.claim_unit(source, 0, 8, "b:2#1")
+    assert sorted(store.claim_holders()) == ["b:2#1"]
+
+
+@pytest.mark.slow
+def test_processes_mining_one_source_split_it_and_mine_each_feature_once(db_url, tmp_path):
+    """Three `gloss mine` processes started together on one database: every feature is
+    mined by exactly one of them, and all finish."""
+    import subprocess
+    import sys
+
+    from tests.test_mining import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    config = tmp_path / "gloss.toml"
+    config.write_text(
+        f'[corpus]\npaths = ["{corpus}"]\nctx_len = 16\n'
+        "[mining]\nfeature_chunk = 64\nwrite_every = 32\nbatch_size = 16\n"
+    )
+    command = [sys.executable, "-m", "gloss.pipeline.cli", "--database", db_url, "mine",
+               "--config", str(config), "--features", "0:512", "--json"]  # fmt: skip
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]  # fmt: skip
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sum(r["features"] for r in results) == 512, results
+    with open_store(db_url) as store:
+        source_id = store.sources()[0].id
+        features = store.features(source_id)
+        mined_by = list(store.mining_runs(source_id).values())
+        runs = {r.id: r for r in store.runs()}
+        assert store.claim_holders() == []  # every unit released
+    assert len(features) == 512 and all(f.status in ("mined", "dead") for f in features)
+    assert sorted(mined_by.count(r["run"]) for r in results) == sorted(
+        r["features"] for r in results
+    )
+    assert sum(r["features"] > 0 for r in results) >= 2, "the work was shared"
+    # Each process accounts for every feature: mined, left to another, or mined before.
+    assert sum(r["elsewhere"] for r in results) == 2 * 512 - sum(r["skipped"] for r in results)
+    assert {runs[r["run"]].status for r in results} == {"done"}

@@ -478,3 +478,32 @@ def test_features_mined_over_another_corpus_are_reported(minilm, corpus_dir, sql
     again = mine(sqlite_store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), settings,
                  range(5), progress=False)  # fmt: skip
     assert again.stale == [0, 1, 2, 3, 4] and first.run_id < again.run_id
+
+
+def test_a_unit_held_by_a_live_process_is_left_to_it_and_a_dead_ones_is_taken(
+    minilm, corpus_dir, sqlite_store
+):
+    import socket
+    import subprocess
+    import sys
+
+    config = replace(SMALL, feature_chunk=8)
+    source = load_source("neurons", minilm.hook_width(HOOK))
+    store = sqlite_store
+    subject_id = store.get_or_create_subject(**minilm.identity())
+    source_id = store.get_or_create_source(subject_id, minilm.canonical_hook(HOOK), "neurons",
+                                           source.width, source.params_hash)  # fmt: skip
+    assert store.claim_unit(source_id, 0, 8, "another-host:1#1")
+    first = mine(store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config, range(16),
+                 progress=False)  # fmt: skip
+    assert (first.features, first.elsewhere) == (8, 8)
+    assert sorted(store.feature_statuses(source_id)) == list(range(8, 16))
+    assert store.claim_holders() == ["another-host:1#1"]  # its own units released
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    store.drop_claims("another-host:1#1")
+    assert store.claim_unit(source_id, 0, 8, f"{socket.gethostname()}:{gone}#1")
+    second = mine(store, minilm, source, HOOK, corpus_for(minilm, corpus_dir), config,
+                  range(16), progress=False)  # fmt: skip
+    assert (second.features, second.elsewhere, second.skipped) == (8, 0, 8)
+    assert store.claim_holders() == []
