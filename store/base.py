@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from gloss.store.errors import InputError, NotFoundError
-from gloss.store.models import Explanation, Feature
+from gloss.store.models import Explanation, Feature, FeatureSource
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integer columns (PostgreSQL); SQLite takes more, none need it
 MAX_INDEX = 2**31 - 1  # feature indices are 32-bit
@@ -52,18 +52,25 @@ class StoreBase:
             yield session
 
     @contextmanager
-    def serialized(self, feature_id: int | None = None) -> Iterator[Session]:
+    def serialized(
+        self, feature_id: int | None = None, *, source_id: int | None = None
+    ) -> Iterator[Session]:
         """A write transaction for check-then-write: what it reads nobody changes until it ends.
 
         SQLite takes the database's write lock first (BEGIN IMMEDIATE; otherwise the
         transaction would begin only at its first write, after the check). PostgreSQL
-        locks the feature's row, which every label write of that feature locks too.
+        locks the feature's row, which every label write of that feature locks too (or
+        the source's row, which every mining lease of that source locks).
         """
         with self.session() as s:
             if self.dialect == "sqlite":
                 s.execute(text("BEGIN IMMEDIATE"))
             elif feature_id is not None:
                 s.execute(select(Feature.id).where(Feature.id == feature_id).with_for_update())
+            elif source_id is not None:
+                s.execute(
+                    select(FeatureSource.id).where(FeatureSource.id == source_id).with_for_update()
+                )
             yield s
 
     def _feature_of(self, explanation_id: int) -> int:

@@ -16,12 +16,12 @@ import math
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, text, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gloss.store.base import StoreBase, check_id
 from gloss.store.errors import InputError, LockedError, NotFoundError
-from gloss.store.models import Claim, FeatureSource, LLMCall, Lock, MiningUnit, Run, utcnow
+from gloss.store.models import Claim, LLMCall, Lock, MiningUnit, Run, utcnow
 from gloss.store.statuses import RunStatus
 from gloss.store.types import LockInfo, RunInfo
 
@@ -238,13 +238,7 @@ class Runs(StoreBase):
         expired; expired or own overlapping units are replaced.
         """
         now = utcnow()
-        with self.session() as s:
-            if self.dialect == "sqlite":
-                s.execute(text("BEGIN IMMEDIATE"))
-            else:  # one claimer per source at a time
-                s.execute(
-                    select(FeatureSource.id).where(FeatureSource.id == source_id).with_for_update()
-                )
+        with self.serialized(source_id=source_id) as s:
             overlapping = s.scalars(
                 select(MiningUnit).where(
                     MiningUnit.source_id == source_id,
