@@ -939,6 +939,7 @@ def _run_config(args: argparse.Namespace):
         ("max_tokens", "run.max_llm_tokens"),
         ("max_cost", "run.max_cost"),
         ("features", "subject.features"),
+        ("device", "subject.device"),
         ("log_file", "run.log_file"),
     ]:
         value = getattr(args, flag, None)
@@ -950,10 +951,20 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gloss.pipeline.run import nightly, plan
+    from gloss.pipeline.run import group_status, nightly, plan, status_lines
     from gloss.store import open_store
 
     config = _run_config(args)
+    if args.status:
+        with open_store(config.database, read_only=True) as store:
+            status = group_status(store, config)
+        if args.json:
+            print(json.dumps(status, default=str))
+        elif status is None:
+            print("no run of this plan has started yet: gloss run starts one")
+        else:
+            print("\n".join(status_lines(status)))
+        return 0
     if config.run.log_file:
         handler = logging.FileHandler(config.run.log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -999,11 +1010,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     for r in runs:
         took = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
+        where = f"  {r.holder}" + (f" {r.device}" if r.device else "") if r.holder else ""
+        budget = f" of {r.max_tokens:,}" if r.max_tokens is not None else ""
         print(
             f"{r.id:>5}  {r.kind:<8} {r.status:<12} {r.started_at:%Y-%m-%d %H:%M}  "
             + (f"{took:7.1f}s" if took is not None else "   ...  ")
-            + f"  tokens {r.tokens_in + r.tokens_out:>9,}  cost {r.cost:.4f}  {r.code_version}"
-            + (f"  in run {r.parent_id}" if r.parent_id else "")
+            + f"  tokens {r.tokens_in + r.tokens_out:>9,}{budget}  cost {r.cost:.4f}  {r.code_version}"
+            + (f"  in {'group' if r.kind == 'run' else 'run'} {r.parent_id}" if r.parent_id else "")
+            + where
             + (f"  {printable(r.message)}" if r.message else "")
         )
     return 0
@@ -1017,6 +1031,9 @@ def add_run_commands(sub) -> None:
     )
     p.add_argument("--features", default=None, help="feature selector: 0:100, 7, 1,2,5:9")
     p.add_argument(
+        "--device", default=None, help="mine on this device: cpu, cuda, cuda:1 (one worker a GPU)"
+    )
+    p.add_argument(
         "--max-llm-tokens",
         dest="max_tokens",
         type=int,
@@ -1029,6 +1046,11 @@ def add_run_commands(sub) -> None:
     p.add_argument("--max-cost", type=float, default=None, help="LLM cost budget (needs prices)")
     p.add_argument("--relabel-human", action="store_true", help="relabel human-written/accepted")
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="show the newest run group of this plan: its workers, spending and work left",
+    )
     p.add_argument("--log-file", default=None, help="also log to this file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)

@@ -64,6 +64,9 @@ from gloss.store import (
 log = logging.getLogger(__name__)
 
 LLM_METHODS = ("simulation", "detection", "fuzzing", "intruder")
+# Explaining a feature and scoring its labels are claimed under one name: a label one
+# process has just written and is scoring is not scored by another at the same time.
+CLAIM = "label"
 
 
 @dataclass
@@ -377,7 +380,7 @@ async def _run_features(
             # Released in `finally` even when cancelled while claiming: the claim may
             # still land, and the one writer thread runs the release after it.
             claimed = await ctx.db(
-                store.claim, feature_id, stage, ctx.holder, run_id=ctx.run_id, lease_s=LEASE_S
+                store.claim, feature_id, CLAIM, ctx.holder, run_id=ctx.run_id, lease_s=LEASE_S
             )
             if not claimed:
                 summary.skipped += 1
@@ -394,7 +397,7 @@ async def _run_features(
             log.exception("%s of feature %d failed", stage, feature_id)
             await ctx.fail(feature_id, stage, error)
         finally:
-            await ctx.db(store.release, feature_id, stage, ctx.holder)
+            await ctx.db(store.release, feature_id, CLAIM, ctx.holder)
 
     async def worker() -> None:
         while queue:
@@ -418,7 +421,7 @@ def _close_run(
 ) -> None:
     run = store.run(run_id)
     counts = dict(run.counts)
-    counts[kind] = summary.as_dict()
+    counts[kind] = _added(counts.get(kind), summary.as_dict())
     values = dict(
         counts=counts,
         failures=list(run.failures) + summary.failures[:200],
@@ -432,6 +435,29 @@ def _close_run(
     if status == "done" and (summary.failed or summary.budget_stopped or summary.claimed_elsewhere):
         status = "partial"
     store.finish_run(run_id, status, "; ".join(summary.lines()[:2]), **values)
+
+
+def _added(before: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, Any]:
+    """A stage's counts over the rounds of one run (`gloss run` goes round until done):
+    numbers add up, failures are kept, per-feature ratios are worked out again."""
+    if not before:
+        return now
+    out = dict(now)
+    for key, value in now.items():
+        old = before.get(key)
+        if old is None or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out[key] = old + value
+        elif isinstance(value, dict):
+            out[key] = _added(old, value)
+        elif isinstance(value, list):
+            out[key] = (old + value)[:200]
+    if "calls_per_feature" in out:
+        worked = max(1, out["features"] - out["skipped"])
+        out["calls_per_feature"] = out["calls"] / worked
+        out["prompt_tokens_per_feature"] = out["tokens_in"] / worked
+    return out
 
 
 def config_record(**parts: Any) -> dict[str, Any]:

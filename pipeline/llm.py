@@ -76,10 +76,15 @@ class Budget:
     of what is spent and what calls in flight have reserved, would pass the limit, so
     concurrent calls cannot overshoot it together. Once a call is refused,
     `BudgetExhausted` tells the caller to stop cleanly; calls made are always recorded.
+
+    With `group` (store, group run id, worker run id) the limit is the run group's: the
+    reservation is booked in the database (`Store.book_budget`), so every worker of the
+    group, on any machine, draws on one budget.
     """
 
     max_tokens: int | None = None
     max_cost: float | None = None
+    group: tuple[Store, int, int] | None = None
     tokens: int = 0
     cost: float = 0.0
     reserved_tokens: int = 0
@@ -87,21 +92,38 @@ class Budget:
     refused: bool = False
 
     def reserve(self, tokens: int, cost: float) -> None:
-        over = (
-            self.max_tokens is not None
-            and self.tokens + self.reserved_tokens + tokens > self.max_tokens
-        ) or (self.max_cost is not None and self.cost + self.reserved_cost + cost > self.max_cost)
-        if over or self.refused:
+        if self.refused:
+            raise BudgetExhausted(f"LLM budget reached ({self.describe()})")
+        if self.group is not None:
+            store, group_id, run_id = self.group
+            fits = store.book_budget(group_id, run_id, tokens, cost)
+        else:
+            fits = not (
+                (
+                    self.max_tokens is not None
+                    and self.tokens + self.reserved_tokens + tokens > self.max_tokens
+                )
+                or (
+                    self.max_cost is not None
+                    and self.cost + self.reserved_cost + cost > self.max_cost
+                )
+            )
+        if not fits:
             self.refused = True
             raise BudgetExhausted(f"LLM budget reached ({self.describe()})")
         self.reserved_tokens += tokens
         self.reserved_cost += cost
 
-    def settle(self, reserved: tuple[int, float], tokens: int, cost: float) -> None:
+    def settle(
+        self, reserved: tuple[int, float], tokens_in: int, tokens_out: int, cost: float
+    ) -> None:
         """A call finished: its reservation becomes what it really spent."""
+        if self.group is not None:
+            store, group_id, run_id = self.group
+            store.settle_budget(group_id, run_id, reserved, tokens_in, tokens_out, cost)
         self.reserved_tokens -= reserved[0]
         self.reserved_cost -= reserved[1]
-        self.tokens += tokens
+        self.tokens += tokens_in + tokens_out
         self.cost += cost
 
     @property
@@ -114,8 +136,9 @@ class Budget:
 
     def describe(self) -> str:
         parts = []
+        spent = "this worker spent " if self.group is not None else ""
         if self.max_tokens is not None:
-            parts.append(f"{self.tokens:,} of {self.max_tokens:,} tokens")
+            parts.append(f"{spent}{self.tokens:,} of {self.max_tokens:,} tokens")
         if self.max_cost is not None:
             parts.append(f"cost {self.cost:.4f} of {self.max_cost:.4f}")
         return ", ".join(parts) or "unlimited"
@@ -391,7 +414,7 @@ class LLMClient:
             self._tokens_per_char = max(self._tokens_per_char or 0.0, tokens_in / reservation[2])
         if self.budget is not None:
             self.budget.settle(
-                reservation[:2], tokens_in + tokens_out, self._cost(tokens_in, tokens_out)
+                reservation[:2], tokens_in, tokens_out, self._cost(tokens_in, tokens_out)
             )
 
     def _cost(self, tokens_in: int, tokens_out: int) -> float:

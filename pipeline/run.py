@@ -2,15 +2,25 @@
 this explainer, score what has no score from this simulator — and nothing else.
 
 Every feature's result is committed as soon as it is done, so a run killed at any
-moment loses only the features in flight; the next run picks up the rest. One run
-holds the database's `run` lock at a time. The run's row in `runs` says what
-happened: stages, counts, failures, tokens, cost, duration, code version, config.
+moment loses only the features in flight; the next run picks up the rest.
+
+Each `gloss run` process is a *worker* in the run group of its plan (`plan_key`): on
+PostgreSQL, any number of workers, on any machines, join the running group and share
+its work through leases in the database (mining units, feature claims) and its budget
+(booked before each LLM call). A worker goes round mine, explain and score until
+nothing is left that it may take; what another worker holds it leaves, and takes over
+if that worker dies. SQLite takes one process at a time: the `run` lock.
+
+The worker's row in `runs` says what it did: stages, counts, failures, tokens, cost,
+duration, code version, config; its group's row, what all of them spent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
 import subprocess
 import time
@@ -63,7 +73,7 @@ class Plan:
 
 @dataclass
 class Report:
-    run_id: int | None
+    run_id: int | None  # this worker's run
     status: str  # done, partial, interrupted, failed
     counts: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -72,6 +82,8 @@ class Report:
     cost: float = 0.0
     seconds: float = 0.0
     message: str = ""
+    group_id: int | None = None
+    group_status: str | None = None  # set by the last worker of the group to end
 
     @property
     def exit_code(self) -> int:
@@ -81,6 +93,9 @@ class Report:
 
     def lines(self) -> list[str]:
         out = [f"run {self.run_id}: {self.status} in {self.seconds:.1f} s"]
+        if self.group_id is not None:
+            ended = f", which ended {self.group_status}" if self.group_status else ""
+            out[0] += f" (a worker of run group {self.group_id}{ended})"
         for stage, counts in self.counts.items():
             shown = ", ".join(
                 f"{k} {v}" for k, v in counts.items() if not isinstance(v, dict | list)
@@ -125,16 +140,41 @@ def code_version() -> str:
 
 
 def take_lock(store: Store, config: GlossConfig, holder: str) -> None:
-    """The run lock; a lock left by a dead process on this host is taken over at once."""
+    """SQLite's one-run lock; a lock left by a dead process on this host is taken over at once."""
     try:
-        store.acquire_lock(LOCK, holder, stale_after_s=config.run.lock_stale_s)
-    except LockedError:
-        lock = store.lock(LOCK)
-        if lock is None or not holder_is_dead(lock.holder):
-            raise
-        log.warning("taking over the run lock of %s, which is no longer running", lock.holder)
-        store.release_lock(LOCK, lock.holder)
-        store.acquire_lock(LOCK, holder, stale_after_s=config.run.lock_stale_s)
+        try:
+            store.acquire_lock(LOCK, holder, stale_after_s=config.run.lock_stale_s)
+        except LockedError:
+            lock = store.lock(LOCK)
+            if lock is None or not holder_is_dead(lock.holder):
+                raise
+            log.warning("taking over the run lock of %s, which is no longer running", lock.holder)
+            store.release_lock(LOCK, lock.holder)
+            store.acquire_lock(LOCK, holder, stale_after_s=config.run.lock_stale_s)
+    except LockedError as error:
+        raise LockedError(
+            f"{error}. SQLite takes one gloss run at a time: for several workers at once, "
+            "point them all at one PostgreSQL database (database = "
+            '"postgresql+psycopg://user@host/dbname")'
+        ) from None
+
+
+def plan_key(config: GlossConfig) -> str:
+    """What makes `gloss run` processes workers of one group: the same work (subject,
+    source, features, corpus, mining, explainer, simulator, scoring, models) under the
+    same limits. Where a worker runs and whom it calls (device, batch size, endpoint
+    URLs, keys, concurrency, local server) are its own."""
+    record = _config_record(config)
+    for section, key in (("subject", "device"), ("mining", "batch_size"), ("learn", "device")):
+        record[section].pop(key, None)
+    record["llm"] = {role: endpoint["model"] for role, endpoint in record["llm"].items()}
+    record["run"] = {
+        key: record["run"][key]
+        for key in ("limit", "max_llm_tokens", "max_cost", "relabel_human", "baseline")
+    }
+    del record["database"], record["local_server"]
+    text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- stages
@@ -247,6 +287,67 @@ def plan(store: Store, config: GlossConfig) -> Plan:
     return out
 
 
+def group_status(store: Store, config: GlossConfig) -> dict[str, Any] | None:
+    """The newest run group of this config's plan, from any machine: its workers (host,
+    pid, device, what each committed, last heartbeat), what it spent, and the work left."""
+    from gloss.store.models import utcnow
+
+    groups = store.runs(1, kind="group", plan_key=plan_key(config))
+    if not groups:
+        return None
+    group = groups[0]
+    workers = sorted(store.runs(10_000, parent_id=group.id), key=lambda w: w.id)
+    output = store.worker_output([w.id for w in workers])
+    now = utcnow()
+    rows = []
+    for w in workers:
+        host, _, pid = (w.holder or "").rpartition(":")
+        beat = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else None
+        rows.append({"run": w.id, "host": host, "pid": pid, "device": w.device, "status": w.status,
+                     **output[w.id], "heartbeat_s_ago": beat})  # fmt: skip
+    return {
+        "group": group.id,
+        "status": group.status,
+        "started_at": group.started_at,
+        "finished_at": group.finished_at,
+        "tokens": group.tokens_in + group.tokens_out,
+        "cost": group.cost,
+        "max_tokens": group.max_tokens,
+        "max_cost": group.max_cost,
+        "message": group.message,
+        "workers": rows,
+        "left": plan(store, config).__dict__,
+    }
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    budget = []
+    if status["max_tokens"] is not None:
+        budget.append(f"of {status['max_tokens']:,} ")
+    out = [
+        f"run group {status['group']}: {status['status']}, started "
+        f"{status['started_at']:%Y-%m-%d %H:%M:%S} UTC"
+        + (f", ended {status['finished_at']:%H:%M:%S}" if status["finished_at"] else ""),
+        f"  LLM tokens {status['tokens']:,} {''.join(budget)}spent, cost {status['cost']:.4f}"
+        + (f" of {status['max_cost']:.4f}" if status["max_cost"] is not None else ""),
+        f"  {'run':>6}  {'host':<20} {'pid':>7}  {'device':<7} {'status':<11} "
+        f"{'mined':>6} {'labels':>6} {'scores':>6}  heartbeat",
+    ]
+    for w in status["workers"]:
+        beat = f"{w['heartbeat_s_ago']:.0f}s ago" if w["heartbeat_s_ago"] is not None else "-"
+        out.append(
+            f"  {w['run']:>6}  {w['host'][:20]:<20} {w['pid']:>7}  {(w['device'] or '-'):<7} "
+            f"{w['status']:<11} {w['mined']:>6} {w['labels']:>6} {w['scores']:>6}  {beat}"
+        )
+    left = status["left"]
+    out.append(
+        f"  left: mine {left['mine']}, explain {left['explain']}, score {left['score']} features"
+    )
+    if status["message"]:
+        out.append(f"  {status['message']}")
+    return out
+
+
 def _estimate_prompt_tokens(
     store: Store, config: GlossConfig, explainer: ExplainerConfig, sample: list[int], p: Plan
 ) -> int:
@@ -265,20 +366,28 @@ def _estimate_prompt_tokens(
 
 
 def nightly(config: GlossConfig, *, store: Store | None = None) -> Report:
-    """Run every stage once, incrementally, under the run lock and the budget."""
+    """Work on the plan as one worker of its run group, until nothing is left to take."""
     own_store = store is None
     store = store or open_store(config.database)
     started = time.perf_counter()
     holder = holder_name()
-    take_lock(store, config, holder)
+    alone = store.dialect == "sqlite"
+    if alone:
+        take_lock(store, config, holder)
     report = Report(None, "failed")
     try:
         sweep(store, config.run.lock_stale_s)
-        run_id = report.run_id = store.start_run(
-            "run", _config_record(config), code_version(), holder=holder
+        group_id, run_id = store.join_group(
+            plan_key(config), _config_record(config), code_version(), holder=holder,
+            device=config.subject.device, max_tokens=config.run.max_llm_tokens,
+            max_cost=config.run.max_cost, stale_after_s=config.run.lock_stale_s,
+        )  # fmt: skip
+        report.run_id, report.group_id = run_id, group_id
+        if alone:
+            store.set_lock_run(LOCK, holder, run_id)
+        budget = Budget(
+            config.run.max_llm_tokens, config.run.max_cost, group=(store, group_id, run_id)
         )
-        store.set_lock_run(LOCK, holder, run_id)
-        budget = Budget(config.run.max_llm_tokens, config.run.max_cost)
         with heartbeat(store, holder):
             try:
                 report.status = _stages(store, config, run_id, report, budget)
@@ -295,92 +404,179 @@ def nightly(config: GlossConfig, *, store: Store | None = None) -> Report:
                 report.failures = list(run.failures)
                 report.tokens_in, report.tokens_out = run.tokens_in, run.tokens_out
                 report.cost = run.cost
-                store.finish_run(run_id, report.status, report.message or None)
+                report.group_status = store.leave_group(
+                    group_id, run_id, report.status, report.message or None
+                )
     finally:
-        store.release_lock(LOCK, holder)
+        if alone:
+            store.release_lock(LOCK, holder)
         if own_store:
             store.close()
     return report
 
 
-def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budget: Budget) -> str:
-    from gloss.pipeline.corpus import Corpus
-    from gloss.pipeline.mining import mine, mined_otherwise
+@dataclass
+class _Worker:
+    """One worker's state across its rounds of mine, explain and score."""
 
-    reasons: list[str] = []
-    subject, source, source_id = open_source(store, config, run_id=run_id)
-    indices = config.subject.indices(width=source.width)
-    to_mine = _unmined(store, source_id, source.width, indices)
-    if to_mine:
-        corpus = Corpus(config.corpus, subject.encode)
-        result = mine(
-            store, subject, source, config.subject.hook, corpus, config.mining, to_mine,
-            parent_run_id=run_id,
-        )  # fmt: skip
-        mined = {"features": result.features, "dead": result.dead, "tokens": result.tokens}
-    else:
-        mined = {"features": 0, "dead": 0, "tokens": 0}
-    stale = mined_otherwise(store, source_id, indices, config.corpus, config.mining)
-    store.update_run(run_id, counts={"mine": {**mined, "stale": len(stale)}})
-    del subject, source  # the subject model is not needed past mining
-    mined_ids = [f.id for f in store.features(source_id, status="mined", indices=indices)]
-    if config.run.baseline:
-        baseline_explain(store, mined_ids, run_id)
+    store: Store
+    config: GlossConfig
+    run_id: int
+    budget: Budget
+    subject: Any
+    source: Any
+    source_id: int
+    indices: list[int] | None
+    did: int = 0  # features this round mined, explained or scored (or failed)
+    elsewhere: int = 0  # features this round left because another worker held them
+    limited: bool = False  # a stage was cut by [run] limit: no further rounds
+    failed: set[int] = field(default_factory=set)  # tried once per run, retried by the next
+    used: dict[str, int] = field(default_factory=dict)  # features given to each stage so far
+    reasons: list[str] = field(default_factory=list)
 
-    limit = config.run.limit
-    with endpoints(config.llm, config.local_server) as llm:
+    def mine(self) -> None:
+        from gloss.pipeline.corpus import Corpus
+        from gloss.pipeline.mining import mine, mined_otherwise
+
+        store, config = self.store, self.config
+        to_mine = _unmined(store, self.source_id, self.width, self.indices)
+        if to_mine and self.subject is None:  # a dead worker's units, after this one let go
+            self.subject, self.source, _ = open_source(store, config, run_id=self.run_id)
+        counts = dict(store.run(self.run_id).counts.get("mine", {}))
+        if to_mine:
+            corpus = Corpus(config.corpus, self.subject.encode)
+            result = mine(
+                store, self.subject, self.source, config.subject.hook, corpus, config.mining,
+                to_mine, parent_run_id=self.run_id,
+            )  # fmt: skip
+            self.did += result.features + result.dead
+            self.elsewhere += result.elsewhere
+            for key in ("features", "dead", "tokens"):
+                counts[key] = counts.get(key, 0) + getattr(result, key)
+        if "stale" not in counts:
+            stale = mined_otherwise(
+                store, self.source_id, self.indices, config.corpus, config.mining
+            )
+            counts["stale"] = len(stale)
+        store.update_run(self.run_id, counts={**store.run(self.run_id).counts, "mine": counts})
+        if not _unmined(store, self.source_id, self.width, self.indices):
+            self.subject = self.source = None  # the subject model is not needed past mining
+
+    @property
+    def width(self) -> int:
+        return self.store.source(self.source_id).width
+
+    def label(self, llm: LLMConfig) -> None:
+        store, config, budget = self.store, self.config, self.budget
+        mined_ids = [
+            f.id for f in store.features(self.source_id, status="mined", indices=self.indices)
+        ]
+        if config.run.baseline:
+            baseline_explain(store, mined_ids, self.run_id)
         explainer, simulator = _templates(config, llm)
         to_explain = store.features_to_explain(
-            source_id,
+            self.source_id,
             model=llm.explainer.model,
             prompt=explainer.template().ref,
             max_failures=explainer.max_failures,
             relabel_human=config.run.relabel_human,
-            indices=indices,
+            indices=self.indices,
         )
-        if limit is not None and len(to_explain) > limit:
-            reasons.append(
-                f"limit {limit} left {len(to_explain) - limit} features for later runs to explain"
-            )
-            to_explain = to_explain[:limit]
+        to_explain = self._cut(
+            [f for f in to_explain if f not in self.failed],
+            "explain",
+            "limit {limit} left {n} features for later runs to explain",
+        )
         if to_explain:
             summary = asyncio.run(
                 aexplain_features(
-                    store, to_explain, llm, explainer, simulator, run_id,
+                    store, to_explain, llm, explainer, simulator, self.run_id,
                     scoring=config.scoring, relabel_human=config.run.relabel_human,
                     budget=budget,
                 )
             )  # fmt: skip
-            reasons += _left_undone(summary, "features")
+            self._took(summary, "features")
             if summary.failed and llm.explainer.grammar:
-                reasons.append(
+                self.reasons.append(
                     "the bundled model's answers were refused for those (features.last_error "
                     "says why): they keep their baseline label, and a stronger model labels "
                     "them, see 'LLM endpoints' in the README"
                 )
         if config.run.baseline:
             promoted = _promote_baselines(store, mined_ids)
-            counts = store.run(run_id).counts
-            store.update_run(run_id, counts={**counts, "baseline": {"promoted": promoted}})
-        to_score = []
+            counts = store.run(self.run_id).counts
+            before = counts.get("baseline", {}).get("promoted", 0)
+            store.update_run(
+                self.run_id, counts={**counts, "baseline": {"promoted": before + promoted}}
+            )
+        to_score: list[int] = []
         if not budget.exhausted:
             jobs = pending_scores(
-                store, _scorers(config, llm, simulator), source_id=source_id, indices=indices,
-                max_failures=explainer.max_failures,
+                store, _scorers(config, llm, simulator), source_id=self.source_id,
+                indices=self.indices, max_failures=explainer.max_failures,
             )  # fmt: skip
-            to_score = list(dict.fromkeys(job.feature_id for job in jobs))
-        if limit is not None and len(to_score) > limit:
-            reasons.append(f"limit {limit} left {len(to_score) - limit} labels unscored")
-            to_score = to_score[:limit]
+            to_score = [
+                f for f in dict.fromkeys(job.feature_id for job in jobs) if f not in self.failed
+            ]
+        to_score = self._cut(to_score, "score", "limit {limit} left {n} labels unscored")
         if to_score:
             summary = asyncio.run(
                 ascore_features(
-                    store, to_score, llm, simulator, run_id, scoring=config.scoring, budget=budget
+                    store, to_score, llm, simulator, self.run_id, scoring=config.scoring,
+                    budget=budget,
                 )
-            )
-            reasons += _left_undone(summary, "labels")
-        labels = _label_counts(store, source_id, mined_ids)
-        store.update_run(run_id, counts={**store.run(run_id).counts, "labels": labels})
+            )  # fmt: skip
+            self._took(summary, "labels")
+        labels = _label_counts(store, self.source_id, mined_ids)
+        store.update_run(self.run_id, counts={**store.run(self.run_id).counts, "labels": labels})
+
+    def _cut(self, todo: list[int], stage: str, left: str) -> list[int]:
+        """At most [run] limit features per stage over all of this run's rounds."""
+        limit = self.config.run.limit
+        if limit is None:
+            return todo
+        allowed = max(0, limit - self.used.get(stage, 0))
+        if len(todo) > allowed:
+            self.limited = True
+            self.reasons.append(left.format(limit=limit, n=len(todo) - allowed))
+            todo = todo[:allowed]
+        self.used[stage] = self.used.get(stage, 0) + len(todo)
+        return todo
+
+    def _took(self, summary: Any, what: str) -> None:
+        self.did += summary.explained + summary.scored + summary.failed
+        self.elsewhere += summary.claimed_elsewhere
+        self.failed |= {f["feature_id"] for f in summary.failures}
+        if summary.failed:
+            self.reasons.append(f"{summary.failed} {what} failed (retried by the next run)")
+
+
+def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budget: Budget) -> str:
+    """Rounds of mine, explain and score until nothing is left that this worker may take.
+
+    A round leaves what other workers hold (mining units, feature claims). While any is
+    held, the worker goes round again, after `poll_s` when its round did nothing: the
+    holder finishes that work, or dies and this worker takes it over (`sweep`, leases).
+    """
+    subject, source, source_id = open_source(store, config, run_id=run_id)
+    indices = config.subject.indices(width=source.width)
+    worker = _Worker(store, config, run_id, budget, subject, source, source_id, indices)
+    del subject, source
+    worker.mine()  # before the local LLM server starts: mining has the machine to itself
+    with endpoints(config.llm, config.local_server) as llm:
+        first = True
+        while True:
+            if not first:
+                sweep(store, config.run.lock_stale_s)
+                worker.mine()
+            first = False
+            worker.label(llm)
+            if budget.exhausted or worker.limited or not worker.elsewhere:
+                break
+            if not worker.did:
+                time.sleep(config.run.poll_s)
+            worker.did = worker.elsewhere = 0
+    reasons = list(dict.fromkeys(worker.reasons))
     if budget.exhausted:
         reasons.insert(0, f"budget reached ({budget.describe()}): stopped cleanly")
     report.message = "; ".join(reasons)
@@ -397,15 +593,6 @@ def _label_counts(store: Store, source_id: int, feature_ids: list[int]) -> dict[
         "human": kinds.count("human"),
         "none": kinds.count(None),
     }
-
-
-def _left_undone(summary: Any, what: str) -> list[str]:
-    reasons = []
-    if summary.failed:
-        reasons.append(f"{summary.failed} {what} failed (retried by the next run)")
-    if summary.claimed_elsewhere:
-        reasons.append(f"{summary.claimed_elsewhere} {what} were in another process's hands")
-    return reasons
 
 
 def _promote_baselines(store: Store, feature_ids: list[int]) -> int:

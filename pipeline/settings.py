@@ -473,6 +473,7 @@ class RunConfig:
     relabel_human: bool = False  # relabel features whose label a human wrote or accepted
     baseline: bool = True  # store the no-LLM baseline label; current until an LLM label exists
     lock_stale_s: float = 900.0  # a lock without heartbeat this long belongs to a dead run
+    poll_s: float = 5.0  # a worker whose work is left in other workers' hands looks again after
     log_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -485,6 +486,10 @@ class RunConfig:
         if not self.lock_stale_s > 0:
             raise ConfigError(
                 f"lock_stale_s = {self.lock_stale_s} is invalid: give seconds above 0 (default 900)"
+            )
+        if not self.poll_s > 0:
+            raise ConfigError(
+                f"poll_s = {self.poll_s} is invalid: give seconds above 0 (default 5)"
             )
         for key in ("max_llm_tokens", "max_cost"):
             value = getattr(self, key)

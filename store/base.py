@@ -10,6 +10,7 @@ in, the same way in every room.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from gloss.store.errors import InputError, NotFoundError
-from gloss.store.models import Explanation, Feature, FeatureSource
+from gloss.store.models import Explanation, Feature, FeatureSource, Run
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integer columns (PostgreSQL); SQLite takes more, none need it
 MAX_INDEX = 2**31 - 1  # feature indices are 32-bit
@@ -53,24 +54,38 @@ class StoreBase:
 
     @contextmanager
     def serialized(
-        self, feature_id: int | None = None, *, source_id: int | None = None
+        self,
+        feature_id: int | None = None,
+        *,
+        source_id: int | None = None,
+        run_id: int | None = None,
+        key: str | None = None,
     ) -> Iterator[Session]:
         """A write transaction for check-then-write: what it reads nobody changes until it ends.
 
         SQLite takes the database's write lock first (BEGIN IMMEDIATE; otherwise the
         transaction would begin only at its first write, after the check). PostgreSQL
-        locks the feature's row, which every label write of that feature locks too (or
-        the source's row, which every mining lease of that source locks).
+        locks one row: the feature's, which every label write of that feature locks too;
+        the source's, which every mining lease of that source locks; a run group's, which
+        every budget booking of the group locks; or, for `key` (a name with no row, such
+        as a plan that has no group yet), a transaction advisory lock on it.
         """
         with self.session() as s:
             if self.dialect == "sqlite":
                 s.execute(text("BEGIN IMMEDIATE"))
-            elif feature_id is not None:
-                s.execute(select(Feature.id).where(Feature.id == feature_id).with_for_update())
-            elif source_id is not None:
-                s.execute(
-                    select(FeatureSource.id).where(FeatureSource.id == source_id).with_for_update()
+            elif key is not None:
+                number = int.from_bytes(
+                    hashlib.sha256(key.encode()).digest()[:8], "big", signed=True
                 )
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": number})
+            else:
+                for model, row in (
+                    (Feature, feature_id),
+                    (FeatureSource, source_id),
+                    (Run, run_id),
+                ):
+                    if row is not None:
+                        s.execute(select(model.id).where(model.id == row).with_for_update())
             yield s
 
     def _feature_of(self, explanation_id: int) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -179,7 +180,11 @@ class Run(Base):
     """One invocation of a stage or of the nightly job, with what it did and spent."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_status", "status"),)
+    __table_args__ = (
+        Index("ix_runs_status", "status"),
+        Index("ix_runs_plan", "plan_key", "status"),
+        Index("ix_runs_parent", "parent_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
@@ -199,6 +204,15 @@ class Run(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     holder: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Run groups (migration 0010): workers (kind "run") of one plan point at their
+    # group's row (kind "group"), which holds the shared budget and what was spent of it;
+    # a worker's row holds the worst case of its calls in flight.
+    plan_key: Mapped[str | None] = mapped_column(String(64))
+    device: Mapped[str | None] = mapped_column(String(50))
+    max_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    max_cost: Mapped[float | None] = mapped_column(Float)
+    reserved_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reserved_cost: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class Explanation(Base):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gloss.store.base import MAX_ID, MAX_INDEX, StoreBase, check_id, index_in, whole_number
@@ -57,7 +58,32 @@ class Registry(StoreBase):
         config: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> int:
-        """Register a feature source; the same subject, hook, kind and params reuse one row."""
+        """Register a feature source; the same subject, hook, kind and params reuse one row.
+
+        Two processes registering it at once both find no row; the second one's insert
+        then fails on the unique key, and it reads the row the first one wrote.
+        """
+        try:
+            return self._get_or_create_source(
+                subject_id, hook, kind, width, params_hash, path=path, config=config, name=name
+            )
+        except IntegrityError:
+            return self._get_or_create_source(
+                subject_id, hook, kind, width, params_hash, path=path, config=config, name=name
+            )
+
+    def _get_or_create_source(
+        self,
+        subject_id: int,
+        hook: str,
+        kind: str,
+        width: int,
+        params_hash: str,
+        *,
+        path: str | None,
+        config: dict[str, Any] | None,
+        name: str | None,
+    ) -> int:
         with self.session() as s:
             existing = s.scalar(
                 select(FeatureSource).filter_by(

@@ -3,7 +3,11 @@
 - A run is one invocation of a stage or of the nightly job, with its config, counts,
   tokens and cost; its holder (host:pid) and heartbeat let the next run tell a live
   run from one whose process died.
-- A named lock keeps the nightly job to one at a time; a stale lock is taken over.
+- A run group is the nightly job's workers on one plan: each `gloss run` process is a
+  worker run inside the running group of its plan (or starts one), and the group's row
+  holds the budget they share, booked before each call and settled after it.
+- A named lock keeps the nightly job to one process at a time on SQLite; a stale lock
+  is taken over.
 - A claim keeps two processes from paying for the same feature's LLM work; its lease
   is renewed by `heartbeat` and expires when the holder dies.
 - The LLM ledger (`llm_calls`) records every call whatever it answered, and serves
@@ -16,14 +20,28 @@ import math
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gloss.store.base import StoreBase, check_id
 from gloss.store.errors import InputError, LockedError, NotFoundError
-from gloss.store.models import Claim, LLMCall, Lock, MiningUnit, Run, utcnow
+from gloss.store.models import (
+    Claim,
+    Explanation,
+    Feature,
+    FeatureScore,
+    LLMCall,
+    Lock,
+    MiningUnit,
+    Run,
+    Score,
+    utcnow,
+)
 from gloss.store.statuses import RunStatus
 from gloss.store.types import LockInfo, RunInfo
+
+GROUP = "group"  # the kind of a run group's row; its workers are runs of kind "run"
+_SEVERITY = (RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.PARTIAL, RunStatus.DONE)
 
 
 class Runs(StoreBase):
@@ -96,6 +114,16 @@ class Runs(StoreBase):
                     .where(leased.holder == holder)
                     .values(expires_at=now + timedelta(seconds=lease_s))
                 )
+        # A group beats while any of its workers does. Its own transaction: a budget
+        # booking locks the group's row before a worker's, and this must not lock them
+        # the other way round.
+        with self.session() as s:
+            workers = select(Run.parent_id).where(
+                Run.holder == holder, Run.status == RunStatus.RUNNING, Run.parent_id.is_not(None)
+            )
+            s.execute(
+                update(Run).where(Run.id.in_(workers), Run.kind == GROUP).values(heartbeat_at=now)
+            )
 
     def run(self, run_id: int) -> RunInfo:
         check_id(run_id, "run")
@@ -105,11 +133,201 @@ class Runs(StoreBase):
                 raise NotFoundError(f"no run with id {run_id}")
             return _run_info(run)
 
-    def runs(self, limit: int = 20) -> list[RunInfo]:
+    def runs(
+        self,
+        limit: int = 20,
+        *,
+        kind: str | None = None,
+        parent_id: int | None = None,
+        plan_key: str | None = None,
+    ) -> list[RunInfo]:
+        """The newest runs first: of one kind, inside one run (a group's workers), or the
+        groups of one plan."""
+        query = select(Run).order_by(Run.id.desc()).limit(limit)
+        for column, value in (
+            (Run.kind, kind),
+            (Run.parent_id, parent_id),
+            (Run.plan_key, plan_key),
+        ):
+            if value is not None:
+                query = query.where(column == value)
         with self.session() as s:
-            return [
-                _run_info(r) for r in s.scalars(select(Run).order_by(Run.id.desc()).limit(limit))
+            return [_run_info(r) for r in s.scalars(query)]
+
+    # ------------------------------------------------------------ run groups
+
+    def join_group(
+        self,
+        plan_key: str,
+        config: dict[str, Any],
+        code_version: str = "",
+        *,
+        holder: str,
+        device: str | None = None,
+        max_tokens: int | None = None,
+        max_cost: float | None = None,
+        stale_after_s: float = 900.0,
+    ) -> tuple[int, int]:
+        """(group id, worker run id): a new worker run inside the running group of this plan,
+        or inside a new group when none has beaten within `stale_after_s`."""
+        now = utcnow()
+        with self.serialized(key=f"plan:{plan_key}") as s:
+            group = s.scalars(
+                select(Run)
+                .where(
+                    Run.kind == GROUP,
+                    Run.plan_key == plan_key,
+                    Run.status == RunStatus.RUNNING,
+                    Run.heartbeat_at >= now - timedelta(seconds=stale_after_s),
+                )
+                .order_by(Run.id.desc())
+                .limit(1)
+            ).first()
+            if group is None:
+                group = Run(kind=GROUP, plan_key=plan_key, config=config, counts={}, failures=[],
+                            code_version=code_version, started_at=now, heartbeat_at=now,
+                            max_tokens=max_tokens, max_cost=max_cost)  # fmt: skip
+                s.add(group)
+                s.flush()
+            worker = Run(kind="run", parent_id=group.id, holder=holder, device=device,
+                         config=config, counts={}, failures=[], code_version=code_version,
+                         started_at=now, heartbeat_at=now)  # fmt: skip
+            s.add(worker)
+            s.flush()
+            return group.id, worker.id
+
+    def leave_group(
+        self, group_id: int, run_id: int, status: str, message: str | None = None, **values: Any
+    ) -> str | None:
+        """End a worker's run; the last worker out ends the group (its status is returned)."""
+        self.finish_run(run_id, status, message, reserved_tokens=0, reserved_cost=0.0, **values)
+        return self.close_group(group_id)
+
+    def close_group(self, group_id: int) -> str | None:
+        """End a group none of whose workers is running any more; None while one is.
+
+        Its status is the worst of its workers' (failed, interrupted, partial, done),
+        leaving out workers that died: their work was taken over by the others.
+        """
+        with self.session() as s:
+            plan_key = s.scalar(select(Run.plan_key).where(Run.id == group_id, Run.kind == GROUP))
+        if plan_key is None:
+            return None
+        with self.serialized(key=f"plan:{plan_key}") as s:
+            group = s.get(Run, group_id)
+            if group is None or group.status != RunStatus.RUNNING:
+                return None
+            workers = s.scalars(select(Run).where(Run.parent_id == group_id).order_by(Run.id)).all()
+            if any(w.status == RunStatus.RUNNING for w in workers):
+                return None
+            ended = [w for w in workers if w.status != RunStatus.ABANDONED]
+            status = next(
+                (st for st in _SEVERITY if any(w.status == st for w in ended)),
+                RunStatus.ABANDONED,
+            )
+            tally = ", ".join(
+                f"{sum(w.status == st for w in workers)} {st}"
+                for st in RunStatus
+                if any(w.status == st for w in workers)
+            )
+            last = next((w.message for w in reversed(ended) if w.message), None)
+            group.status, group.finished_at = status, utcnow()
+            group.message = f"{len(workers)} workers ({tally})" + (f"; {last}" if last else "")
+            return str(status)
+
+    def book_budget(self, group_id: int, run_id: int, tokens: int, cost: float) -> bool:
+        """Book a call's worst case in its group's budget before the call starts.
+
+        False (nothing booked) when what the group spent, what its running workers have in
+        flight and this call could pass the budget. The group's row is locked meanwhile,
+        so workers on other machines cannot overbook it together.
+        """
+        with self.serialized(run_id=group_id) as s:
+            group = s.get(Run, group_id)
+            if group is None:
+                raise NotFoundError(f"no run group with id {group_id}")
+            tokens_held, cost_held = s.execute(
+                select(
+                    func.coalesce(func.sum(Run.reserved_tokens), 0),
+                    func.coalesce(func.sum(Run.reserved_cost), 0.0),
+                ).where(Run.parent_id == group_id, Run.status == RunStatus.RUNNING)
+            ).one()
+            spent = group.tokens_in + group.tokens_out
+            if (
+                group.max_tokens is not None and spent + tokens_held + tokens > group.max_tokens
+            ) or (group.max_cost is not None and group.cost + cost_held + cost > group.max_cost):
+                return False
+            s.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(
+                    reserved_tokens=Run.reserved_tokens + tokens,
+                    reserved_cost=Run.reserved_cost + cost,
+                )
+            )
+            return True
+
+    def settle_budget(
+        self,
+        group_id: int,
+        run_id: int,
+        booked: tuple[int, float],
+        tokens_in: int,
+        tokens_out: int,
+        cost: float,
+    ) -> None:
+        """A booked call ended: the group is charged what it spent, the booking is returned."""
+        with self.serialized(run_id=group_id) as s:
+            s.execute(
+                update(Run)
+                .where(Run.id == group_id)
+                .values(
+                    tokens_in=Run.tokens_in + tokens_in,
+                    tokens_out=Run.tokens_out + tokens_out,
+                    cost=Run.cost + cost,
+                )
+            )
+            s.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(
+                    reserved_tokens=Run.reserved_tokens - booked[0],
+                    reserved_cost=Run.reserved_cost - booked[1],
+                )
+            )
+
+    def worker_output(self, run_ids: list[int]) -> dict[int, dict[str, int]]:
+        """What each worker run has committed so far: features mined (by its mine runs),
+        model labels and scores written."""
+        out = {i: {"mined": 0, "labels": 0, "scores": 0} for i in run_ids}
+        if not run_ids:
+            return out
+        with self.session() as s:
+            mined = s.execute(
+                select(Run.parent_id, func.count(Feature.id))
+                .join(Feature, Feature.mine_run_id == Run.id)
+                .where(Run.parent_id.in_(run_ids))
+                .group_by(Run.parent_id)
+            )
+            labels = s.execute(
+                select(Explanation.run_id, func.count())
+                .where(Explanation.run_id.in_(run_ids), Explanation.author_kind == "model")
+                .group_by(Explanation.run_id)
+            )
+            scores = [
+                s.execute(
+                    select(table.run_id, func.count())
+                    .where(table.run_id.in_(run_ids))
+                    .group_by(table.run_id)
+                )
+                for table in (Score, FeatureScore)
             ]
+            for key, rows in (("mined", [mined]), ("labels", [labels]), ("scores", scores)):
+                for result in rows:
+                    for run_id, n in result:
+                        if run_id is not None:
+                            out[run_id][key] += n
+        return out
 
     # ------------------------------------------------------------ locks
 
@@ -345,4 +563,7 @@ def _run_info(r: Run) -> RunInfo:
         parent_id=r.parent_id,
         holder=r.holder,
         heartbeat_at=r.heartbeat_at,
+        device=r.device,
+        max_tokens=r.max_tokens,
+        max_cost=r.max_cost,
     )

@@ -369,6 +369,9 @@ class RunInfo:
     parent_id: int | None = None
     holder: str | None = None
     heartbeat_at: Any = None
+    device: str | None = None
+    max_tokens: int | None = None  # a group's budget
+    max_cost: float | None = None
 
 
 @dataclass(frozen=True)

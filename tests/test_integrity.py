@@ -450,7 +450,7 @@ def test_processes_mining_one_source_split_it_and_mine_each_feature_once(db_url,
     config = tmp_path / "gloss.toml"
     config.write_text(
         f'[corpus]\npaths = ["{corpus}"]\nctx_len = 16\n'
-        "[mining]\nfeature_chunk = 64\nwrite_every = 32\nbatch_size = 16\n"
+        "[mining]\nfeature_chunk = 32\nwrite_every = 32\nbatch_size = 16\n"
     )
     command = [sys.executable, "-m", "gloss.pipeline.cli", "--database", db_url, "mine",
                "--config", str(config), "--features", "0:512", "--json"]  # fmt: skip
