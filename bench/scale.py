@@ -9,11 +9,13 @@ seconds. The features are mined once beforehand, so the runs measure the labelin
 stages: each feature is one explain call and one simulation call. With W workers of
 concurrency C the ideal rate is W x C / (latency x 2) features per second; the
 ratio measured / ideal shows what claims, budgets, the store and the workers' loops
-cost (goal >= 0.8 at 8 workers). "steady" is measured from the first call to the
-last score; "end to end" from launching the processes to the last one exiting (it
-includes each process loading torch and the subject model). The database's own
+cost (goal >= 0.8 at 8 workers). "busy" is the rate while every worker is labeling:
+from the last worker's first call to the first worker's last label. "e2e" runs from
+launching the processes to the last one exiting, and "start" is how long the last
+worker took to make its first call: importing torch and transformers and loading the
+subject model, all workers at once on this machine's cores. The database's own
 time per feature comes from pg_stat_database.active_time; CPU is this machine's
-busy share during the run, to show the latency keeps it below saturation.
+busy share in that window, to show the latency keeps it below saturation.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -46,11 +51,57 @@ def serve(latency: float, urls: multiprocessing.Queue) -> None:
             time.sleep(3600)
 
 
-def cpu_times() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine."""
-    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
+class CpuSampler(threading.Thread):
+    """The machine's busy share over time, from /proc/stat every half second."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float, float]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            idle = fields[3] + fields[4]
+            self.samples.append((time.time(), sum(fields) - idle, sum(fields)))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+    def share(self, begin: float, end: float) -> float:
+        inside = [s for s in self.samples if begin <= s[0] <= end]
+        if len(inside) < 2:
+            return float("nan")
+        return (inside[-1][1] - inside[0][1]) / max(inside[-1][2] - inside[0][2], 1)
+
+
+def _cpu_seconds(server_pid: int) -> tuple[float, float, float]:
+    """CPU seconds used so far by (this process's finished children: the workers, the
+    scripted endpoint, PostgreSQL: its live processes and the backends it has reaped)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: str) -> list[str]:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return [text[text.index("(") + 1 : text.rindex(")")], *text[text.rindex(")") + 2 :].split()]
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    endpoint = sum(float(x) for x in stat(str(server_pid))[12:14]) / tick
+    pg = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = stat(entry.name)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        if fields[0] == "postgres":
+            pg += sum(float(x) for x in fields[12:16]) / tick  # own time and reaped children's
+    return children.ru_utime + children.ru_stime, endpoint, pg
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.replace(tzinfo=UTC).timestamp()
 
 
 def write_config(path: Path, database: str, base_url: str, args, features: int) -> Path:
@@ -113,9 +164,11 @@ def main() -> None:
                 f"{args.per_worker} features per worker, {os.cpu_count()} cores"
             )
             print(
-                f"{'workers':>7} {'features':>8} {'ideal f/s':>9} {'steady f/s':>10} "
-                f"{'ratio':>6} {'e2e f/s':>8} {'ratio':>6} {'DB ms/f':>8} {'CPU':>5}"
+                f"{'workers':>7} {'features':>8} {'ideal f/s':>9} {'busy f/s':>8} {'ratio':>6} "
+                f"{'window':>7} {'e2e f/s':>8} {'start s':>7} {'DB ms/f':>8} {'CPU':>5}"
             )
+            breakdown = [f"{'workers':>7} {'workers ms/f':>12} {'endpoint ms/f':>12} "
+                         f"{'PG ms/f':>12}   (CPU time per feature)"]  # fmt: skip
             for workers in counts:
                 with engine.begin() as conn:
                     for table in ("scores", "feature_scores", "explanations", "llm_calls",
@@ -128,8 +181,10 @@ def main() -> None:
                     Path(tmp) / f"gloss{workers}.toml", url, base_url, args, n
                 )
                 active = _active_ms(engine, name)
-                busy0, total0 = cpu_times()
-                launched = time.perf_counter()
+                spent = _cpu_seconds(server.pid)
+                cpu = CpuSampler()
+                cpu.start()
+                launched = time.time()
                 procs = [
                     subprocess.Popen(
                         [
@@ -151,27 +206,37 @@ def main() -> None:
                     _, err = proc.communicate()
                     if proc.returncode != 0:
                         raise SystemExit(f"a worker failed ({proc.returncode}): {err[-2000:]}")
-                wall = time.perf_counter() - launched
-                busy1, total1 = cpu_times()
+                wall = time.time() - launched
+                cpu.stop()
+                by = [b - a for a, b in zip(spent, _cpu_seconds(server.pid), strict=True)]
                 db_ms = _active_ms(engine, name) - active
                 with engine.connect() as conn:
-                    first_label, last_score, done = conn.execute(
-                        text(
-                            "SELECT min(e.created_at), max(s.created_at), count(DISTINCT e.id) "
-                            "FROM explanations e JOIN scores s ON s.explanation_id = e.id "
-                            "WHERE e.author_kind = 'model'"
-                        )
-                    ).one()
-                live = done
-                span = (last_score - first_label).total_seconds() + args.latency
+                    done = [_epoch(t) for (t,) in conn.execute(text(
+                        "SELECT s.created_at FROM scores s JOIN explanations e "
+                        "ON e.id = s.explanation_id WHERE e.author_kind = 'model'"
+                    ))]  # fmt: skip
+                    spans = [(_epoch(a), _epoch(b)) for a, b in conn.execute(text(
+                        "SELECT min(created_at), max(created_at) FROM explanations "
+                        "WHERE author_kind = 'model' GROUP BY run_id"
+                    ))]  # fmt: skip
+                # All workers busy: from the last worker's first label back by one call
+                # (its first request) to the first worker's last label.
+                begin = max(a for a, _ in spans) - args.latency
+                end = min(b for _, b in spans)
+                inside = sum(begin <= t <= end for t in done)
                 ideal = workers * args.concurrency / (args.latency * CALLS_PER_FEATURE)
-                steady = live / span
-                e2e = live / wall
+                busy = inside / (end - begin) if end > begin else float("nan")
+                if len(spans) < workers:
+                    busy = float("nan")  # a worker labeled nothing: no window with all busy
+                e2e = len(done) / wall
                 print(
-                    f"{workers:>7} {live:>8} {ideal:>9.2f} {steady:>10.2f} {steady / ideal:>6.2f} "
-                    f"{e2e:>8.2f} {e2e / ideal:>6.2f} {db_ms / max(live, 1):>8.1f} "
-                    f"{(busy1 - busy0) / max(total1 - total0, 1):>5.0%}"
+                    f"{workers:>7} {len(done):>8} {ideal:>9.2f} {busy:>8.2f} {busy / ideal:>6.2f} "
+                    f"{end - begin:>6.1f}s {e2e:>8.2f} {begin - launched:>7.1f} "
+                    f"{db_ms / max(len(done), 1):>8.1f} {cpu.share(begin, end):>5.0%}"
                 )
+                per = [1000 * x / max(len(done), 1) for x in by]
+                breakdown.append(f"{workers:>7} {per[0]:>12.0f} {per[1]:>12.0f} {per[2]:>12.0f}")
+            print("\n".join(breakdown))
     finally:
         server.terminate()
         engine.dispose()

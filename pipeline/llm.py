@@ -346,7 +346,7 @@ class LLMClient:
         extra = {k: body.pop(k) for k in list(body) if k not in standard}
         async with self.semaphore:
             sent.append(True)
-            reservation = self._reserve(request)
+            reservation = await self._reserve(request)
             self.stats.calls += 1
             data: dict[str, Any] | None = None
             try:
@@ -370,7 +370,7 @@ class LLMClient:
             except (openai.APITimeoutError, openai.APIConnectionError) as error:
                 raise _Transient(error) from None
             finally:
-                self._settle(reservation, data)
+                await self._settle(reservation, data)
 
     def _body(self, text: str) -> dict[str, Any]:
         try:
@@ -392,11 +392,12 @@ class LLMClient:
             )
         return data
 
-    def _reserve(self, request: dict[str, Any]) -> tuple[int, float, int]:
+    async def _reserve(self, request: dict[str, Any]) -> tuple[int, float, int]:
         """Book this call's worst case against the budget (raises BudgetExhausted).
 
         Prompt tokens are estimated from the prompt's length at the highest tokens per
         character seen on this endpoint so far (1 per 2 characters before the first answer).
+        A run group's budget is booked in the database, off the event loop.
         """
         prompt = request.get("prompt") or json.dumps(request.get("messages", ""))
         if self.budget is None:
@@ -404,18 +405,25 @@ class LLMClient:
         tokens_in = math.ceil(len(prompt) * (self._tokens_per_char or 0.5))
         tokens_out = request.get("max_tokens") or request.get("max_completion_tokens") or 1024
         cost = self._cost(tokens_in, tokens_out)
-        self.budget.reserve(tokens_in + tokens_out, cost)
+        await self._on_budget(self.budget.reserve, tokens_in + tokens_out, cost)
         return (tokens_in + tokens_out, cost, len(prompt))
 
-    def _settle(self, reservation: tuple[int, float, int], response: dict | None) -> None:
+    async def _settle(self, reservation: tuple[int, float, int], response: dict | None) -> None:
         """Turn the reservation into the usage the answer reports (none if there is none)."""
         tokens_in, tokens_out = _usage(response)
         if tokens_in and reservation[2]:
             self._tokens_per_char = max(self._tokens_per_char or 0.0, tokens_in / reservation[2])
         if self.budget is not None:
-            self.budget.settle(
-                reservation[:2], tokens_in, tokens_out, self._cost(tokens_in, tokens_out)
-            )
+            await self._on_budget(
+                self.budget.settle,
+                reservation[:2], tokens_in, tokens_out, self._cost(tokens_in, tokens_out),
+            )  # fmt: skip
+
+    async def _on_budget(self, method: Callable[..., None], *args: Any) -> None:
+        if self.budget is not None and self.budget.group is not None and self.db is not None:
+            await self.db(method, *args)
+        else:
+            method(*args)
 
     def _cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.endpoint.price_in + tokens_out * self.endpoint.price_out) / 1e6

@@ -305,13 +305,14 @@ def group_status(store: Store, config: GlossConfig) -> dict[str, Any] | None:
         beat = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else None
         rows.append({"run": w.id, "host": host, "pid": pid, "device": w.device, "status": w.status,
                      **output[w.id], "heartbeat_s_ago": beat})  # fmt: skip
+    tokens_in, tokens_out, cost = store.group_spent(group.id)
     return {
         "group": group.id,
         "status": group.status,
         "started_at": group.started_at,
         "finished_at": group.finished_at,
-        "tokens": group.tokens_in + group.tokens_out,
-        "cost": group.cost,
+        "tokens": tokens_in + tokens_out,
+        "cost": cost,
         "max_tokens": group.max_tokens,
         "max_cost": group.max_cost,
         "message": group.message,
@@ -385,8 +386,11 @@ def nightly(config: GlossConfig, *, store: Store | None = None) -> Report:
         report.run_id, report.group_id = run_id, group_id
         if alone:
             store.set_lock_run(LOCK, holder, run_id)
+        limited = config.run.max_llm_tokens is not None or config.run.max_cost is not None
         budget = Budget(
-            config.run.max_llm_tokens, config.run.max_cost, group=(store, group_id, run_id)
+            config.run.max_llm_tokens,
+            config.run.max_cost,
+            group=(store, group_id, run_id) if limited else None,
         )
         with heartbeat(store, holder):
             try:

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gloss.store.base import StoreBase, check_id
 from gloss.store.errors import InputError, LockedError, NotFoundError
@@ -231,9 +232,15 @@ class Runs(StoreBase):
                 if any(w.status == st for w in workers)
             )
             last = next((w.message for w in reversed(ended) if w.message), None)
+            group.tokens_in, group.tokens_out, group.cost = _spent(s, group_id)
             group.status, group.finished_at = status, utcnow()
             group.message = f"{len(workers)} workers ({tally})" + (f"; {last}" if last else "")
             return str(status)
+
+    def group_spent(self, group_id: int) -> tuple[int, int, float]:
+        """(tokens in, tokens out, cost) of every LLM call a group's workers made so far."""
+        with self.session() as s:
+            return _spent(s, group_id)
 
     def book_budget(self, group_id: int, run_id: int, tokens: int, cost: float) -> bool:
         """Book a call's worst case in its group's budget before the call starts.
@@ -530,6 +537,20 @@ class Runs(StoreBase):
             s.add(call)
             s.flush()
             return call.id
+
+
+def _spent(s: Session, group_id: int) -> tuple[int, int, float]:
+    """What the ledger says a group's workers spent: the group's totals whether or not it
+    had a budget (a budget's bookings leave out a dead worker's last calls in flight)."""
+    workers = select(Run.id).where(Run.parent_id == group_id)
+    tokens_in, tokens_out, cost = s.execute(
+        select(
+            func.coalesce(func.sum(LLMCall.tokens_in), 0),
+            func.coalesce(func.sum(LLMCall.tokens_out), 0),
+            func.coalesce(func.sum(LLMCall.cost), 0.0),
+        ).where(LLMCall.run_id.in_(workers))
+    ).one()
+    return int(tokens_in), int(tokens_out), float(cost)
 
 
 def _storable(value: Any) -> Any:

@@ -437,6 +437,40 @@ def test_a_mining_unit_is_leased_to_one_live_holder(store):
     assert sorted(store.claim_holders()) == ["b:2#1"]
 
 
+def test_workers_of_one_plan_join_one_group_and_the_last_out_ends_it(store):
+    a_group, a = store.join_group("plan-1", {}, holder="h:1")
+    b_group, b = store.join_group("plan-1", {}, holder="h:2")
+    other, _ = store.join_group("plan-2", {}, holder="h:3")
+    assert a_group == b_group != other and a != b
+    assert store.leave_group(a_group, a, "done") is None  # b still works
+    store.finish_run(b, "abandoned", "its process died")
+    assert store.close_group(a_group) == "done"  # the dead worker does not count
+    assert store.run(a_group).message.startswith("2 workers (1 done, 1 abandoned)")
+    again, c = store.join_group("plan-1", {}, holder="h:4")
+    assert again != a_group  # that group ended: a new one starts
+    stale, _ = store.join_group("plan-1", {}, holder="h:5", stale_after_s=-1)
+    assert stale != again  # a group without a recent heartbeat is not joined
+    store.heartbeat("h:4", 300)
+    assert store.run(again).heartbeat_at >= store.run(c).started_at
+    assert store.leave_group(again, c, "partial", "budget reached") == "partial"
+
+
+def test_a_group_budget_is_booked_across_its_workers(store):
+    group, a = store.join_group("plan", {}, holder="h:1", max_tokens=100)
+    _, b = store.join_group("plan", {}, holder="h:2")
+    assert store.book_budget(group, a, 60, 0.0)
+    assert not store.book_budget(group, b, 50, 0.0)  # 60 in flight + 50 > 100
+    store.settle_budget(group, a, (60, 0.0), 30, 10, 0.0)  # the call spent 40
+    assert store.book_budget(group, b, 50, 0.0)  # 40 spent + 50 in flight
+    assert not store.book_budget(group, a, 20, 0.0)
+    store.finish_run(b, "abandoned", "its process died")  # its bookings stop counting
+    assert store.book_budget(group, a, 20, 0.0)
+    run = store.run(group)
+    assert (run.tokens_in, run.tokens_out, run.max_tokens) == (30, 10, 100)
+    free, c = store.join_group("free", {}, holder="h:3")  # no budget: every call books
+    assert all(store.book_budget(free, c, 10**9, 1e9) for _ in range(3))
+
+
 @pytest.mark.slow
 def test_processes_mining_one_source_split_it_and_mine_each_feature_once(db_url, tmp_path):
     """Three `gloss mine` processes started together on one database: every feature is

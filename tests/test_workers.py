@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from gloss.pipeline import config as cfg
+from gloss.pipeline.cli import main
 from gloss.pipeline.run import group_status
 from gloss.store import LockedError, open_store
 from tests.scripted_llm import ScriptedLLM
@@ -142,7 +143,7 @@ def assert_every_feature_done_once(url: str) -> dict[int, tuple]:
     return done
 
 
-def test_four_workers_share_a_plan_and_do_every_feature_once(tmp_path, postgres_url, llm):
+def test_four_workers_share_a_plan_and_do_every_feature_once(tmp_path, postgres_url, llm, capsys):
     llm.latency_s = 0.1
     config = write_config(tmp_path, postgres_url, llm)
     log = tmp_path / "workers.log"
@@ -163,6 +164,15 @@ def test_four_workers_share_a_plan_and_do_every_feature_once(tmp_path, postgres_
     assert sum(w["mined"] > 0 for w in workers) >= 2, "mining was not shared"
     assert sum(w["labels"] > 0 for w in workers) >= 2, "labeling was not shared"
     assert status["left"]["mine"] == status["left"]["explain"] == status["left"]["score"] == 0
+
+    assert main(["run", "--config", str(config), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert f"run group {status['group']}: done" in out
+    assert "left: mine 0, explain 0, score 0 features" in out
+    rows = [line.split() for line in out.splitlines()]
+    assert sorted(int(r[0]) for r in rows if r and r[0].isdigit()) == [w["run"] for w in workers]
+    assert main(["--database", postgres_url, "runs"]) == 0
+    assert capsys.readouterr().out.count(f"in group {status['group']}") == WORKERS
 
 
 def _requests(llm: ScriptedLLM) -> list[dict]:
