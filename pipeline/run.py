@@ -507,7 +507,7 @@ class _Worker:
                     "them, see 'LLM endpoints' in the README"
                 )
         if config.run.baseline:
-            promoted = _promote_baselines(store, mined_ids)
+            promoted = _promote_baselines(store, self.source_id, mined_ids)
             counts = store.run(self.run_id).counts
             before = counts.get("baseline", {}).get("promoted", 0)
             store.update_run(
@@ -599,17 +599,15 @@ def _label_counts(store: Store, source_id: int, feature_ids: list[int]) -> dict[
     }
 
 
-def _promote_baselines(store: Store, feature_ids: list[int]) -> int:
+def _promote_baselines(store: Store, source_id: int, feature_ids: list[int]) -> int:
     """A feature with no current label gets its baseline label until an LLM label succeeds."""
+    current = {row.feature_id for row in store.current_labels(source_id).values()}
+    waiting = [f for f in feature_ids if f not in current]
     promoted = 0
-    for feature_id in feature_ids:
-        if store.current_explanation(feature_id) is not None:
-            continue
-        baseline = next(
-            (e for e in store.explanations(feature_id) if e.author_kind == "baseline"), None
-        )
-        if baseline is not None and baseline.status == CANDIDATE:
-            promoted += store.make_current(baseline.id, replace=REPLACE_NONE)
+    for labels in store.label_statuses(waiting, "baseline").values():
+        label_id, status = labels[0]
+        if status == CANDIDATE:
+            promoted += store.make_current(label_id, replace=REPLACE_NONE)
     return promoted
 
 

@@ -14,6 +14,7 @@ else, each decided inside the transaction that writes (`serialized`):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -136,6 +137,27 @@ class Labels(StoreBase):
                 .order_by(Explanation.created_at.desc(), Explanation.id.desc())
             ).all()
             return [explanation_info(e, with_scores=True) for e in rows]
+
+    def label_statuses(
+        self, feature_ids: Sequence[int], author_kind: str
+    ) -> dict[int, list[tuple[int, str]]]:
+        """(label id, status) of each label of one author kind, per feature, newest first:
+        what a pass over many features needs, in one query per 5,000 of them."""
+        out: dict[int, list[tuple[int, str]]] = {}
+        ids = list(feature_ids)
+        with self.session() as s:
+            for start in range(0, len(ids), 5000):
+                rows = s.execute(
+                    select(Explanation.feature_id, Explanation.id, Explanation.status)
+                    .where(
+                        Explanation.feature_id.in_(ids[start : start + 5000]),
+                        Explanation.author_kind == author_kind,
+                    )
+                    .order_by(Explanation.id.desc())
+                )
+                for feature_id, label_id, status in rows:
+                    out.setdefault(feature_id, []).append((label_id, str(status)))
+        return out
 
     # ------------------------------------------------------------ reviews
 

@@ -21,6 +21,8 @@ from gloss.pipeline.run import group_status
 from gloss.store import LockedError, open_store
 from tests.scripted_llm import ScriptedLLM
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 N_FEATURES = 32
 WORKERS = 4

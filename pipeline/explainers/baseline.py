@@ -49,8 +49,9 @@ def baseline_explain(
     """
     started = time.perf_counter()
     summary = Summary(features=len(feature_ids))
+    labeled = store.label_statuses(feature_ids, "baseline")
     for feature_id in feature_ids:
-        if any(e.author_kind == "baseline" for e in store.explanations(feature_id)):
+        if feature_id in labeled:
             summary.skipped += 1
             continue
         label = lift_label(store.examples(feature_id, "explain"), top_k)
