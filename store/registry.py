@@ -63,59 +63,44 @@ class Registry(StoreBase):
         Two processes registering it at once both find no row; the second one's insert
         then fails on the unique key, and it reads the row the first one wrote.
         """
-        try:
-            return self._get_or_create_source(
-                subject_id, hook, kind, width, params_hash, path=path, config=config, name=name
-            )
-        except IntegrityError:
-            return self._get_or_create_source(
-                subject_id, hook, kind, width, params_hash, path=path, config=config, name=name
-            )
-
-    def _get_or_create_source(
-        self,
-        subject_id: int,
-        hook: str,
-        kind: str,
-        width: int,
-        params_hash: str,
-        *,
-        path: str | None,
-        config: dict[str, Any] | None,
-        name: str | None,
-    ) -> int:
-        with self.session() as s:
-            existing = s.scalar(
-                select(FeatureSource).filter_by(
-                    subject_id=subject_id, hook=hook, kind=kind, params_hash=params_hash
-                )
-            )
-            if existing is not None:
-                if existing.width != width:
-                    raise InputError(
-                        f"source {existing.name} has width {existing.width}, not {width}"
+        for attempt in range(2):
+            try:
+                with self.session() as s:
+                    existing = s.scalar(
+                        select(FeatureSource).filter_by(
+                            subject_id=subject_id, hook=hook, kind=kind, params_hash=params_hash
+                        )
                     )
-                return existing.id
-            subject = s.get(Subject, subject_id)
-            if subject is None:
-                raise NotFoundError(f"no subject with id {subject_id}")
-            if name is None:
-                name = f"{subject.name}/{hook}/{kind}"
-                if kind != "neurons":
-                    name += f"-{params_hash[:8]}"
-            source = FeatureSource(
-                name=name,
-                subject_id=subject_id,
-                hook=hook,
-                kind=kind,
-                width=width,
-                params_hash=params_hash,
-                path=path,
-                config=config or {},
-            )
-            s.add(source)
-            s.flush()
-            return source.id
+                    if existing is not None:
+                        if existing.width != width:
+                            raise InputError(
+                                f"source {existing.name} has width {existing.width}, not {width}"
+                            )
+                        return existing.id
+                    subject = s.get(Subject, subject_id)
+                    if subject is None:
+                        raise NotFoundError(f"no subject with id {subject_id}")
+                    if name is None:
+                        name = f"{subject.name}/{hook}/{kind}"
+                        if kind != "neurons":
+                            name += f"-{params_hash[:8]}"
+                    source = FeatureSource(
+                        name=name,
+                        subject_id=subject_id,
+                        hook=hook,
+                        kind=kind,
+                        width=width,
+                        params_hash=params_hash,
+                        path=path,
+                        config=config or {},
+                    )
+                    s.add(source)
+                    s.flush()
+                    return source.id
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def sources(self) -> list[SourceInfo]:
         with self.session() as s:

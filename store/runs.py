@@ -264,14 +264,7 @@ class Runs(StoreBase):
                 group.max_tokens is not None and spent + tokens_held + tokens > group.max_tokens
             ) or (group.max_cost is not None and group.cost + cost_held + cost > group.max_cost):
                 return False
-            s.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(
-                    reserved_tokens=Run.reserved_tokens + tokens,
-                    reserved_cost=Run.reserved_cost + cost,
-                )
-            )
+            _add_booking(s, run_id, tokens, cost)
             return True
 
     def settle_budget(
@@ -294,14 +287,7 @@ class Runs(StoreBase):
                     cost=Run.cost + cost,
                 )
             )
-            s.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(
-                    reserved_tokens=Run.reserved_tokens - booked[0],
-                    reserved_cost=Run.reserved_cost - booked[1],
-                )
-            )
+            _add_booking(s, run_id, -booked[0], -booked[1])
 
     def worker_output(self, run_ids: list[int]) -> dict[int, dict[str, int]]:
         """What each worker run has committed so far: features mined (by its mine runs),
@@ -537,6 +523,16 @@ class Runs(StoreBase):
             s.add(call)
             s.flush()
             return call.id
+
+
+def _add_booking(s: Session, run_id: int, tokens: int, cost: float) -> None:
+    s.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(
+            reserved_tokens=Run.reserved_tokens + tokens, reserved_cost=Run.reserved_cost + cost
+        )
+    )
 
 
 def _spent(s: Session, group_id: int) -> tuple[int, int, float]:
