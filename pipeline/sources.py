@@ -5,6 +5,10 @@
                 `cfg.json` and `sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec,
                 `threshold` for JumpReLU; b_gate, r_mag, b_mag for gated SAEs).
 - `dictionary`  a dictionary in the `dictionary_learning` layout: `ae.pt` + `config.json`.
+- Gemma Scope's `params.npz` (`gemmascope:FILE`, or any `.npz` / folder holding one)
+  loads as an `sae` source with a JumpReLU encoder.
+- an EleutherAI sparsify hook-point folder (`sparsify:FOLDER`: `cfg.json` +
+  `sae.safetensors`, an SAE or a transcoder) loads as an `sae` source with a top-k encoder.
 - a folder `gloss learn` wrote (`gloss_dictionary.json` + one SAELens folder per hook
   point) loads as one `sae` source with an encoder per point (`Source.encoders`).
 
@@ -131,15 +135,22 @@ def load_source(spec: str, hook_width: int) -> Source:
     kind, _, path = spec.partition(":")
     if spec == "neurons":
         return Source("neurons", hook_width, hook_width, _hash(b"neurons"))
-    if kind not in ("sae", "dictionary"):
+    if kind in ("gemmascope", "sparsify"):
+        kind = "sae"
+    elif kind not in ("sae", "dictionary"):
         kind, path = _detect(Path(spec)), spec
     folder = Path(path)
-    if not folder.is_dir():
+    if kind == "sae" and _is_gemma_scope(folder):
+        source = _load_gemma_scope(folder)
+    elif kind == "sae" and (spec.startswith("sparsify:") or _holds_sparsify(folder)):
+        source = _load_sparsify(folder)
+    elif not folder.is_dir():
         raise InputError(
             f"feature source {spec!r}: {folder} is not a folder; give neurons, "
-            "sae:FOLDER (cfg.json + sae_weights.safetensors) or dictionary:FOLDER (ae.pt + config.json)"
+            "sae:FOLDER (cfg.json + sae_weights.safetensors), gemmascope:params.npz "
+            "or dictionary:FOLDER (ae.pt + config.json)"
         )
-    if kind == "sae" and (folder / LEARNED).exists():
+    elif kind == "sae" and (folder / LEARNED).exists():
         source = _load_learned(folder)
     else:
         source = _load_sae(folder) if kind == "sae" else _load_dictionary(folder)
@@ -152,7 +163,9 @@ def load_source(spec: str, hook_width: int) -> Source:
 
 
 def _detect(folder: Path) -> str:
-    if (folder / "cfg.json").exists() or (folder / LEARNED).exists():
+    if (folder / "cfg.json").exists() or (folder / LEARNED).exists() or _is_gemma_scope(folder):
+        return "sae"
+    if _holds_sparsify(folder):
         return "sae"
     if (folder / "ae.pt").exists():
         return "dictionary"
@@ -321,6 +334,106 @@ def _load_sae(folder: Path) -> Source:
             raise InputError(f"{folder}: cfg.json says {key}={cfg[key]} but W_enc has {size}")
     params = _hash(weights_path.read_bytes(), json.dumps(cfg, sort_keys=True).encode())
     return Source("sae", d_sae, d_in, params, str(folder.resolve()), cfg, encoder)
+
+
+def _is_gemma_scope(path: Path) -> bool:
+    """A Gemma Scope SAE: its params.npz, or a folder holding one (and no SAELens cfg.json)."""
+    if path.suffix == ".npz":
+        return True
+    return (path / "params.npz").is_file() and not (path / "cfg.json").exists()
+
+
+def _load_gemma_scope(path: Path) -> Source:
+    """Gemma Scope's params.npz (W_enc, b_enc, threshold, W_dec, b_dec): a JumpReLU SAE whose
+    encoder reads the input as it is, `relu(x W_enc + b_enc)` where that passes the
+    threshold; b_dec belongs to the decoder only."""
+    import numpy as np
+
+    file = path if path.suffix == ".npz" else path / "params.npz"
+    if not file.is_file():
+        raise InputError(
+            f"missing {file}: a Gemma Scope SAE is a params.npz with W_enc, b_enc and threshold"
+        )
+    try:
+        with np.load(file) as data:
+            w = {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32)) for k in data.files}
+    except Exception as error:  # numpy raises zipfile, OS and value errors for bad files
+        raise InputError(
+            f"cannot read {file}: {_first_line(error)}; the file is truncated or not an .npz, "
+            "download it again"
+        ) from None
+    _need(w, ["W_enc", "b_enc", "threshold"], file)
+    encoder = Encoder(w["W_enc"], w["b_enc"], "jumprelu", None, threshold=w["threshold"])
+    _check_encoder(encoder, file)
+    d_in, d_sae = encoder.W_enc.shape
+    config = {"format": "gemma-scope", "architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae}
+    return Source(
+        "sae", d_sae, d_in, _hash(file.read_bytes()), str(file.resolve()), config, encoder
+    )
+
+
+def _is_sparsify(folder: Path) -> bool:
+    """One hook point of an EleutherAI sparsify checkpoint: cfg.json + sae.safetensors."""
+    return (folder / "sae.safetensors").is_file() and (folder / "cfg.json").is_file()
+
+
+def _holds_sparsify(folder: Path) -> bool:
+    """A sparsify hook-point folder, or a checkpoint's root holding some (refused, naming them)."""
+    return _is_sparsify(folder) or any(_is_sparsify(p) for p in _subfolders(folder))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def _load_sparsify(folder: Path) -> Source:
+    """A sparsify sparse coder (SAE or transcoder) for one hook point: top-k of
+    `relu(encoder(x - b_dec))`; a transcoder (`transcode`) reads x as it is, since its
+    b_dec is the output's bias. Its features are what it fires on, like any other's."""
+    from safetensors.torch import load_file
+
+    if not _is_sparsify(folder):
+        points = [p.name for p in _subfolders(folder) if _is_sparsify(p)]
+        if points:
+            raise InputError(
+                f"{folder} holds sparsify coders for {len(points)} hook points "
+                f"({', '.join(points[:4])}{', ...' if len(points) > 4 else ''}): give one, "
+                f"e.g. sparsify:{folder / points[0]}"
+            )
+        raise InputError(
+            f"missing {folder / 'sae.safetensors'} or cfg.json: a sparsify folder has both"
+        )
+    cfg = _read_json(folder / "cfg.json")
+    weights_path = folder / "sae.safetensors"
+    try:
+        w = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    except Exception as error:  # safetensors raises its own error type, torch others
+        raise InputError(
+            f"cannot read {weights_path}: {_first_line(error)}; the file is truncated or "
+            "not safetensors, download or save it again"
+        ) from error
+    _need(w, ["encoder.weight", "encoder.bias", "b_dec"], weights_path)
+    activation = str(cfg.get("activation", "topk")).lower()
+    if activation != "topk":
+        raise ModelError(
+            f"{folder}/cfg.json: activation {activation!r}; gloss reads sparsify's top-k coders"
+        )
+    k = _whole(cfg, "k", folder / "cfg.json")
+    if not k:
+        raise InputError(f"{folder}/cfg.json: a sparsify coder needs k")
+    transcoder = bool(cfg.get("transcode", False))
+    W_enc = w["encoder.weight"].T.contiguous()
+    encoder = Encoder(W_enc, w["encoder.bias"], "topk", None if transcoder else w["b_dec"], k=k)
+    _check_encoder(encoder, weights_path)
+    stated = _whole(cfg, "d_in", folder / "cfg.json")
+    if stated is not None and stated != W_enc.shape[0]:
+        raise InputError(
+            f"{folder}: cfg.json says d_in={stated} but the encoder reads {W_enc.shape[0]}"
+        )
+    d_in, d_sae = W_enc.shape
+    params = _hash(weights_path.read_bytes(), json.dumps(cfg, sort_keys=True).encode())
+    config = {**cfg, "format": "sparsify", "transcoder": transcoder}
+    return Source("sae", d_sae, d_in, params, str(folder.resolve()), config, encoder)
 
 
 def _load_learned(folder: Path) -> Source:

@@ -192,3 +192,108 @@ def test_feature_major_encodings_are_the_same_numbers_latent_first(tmp_path, cfg
         assert got.shape == expected.shape == (len(features) if features is not None
                                                 else source.width, 5, 7)  # fmt: skip
         torch.testing.assert_close(got, expected)
+
+
+def write_gemma_scope(path: Path, weights: dict[str, torch.Tensor], keys=None) -> Path:
+    import numpy as np
+
+    keys = keys or ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{k: weights[k].numpy() for k in keys})
+    return path
+
+
+def test_gemma_scope_params_npz_matches_its_formula(tmp_path):
+    w = _weights()
+    file = write_gemma_scope(tmp_path / "layer_3" / "width_16k" / "params.npz", w)
+    pre = X @ w["W_enc"] + w["b_enc"]  # Gemma Scope's encoder reads the input as it is
+    expected = (pre > w["threshold"]) * torch.relu(pre)
+    for spec in (f"gemmascope:{file}", str(file), str(file.parent), f"sae:{file}"):
+        source = load_source(spec, D_IN)
+        assert (source.kind, source.width, source.d_in) == ("sae", D_SAE, D_IN), spec
+        assert source.config["format"] == "gemma-scope" and source.path == str(file.resolve())
+        torch.testing.assert_close(source.encode(X), expected)
+        subset = torch.tensor([5, 1])
+        torch.testing.assert_close(source.encode(X, subset), expected[..., subset])
+    saelens = ((X - w["b_dec"]) @ w["W_enc"] + w["b_enc"]).clamp(min=0)
+    assert not torch.allclose(expected, saelens * (saelens > w["threshold"]))  # not b_dec-first
+    assert load_source(str(file), D_IN).params_hash == load_source(f"sae:{file}", D_IN).params_hash
+
+
+def test_bad_gemma_scope_files_are_one_line_errors(tmp_path):
+    w = _weights()
+    file = write_gemma_scope(tmp_path / "params.npz", w)
+    with pytest.raises(InputError, match=r"16-dimensional.*384 units"):
+        load_source(str(file), 384)
+    lacking = write_gemma_scope(tmp_path / "l" / "params.npz", w, keys=("W_enc", "b_enc"))
+    with pytest.raises(InputError, match="lacks threshold"):
+        load_source(str(lacking), D_IN)
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip at all")
+    with pytest.raises(InputError, match="cannot read .*broken.npz"):
+        load_source(str(broken), D_IN)
+    with pytest.raises(InputError, match="missing .*params.npz"):
+        load_source(f"gemmascope:{tmp_path / 'nowhere' / 'params.npz'}", D_IN)
+    short = dict(w, threshold=w["threshold"][:3])
+    with pytest.raises(InputError, match=r"threshold has shape \[3\]"):
+        load_source(str(write_gemma_scope(tmp_path / "s" / "params.npz", short)), D_IN)
+
+
+def write_sparsify(folder: Path, weights: dict[str, torch.Tensor], **cfg) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "encoder.weight": weights["W_enc"].T.contiguous(),  # nn.Linear: [latents, d_in]
+        "encoder.bias": weights["b_enc"],
+        "W_dec": weights["W_dec"],
+        "b_dec": weights["b_dec"],
+    }
+    save_file(tensors, str(folder / "sae.safetensors"))
+    settings = {"d_in": D_IN, "k": 5, "num_latents": D_SAE, "expansion_factor": 32,
+                "normalize_decoder": True, "multi_topk": False, "skip_connection": False,
+                "transcode": False, **cfg}  # fmt: skip
+    (folder / "cfg.json").write_text(json.dumps(settings))
+    return folder
+
+
+def _top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
+    acts = torch.relu(pre)
+    top = acts.topk(k, dim=-1)
+    return torch.zeros_like(acts).scatter_(-1, top.indices, top.values)
+
+
+def test_sparsify_coders_match_their_formulas(tmp_path):
+    w = _weights()
+    sae = write_sparsify(tmp_path / "ckpt" / "layers.3", w)
+    expected = _top_k((X - w["b_dec"]) @ w["W_enc"] + w["b_enc"], 5)
+    for spec in (f"sparsify:{sae}", str(sae), f"sae:{sae}"):
+        source = load_source(spec, D_IN)
+        assert (source.kind, source.width, source.d_in) == ("sae", D_SAE, D_IN), spec
+        assert source.config["format"] == "sparsify" and not source.config["transcoder"]
+        torch.testing.assert_close(source.encode(X), expected)
+    assert ((source.encode(X) > 0).sum(-1) <= 5).all()
+    # A transcoder reads the MLP input as it is: its b_dec is the output's bias.
+    transcoder = write_sparsify(tmp_path / "tc" / "layers.3.mlp", w, transcode=True)
+    source = load_source(f"sparsify:{transcoder}", D_IN)
+    assert source.config["transcoder"]
+    torch.testing.assert_close(source.encode(X), _top_k(X @ w["W_enc"] + w["b_enc"], 5))
+    assert load_source(str(sae), D_IN).params_hash != source.params_hash
+
+
+def test_bad_sparsify_folders_are_one_line_errors(tmp_path):
+    w = _weights()
+    for point in ("layers.0", "layers.1"):
+        write_sparsify(tmp_path / "ckpt" / point, w)
+    with pytest.raises(InputError, match=r"2 hook points \(layers.0, layers.1\).*sparsify:"):
+        load_source(str(tmp_path / "ckpt"), D_IN)
+    with pytest.raises(InputError, match=r"16-dimensional.*384 units"):
+        load_source(f"sparsify:{tmp_path / 'ckpt' / 'layers.0'}", 384)
+    with pytest.raises(InputError, match="missing .*sae.safetensors"):
+        load_source(f"sparsify:{tmp_path / 'empty'}", D_IN)
+    with pytest.raises(ModelError, match="groupmax"):
+        load_source(str(write_sparsify(tmp_path / "g", w, activation="groupmax")), D_IN)
+    with pytest.raises(InputError, match="d_in=99"):
+        load_source(str(write_sparsify(tmp_path / "d", w, d_in=99)), D_IN)
+    broken = write_sparsify(tmp_path / "b", w)
+    (broken / "sae.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="cannot read"):
+        load_source(str(broken), D_IN)
