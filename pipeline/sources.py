@@ -276,20 +276,25 @@ def _need(weights: dict[str, torch.Tensor], names: Sequence[str], where: Path) -
         )
 
 
-def _load_sae(folder: Path) -> Source:
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as float32; a damaged file is a one-line error."""
     from safetensors.torch import load_file
 
+    try:
+        return {k: v.float() for k, v in load_file(str(path)).items()}
+    except Exception as error:  # safetensors raises its own error type, torch others
+        raise InputError(
+            f"cannot read {path}: {_first_line(error)}; the file is truncated or "
+            "not safetensors, download or save it again"
+        ) from error
+
+
+def _load_sae(folder: Path) -> Source:
     cfg = _read_json(folder / "cfg.json")
     weights_path = folder / "sae_weights.safetensors"
     if not weights_path.exists():
         raise InputError(f"missing {weights_path}: an SAELens folder has cfg.json and this file")
-    try:
-        w = {k: v.float() for k, v in load_file(str(weights_path)).items()}
-    except Exception as error:  # safetensors raises its own error type, torch others
-        raise InputError(
-            f"cannot read {weights_path}: {_first_line(error)}; the file is truncated or "
-            "not safetensors, download or save it again"
-        ) from error
+    w = _read_safetensors(weights_path)
     _need(w, ["W_enc", "b_dec"], weights_path)
     arch = str(cfg.get("architecture", "standard")).lower()
     act_fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
@@ -390,8 +395,6 @@ def _load_sparsify(folder: Path) -> Source:
     """A sparsify sparse coder (SAE or transcoder) for one hook point: top-k of
     `relu(encoder(x - b_dec))`; a transcoder (`transcode`) reads x as it is, since its
     b_dec is the output's bias. Its features are what it fires on, like any other's."""
-    from safetensors.torch import load_file
-
     if not _is_sparsify(folder):
         points = [p.name for p in _subfolders(folder) if _is_sparsify(p)]
         if points:
@@ -405,13 +408,7 @@ def _load_sparsify(folder: Path) -> Source:
         )
     cfg = _read_json(folder / "cfg.json")
     weights_path = folder / "sae.safetensors"
-    try:
-        w = {k: v.float() for k, v in load_file(str(weights_path)).items()}
-    except Exception as error:  # safetensors raises its own error type, torch others
-        raise InputError(
-            f"cannot read {weights_path}: {_first_line(error)}; the file is truncated or "
-            "not safetensors, download or save it again"
-        ) from error
+    w = _read_safetensors(weights_path)
     _need(w, ["encoder.weight", "encoder.bias", "b_dec"], weights_path)
     activation = str(cfg.get("activation", "topk")).lower()
     if activation != "topk":
