@@ -532,7 +532,11 @@ class _Worker:
             )  # fmt: skip
             self._took(summary, "labels")
         labels = _label_counts(store, self.source_id, mined_ids)
-        store.update_run(self.run_id, counts={**store.run(self.run_id).counts, "labels": labels})
+        counts = store.run(self.run_id).counts
+        embedded = counts.get("search", {}).get("embedded", 0) + store.embed_labels()
+        store.update_run(
+            self.run_id, counts={**counts, "labels": labels, "search": {"embedded": embedded}}
+        )
 
     def _cut(self, todo: list[int], stage: str, left: str) -> list[int]:
         """At most [run] limit features per stage over all of this run's rounds."""

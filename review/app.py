@@ -406,14 +406,17 @@ class _App:
             "status": p.get("status") or None,
             "reviewed": {"yes": True, "no": False}.get(p.get("reviewed", "")),
         }
-        order = p.get("order") or ("rank" if q else "score")
+        meaning = bool(q) and p.get("match") == "meaning"  # q ranks by meaning, not words
+        order = "rank" if meaning else p.get("order") or ("rank" if q else "score")
         if order not in ORDERS:
             raise InputError(f"unknown order {order!r}: use one of {', '.join(ORDERS)}")
         ranked = bool(q) and order == "rank"
         offset = _int(p.get("offset")) or 0
         after = None if ranked else _cursor(p.get("after"))
+        words, like = ("", q) if meaning else (q, None)
         rows = self.store.search(
-            q,
+            words,
+            like=like,
             order=order,
             limit=PAGE_SIZE + 1,
             offset=offset if ranked else 0,
@@ -437,7 +440,8 @@ class _App:
             "list.html",
             {
                 "rows": rows,
-                "total": self.store.count(q, **filters),
+                "total": self.store.count(words, like=like, **filters),
+                "meaning": meaning,
                 "q": q,
                 "params": p,
                 "order": order,

@@ -9,7 +9,8 @@ one module each, all mixins over one engine and its transactions (`store.base`):
     store/labels.py    explanations, the replace rule, the review state machine
     store/scores.py    scores of labels and of features; the primary score method
     store/search.py    search with its per-database plans, count, review queue, export,
-                       layer peaks
+                       layer peaks; search by meaning over label vectors
+    store/vectors.py   sentence embeddings of current labels: the missing, writing them
     store/runs.py      runs, locks, claims, the LLM ledger
 
 Beside them: `store.types` (the dataclasses methods take and return, never live ORM
@@ -53,18 +54,25 @@ from gloss.store.types import (
     decode_acts,
     encode_acts,
 )
+from gloss.store.vectors import Encoder, Vectors
 
 
-def open_store(url: str | None = None, *, read_only: bool = False) -> Store:
+def open_store(
+    url: str | None = None, *, read_only: bool = False, encoder: Encoder | None = None
+) -> Store:
     """Open the database at `url` (default $GLOSS_DATABASE_URL or sqlite:///gloss.db).
 
     `read_only` is for callers that only read: a missing database is then a one-line
-    error naming the URL, never a new empty one.
+    error naming the URL, never a new empty one. `encoder` embeds labels for search by
+    meaning (default: the bundled MiniLM, loaded when first needed).
     """
-    return Store(db.connect(url, read_only=read_only), db.resolve_url(url))
+    store = Store(db.connect(url, read_only=read_only), db.resolve_url(url))
+    if encoder is not None:
+        store.encoder = encoder
+    return store
 
 
-class Store(Registry, Mined, Pending, Labels, Scores, Search, Runs):
+class Store(Registry, Mined, Pending, Labels, Scores, Search, Vectors, Runs):
     """The feature store: every room's methods on one object over one engine.
 
     A room never calls another room's methods; the one method that reads across

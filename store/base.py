@@ -37,6 +37,22 @@ class StoreBase:
         self.dialect = engine.dialect.name
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
+    _encoder: Any = None
+
+    @property
+    def encoder(self) -> Any:
+        """The sentence embedder of label vectors (`store.vectors.Encoder`): the pipeline's
+        bundled MiniLM, loaded on first use, unless one is set."""
+        if self._encoder is None:
+            from gloss.pipeline.embedder import embedder
+
+            self._encoder = embedder("minilm")
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder: Any) -> None:
+        self._encoder = encoder
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -346,6 +346,28 @@ class FeatureScore(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class LabelVector(Base):
+    """A current label's sentence embedding, for search by meaning (migration 0011).
+
+    `vector` is float32, little-endian, unit length. A trigger drops the row when its
+    label stops being current or changes text; ids only grow, so (count, max id) tells
+    a reader holding vectors in memory whether any were added or dropped.
+    """
+
+    __tablename__ = "label_vectors"
+    __table_args__ = (
+        UniqueConstraint("explanation_id", name="uq_label_vectors_explanation"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    explanation_id: Mapped[int] = mapped_column(
+        ForeignKey("explanations.id", ondelete="CASCADE")
+    )
+    model: Mapped[str] = mapped_column(String(100))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class Setting(Base):
     """The database's own settings (`primary_score_method`), migration 0007."""
 

@@ -17,15 +17,18 @@ index to exactly those, one per feature.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from sqlalchemy import Float, Integer, func, or_, select, text
+import numpy as np
+from sqlalchemy import Float, Integer, bindparam, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from gloss.store import vectors
 from gloss.store.base import MAX_ID, StoreBase
 from gloss.store.errors import InputError, NotFoundError
 from gloss.store.models import (
@@ -33,6 +36,7 @@ from gloss.store.models import (
     Feature,
     FeatureScore,
     FeatureSource,
+    LabelVector,
     Review,
     Score,
     Subject,
@@ -56,6 +60,8 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 class Search(StoreBase):
+    _vectors: vectors.VectorIndex | None = None
+
     def search(
         self,
         query: str = "",
@@ -69,8 +75,13 @@ class Search(StoreBase):
         limit: int = 20,
         offset: int = 0,
         after: str | None = None,
+        like: str | None = None,
     ) -> list[FeatureRow]:
         """Features with their current labels, full-text ranked when `query` is given.
+
+        `like` ranks labeled features by meaning instead: the cosine of each current
+        label's sentence embedding with the embedding of `like` (exact, highest first,
+        in `FeatureRow.similarity`); `query` words and the filters then only filter.
 
         `status` filters the label status (proposed, accepted, …), the feature
         status (new, mined, dead) or `unlabeled`; `reviewed` keeps features with
@@ -93,6 +104,13 @@ class Search(StoreBase):
             raise InputError(f"limit {limit} is out of range: use 0 to {MAX_LIMIT:,}")
         words = _WORD.findall(query or "")
         filters = (min_score, max_score, source, status, reviewed)
+        if like is not None:
+            if order != "rank" or after is not None:
+                raise InputError(
+                    "a search by meaning is ranked by similarity and pages by offset: "
+                    "leave the order at rank and page with offset"
+                )
+            return self._by_meaning(like, words, filters, limit, offset)
         if words and order == "rank":
             if after is not None:
                 raise InputError("text-ranked results page by offset, not by cursor")
@@ -125,9 +143,21 @@ class Search(StoreBase):
         source: str | None = None,
         status: str | None = None,
         reviewed: bool | None = None,
+        like: str | None = None,
     ) -> int:
         """How many features `search` would page through with these filters."""
         words = _WORD.findall(query or "")
+        if like is not None:  # every labeled feature has a similarity
+            stmt = _filter_rows(
+                self._feature_rows(words, labeled=True),
+                min_score,
+                max_score,
+                source,
+                status,
+                reviewed,
+            )
+            with self.session() as s:
+                return s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
         if words and (min_score, max_score, source, status, reviewed) == (None,) * 5:
             # The search index holds exactly the current labels, one per feature.
             with self.session() as s:
@@ -223,6 +253,88 @@ class Search(StoreBase):
         ]
 
     # ------------------------------------------------------------ plans
+
+    def _by_meaning(
+        self, like: str, words: list[str], filters: tuple, limit: int, offset: int
+    ) -> list[FeatureRow]:
+        """Rank every current label by cosine with `like`, then join and filter the best.
+
+        Labels still without a vector (a few just written, or edited in the review app)
+        are embedded first. As in `_ranked`, the best 4 pages are joined and filtered
+        first; when the filters leave too few, every label they pass is ranked.
+        """
+        if not like.strip():
+            raise InputError("a search by meaning needs some text to compare labels with")
+        encoder = self.encoder
+        self._embed_missing()
+        query = vectors.encode(encoder, [like])[0]
+        with self.session() as s:
+            ids, matrix, model = self._vector_index().snapshot(s)
+            if len(ids) and model != encoder.name:
+                raise InputError(
+                    f"labels were embedded by {model}, not {encoder.name}: "
+                    "run gloss embed --again to embed them with it"
+                )
+            if not len(ids):
+                return []
+            similarity = matrix @ (query / max(float(np.linalg.norm(query)), 1e-12))
+            plain = filters == (None,) * len(filters) and not words
+            k = max(4 * (offset + limit), 200)
+            if k < len(ids):
+                best = np.argpartition(-similarity, k)[:k]
+                rows = self._rows_of(s, ids[best], similarity[best], words, filters)
+                if plain or len(rows) >= offset + limit:
+                    return rows[offset : offset + limit]
+            mask = np.ones(len(ids), dtype=bool)
+            if not plain:
+                stmt = _filter_rows(self._feature_rows(words, labeled=True), *filters)
+                mask = np.isin(ids, s.scalars(stmt.with_only_columns(Explanation.id)).all())
+            ids, similarity = ids[mask], similarity[mask]
+            page = _best_first(ids, similarity)[offset : offset + limit]
+            return self._rows_of(s, ids[page], similarity[page], [], (None,) * 5)
+
+    def _rows_of(
+        self,
+        s: Session,
+        ids: np.ndarray,
+        similarity: np.ndarray,
+        words: list[str],
+        filters: tuple,
+    ) -> list[FeatureRow]:
+        """Feature rows of these labels that pass the filters, most similar first."""
+        by_id = dict(zip(ids.tolist(), similarity.tolist(), strict=True))
+        stmt = self._feature_rows(words, labeled=True).where(
+            Explanation.id.in_(bindparam("ids", list(by_id), expanding=True, literal_execute=True))
+        )
+        rows = [
+            dataclasses.replace(r, similarity=by_id[r.explanation_id])
+            for r in map(_feature_row, s.execute(_filter_rows(stmt, *filters)))
+        ]
+        return sorted(rows, key=lambda r: (-(r.similarity or 0.0), r.explanation_id or 0))
+
+    def _embed_missing(self) -> None:
+        """Give vectors to the current labels that lack them, unless there are too many."""
+        with self.session() as s:
+            labeled = (
+                s.scalar(select(func.count()).select_from(Explanation).where(text(CURRENT_SQL)))
+                or 0
+            )
+            embedded = s.scalar(select(func.count()).select_from(LabelVector)) or 0
+            if labeled == embedded:
+                return
+            todo = vectors.missing(s, vectors.EMBED_AT_SEARCH + 1)
+        if len(todo) > vectors.EMBED_AT_SEARCH:
+            raise InputError(
+                f"{labeled - embedded:,} current labels have no vector yet: run gloss embed "
+                "(every gloss run embeds the labels it writes)"
+            )
+        if todo:
+            vectors.put_vectors(self, todo)
+
+    def _vector_index(self) -> vectors.VectorIndex:
+        if self._vectors is None:
+            self._vectors = vectors.VectorIndex()
+        return self._vectors
 
     def _ranked(
         self, words: list[str], filters: tuple, limit: int, offset: int
@@ -410,6 +522,11 @@ class Search(StoreBase):
 
 def _feature_row(row: Any) -> FeatureRow:
     return FeatureRow(*row)
+
+
+def _best_first(ids: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """Positions by similarity, highest first; ties by label id, so pages never overlap."""
+    return np.lexsort((ids, -similarity))
 
 
 # ---------------------------------------------------------------- filters and cursors

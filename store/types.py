@@ -307,6 +307,8 @@ class FeatureRow:
     label_status: str | None
     author_kind: str | None
     score: float | None
+    # Cosine of the label with the query of a search by meaning (`search(like=...)`).
+    similarity: float | None = None
 
     @property
     def ref(self) -> str:
@@ -425,3 +427,25 @@ def points_in_order(layers: dict[str, float] | None) -> dict[str, float] | None:
         return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", point)]
 
     return {point: layers[point] for point in sorted(layers, key=key)}
+
+
+@dataclass(frozen=True)
+class ImportedScore:
+    """A score another tool gave an imported label, under the gloss method it equals."""
+
+    method: str
+    value: float | None
+    details: dict[str, Any]
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class ImportedLabel:
+    """A label another tool wrote (delphi, Neuronpedia), for `Labels.import_labels`."""
+
+    feature_id: int
+    text: str
+    author_name: str  # the tool
+    model: str | None
+    details: dict[str, Any]  # where it came from: file, tool, its original fields
+    scores: tuple[ImportedScore, ...] = ()

@@ -585,3 +585,22 @@ def test_feature_page_shows_every_method_and_the_features_own_measures(client, s
     assert "embedding" in table and "needs both classes" in table
     measures = page.split('id="feature-scores"', 1)[1].split("</section>", 1)[0]
     assert "intruder" in measures and "0.750" in measures and "chance 0.200" in measures
+
+
+def test_search_by_meaning_finds_a_label_edited_in_the_app_at_once(client, seeded, store):
+    page = client.get("/?q=units+of+measurement&match=meaning").text
+    assert "5 features, closest in meaning to “units of measurement” first" in page
+    assert page.index("unit conversions between miles") < page.index("apples as a fruit")
+    assert 'class="num similarity"' in page and '<option value="meaning" selected>' in page
+    fid = seeded.feature_ids[4]  # unlabeled until a reviewer writes one
+    client.post(
+        f"/features/{fid}/review", data=form(client, None, action="edit", text="vowels in names")
+    )
+    page = client.get("/?q=letters+a+e+i+o+u&match=meaning").text
+    rows = re.findall(r'href="/features/(\d+)" class="ref"', page)
+    assert rows[0] == str(fid)
+    # filters and paging by offset combine with it; an order is ignored (similarity ranks)
+    page = client.get("/?q=fruit&match=meaning&min_score=0.3&order=id").text
+    assert "3 features, closest in meaning" in page and "the word" not in page
+    first = re.findall(r'href="/features/(\d+)" class="ref"', page)
+    assert first[0] == str(seeded.feature_ids[0])

@@ -129,6 +129,11 @@ def test_a_run_labels_and_scores_then_a_second_run_is_a_no_op(workdir, llm, caps
         runs = store.runs()
     assert [r.status for r in runs if r.kind == "run"] == ["done", "done"]
     assert runs[0].code_version and runs[0].config["subject"]["hook"] == "layer.1.mlp"
+    # every label the run wrote is searchable by meaning: the first run embedded them all
+    workers = [r for r in reversed(runs) if r.kind == "run"]
+    assert [r.counts["search"]["embedded"] for r in workers] == [live, 0]
+    vectors = db(workdir).execute("SELECT count(*) FROM label_vectors").fetchone()[0]
+    assert vectors == first["labeled"]
 
 
 def test_dry_run_plans_and_does_nothing(workdir, llm, capsys):
