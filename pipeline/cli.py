@@ -613,11 +613,27 @@ def cmd_search(args: argparse.Namespace) -> int:
             status=args.status,
             reviewed=args.reviewed,
         )
-        rows = store.search(args.text, order=args.order, limit=args.limit, **filters)
+        rows = store.search(
+            args.text, order=args.order, limit=args.limit, offset=args.offset, like=args.like,
+            **filters,
+        )  # fmt: skip
         if args.json:
             print(json.dumps([row_dict(r) for r in rows], ensure_ascii=False))
         else:
-            print(format_rows(rows, store.count(args.text, **filters)))
+            print(format_rows(rows, store.count(args.text, like=args.like, **filters)))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    with _open(args) as store:
+        dropped = store.drop_label_vectors() if args.again else 0
+        todo = len(store.labels_without_vector())
+        with tqdm(total=todo, unit="label", disable=None, file=sys.stderr) as bar:
+            done = store.embed_labels(on_batch=lambda n: bar.update(n - bar.n))
+    again = f" (dropped {dropped} old vectors)" if args.again else ""
+    print(f"embedded {done} labels with {store.encoder.name}{again}")
     return 0
 
 
@@ -639,6 +655,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from gloss.store import EXPORT_FIELDS, ConfigError
 
+    if args.format in ("neuronpedia", "delphi"):
+        return _exchange_export(args)
     try:
         out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     except OSError as error:
@@ -667,6 +685,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.out:
         print(f"exported {count} features to {args.out}", file=sys.stderr)
     return 0
+
+
+def _exchange_export(args: argparse.Namespace) -> int:
+    from gloss.pipeline import exchange
+    from gloss.store import ConfigError
+
+    if not args.out:
+        raise ConfigError(f"--format {args.format} needs --out (a file, or a folder for delphi)")
+    with _open(args) as store:
+        mapped = exchange.targets(store, args.format, args.map, args.map_file)
+        if args.format == "neuronpedia":
+            line = exchange.export_neuronpedia(
+                store, args.out, mapped, source=args.source, author=args.neuronpedia_author
+            )
+        else:
+            line = exchange.export_delphi(store, args.out, mapped, source=args.source)
+    print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from gloss.pipeline import exchange
+
+    with _open(args) as store:
+        mapped = exchange.targets(store, args.format, args.map, args.map_file)
+        summary = exchange.import_labels(store, args.format, args.path, mapped)
+        embedded = store.embed_labels()  # imported labels are searchable by meaning at once
+    print("\n".join(summary.lines()))
+    print(f"embedded {embedded} new labels for search by meaning")
+    return 0
+
+
+def _add_map_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="SOURCE=ID",
+        help="a gloss source and its name in the other tool: a delphi module (default: the "
+        "source's hook) or a Neuronpedia MODEL/SOURCE (gemma-2-2b/20-gemmascope-res-16k); "
+        "repeatable",
+    )
+    p.add_argument("--map-file", metavar="FILE", help='the same as a JSON object {"SOURCE": "ID"}')
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -782,7 +843,7 @@ def _add_simulator_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_query_commands(sub) -> None:
-    p = sub.add_parser("search", help="full-text search over current labels")
+    p = sub.add_parser("search", help="search current labels by words or by meaning")
     p.add_argument("text", nargs="?", default="", help="words to look for (empty: all)")
     p.add_argument("--min-score", type=float)
     p.add_argument("--max-score", type=float)
@@ -794,10 +855,24 @@ def _add_query_commands(sub) -> None:
     p.add_argument(
         "--unreviewed", dest="reviewed", action="store_false", help="only unreviewed features"
     )
+    p.add_argument(
+        "--like",
+        metavar="TEXT",
+        help="rank labels by meaning: cosine similarity of their embeddings with TEXT's",
+    )
     p.add_argument("--order", default="rank", choices=["rank", "score", "-score", "id"])
     p.add_argument("--limit", type=at_least_one, default=20)
+    p.add_argument("--offset", type=int, default=0, help="skip this many results (paging)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "embed", help="embed current labels that have no vector yet, for search by meaning"
+    )
+    p.add_argument(
+        "--again", action="store_true", help="drop every vector first (another embedder)"
+    )
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("show", help="a feature card: stats, labels, scores, contexts")
     p.add_argument("feature", help="feature id (42) or SOURCE:INDEX")
@@ -807,10 +882,20 @@ def _add_query_commands(sub) -> None:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export", help="every feature with its current label and scores")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    p.add_argument("--out", help="file to write (default stdout)")
+    p.add_argument("--format", choices=["jsonl", "csv", "neuronpedia", "delphi"], default="jsonl")
+    p.add_argument("--out", help="file to write (default stdout); a folder for delphi")
     p.add_argument("--source", help="only this feature source")
+    _add_map_arguments(p)
+    p.add_argument(
+        "--neuronpedia-author", metavar="USER_ID", help="authorId of the Neuronpedia rows"
+    )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="labels and scores from a delphi run or a Neuronpedia file")
+    p.add_argument("format", choices=["delphi", "neuronpedia"])
+    p.add_argument("path", help="a delphi run folder, or Neuronpedia JSON / JSON Lines (.gz)")
+    _add_map_arguments(p)
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("label", help="set a human label on a feature")
     p.add_argument("feature", help="feature id (42) or SOURCE:INDEX")

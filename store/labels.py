@@ -23,15 +23,20 @@ from sqlalchemy.orm import Session
 
 from gloss.store.base import StoreBase, check_id, clean_text
 from gloss.store.errors import ConflictError, InputError, NotFoundError
-from gloss.store.models import Explanation, Feature, Review
-from gloss.store.scores import score_info
+from gloss.store.models import Explanation, Feature, Review, Score
+from gloss.store.scores import check_value, primary_method, score_info
 from gloss.store.statuses import (
     CURRENT_STATUSES,
     AuthorKind,
     ExplanationStatus,
     ReplacePolicy,
 )
-from gloss.store.types import ExplanationInfo, PromptRef, ReviewInfo
+from gloss.store.types import (
+    ExplanationInfo,
+    ImportedLabel,
+    PromptRef,
+    ReviewInfo,
+)
 
 REVIEW_ACTIONS = ("accept", "reject", "edit", "note")
 
@@ -158,6 +163,83 @@ class Labels(StoreBase):
                 for feature_id, label_id, status in rows:
                     out.setdefault(feature_id, []).append((label_id, str(status)))
         return out
+
+    def import_labels(self, labels: Sequence[ImportedLabel]) -> list[str]:
+        """Add labels other tools wrote, with their scores, all in one transaction.
+
+        Per label, returns "present" when its feature already has a label with the same
+        text (so importing a file twice adds nothing), else how it was added, by the
+        replace rule for machine labels: "current", or "candidate" where a label a human
+        wrote or accepted stands, or where this import already made another of the
+        feature's labels current. A failing write rolls back the whole import.
+        """
+        texts = [clean_text(label.text, "an imported label") for label in labels]
+        for label in labels:
+            keys = [(score.method, score.model) for score in label.scores]
+            if len(set(keys)) < len(keys):
+                raise InputError(
+                    f"an imported label of feature {label.feature_id} has two scores of one "
+                    "method from one model"
+                )
+            for score in label.scores:
+                check_value(score.value)
+        ids = sorted({label.feature_id for label in labels})
+        with self.serialized() as s:
+            known: set[int] = set()
+            seen: set[tuple[int, str]] = set()
+            current: dict[int, Explanation] = {}
+            for start in range(0, len(ids), 5000):
+                chunk = ids[start : start + 5000]
+                query = select(Feature.id).where(Feature.id.in_(chunk)).order_by(Feature.id)
+                known.update(s.scalars(query.with_for_update()))
+                for e in s.scalars(select(Explanation).where(Explanation.feature_id.in_(chunk))):
+                    seen.add((e.feature_id, e.text))
+                    if e.status in CURRENT_STATUSES:
+                        current[e.feature_id] = e
+            missing = set(ids) - known
+            if missing:
+                raise NotFoundError(f"no feature with id {min(missing)}")
+            primary = primary_method(s)
+            made_current: set[int] = set()
+            outcomes = []
+            for label, text in zip(labels, texts, strict=True):
+                if (label.feature_id, text) in seen:
+                    outcomes.append("present")
+                    continue
+                seen.add((label.feature_id, text))
+                old = current.get(label.feature_id)
+                status = ExplanationStatus.CANDIDATE
+                if label.feature_id not in made_current and (
+                    old is None or may_replace(old, ReplacePolicy.MACHINE)
+                ):
+                    _supersede_current(s, label.feature_id)
+                    status = ExplanationStatus.PROPOSED
+                    made_current.add(label.feature_id)
+                values = [sc.value for sc in label.scores if sc.method == primary]
+                explanation = Explanation(
+                    feature_id=label.feature_id,
+                    text=text,
+                    author_kind=AuthorKind.MODEL,
+                    author_name=label.author_name,
+                    model=label.model,
+                    status=status,
+                    details=label.details,
+                    score=max((v for v in values if v is not None), default=None),
+                )
+                s.add(explanation)
+                s.flush()
+                for sc in label.scores:
+                    s.add(
+                        Score(
+                            explanation_id=explanation.id,
+                            method=sc.method,
+                            value=sc.value,
+                            details=sc.details,
+                            simulator_model=sc.model,
+                        )
+                    )
+                outcomes.append("current" if status == ExplanationStatus.PROPOSED else "candidate")
+            return outcomes
 
     # ------------------------------------------------------------ reviews
 

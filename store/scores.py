@@ -48,7 +48,7 @@ class Scores(StoreBase):
         (a unique index says so): another one raises ConflictError, unless `replace`,
         which swaps the old score for the new one in one transaction.
         """
-        _check_value(value)
+        check_value(value)
         feature_id = self._feature_of(explanation_id)
         try:
             with self.serialized(feature_id) as s:
@@ -58,7 +58,7 @@ class Scores(StoreBase):
                     details=details or {}, run_id=run_id, calls=calls, tokens_in=tokens_in,
                     tokens_out=tokens_out,
                 )  # fmt: skip
-                if method == _primary(s):
+                if method == primary_method(s):
                     s.execute(
                         update(Explanation)
                         .where(Explanation.id == explanation_id)
@@ -86,7 +86,7 @@ class Scores(StoreBase):
         tokens_out: int = 0,
     ) -> int:
         """Record a measure of the feature itself (intruder detection); rules as `add_score`."""
-        _check_value(value)
+        check_value(value)
         check_id(feature_id, "feature")
         try:
             with self.serialized(feature_id) as s:
@@ -114,7 +114,7 @@ class Scores(StoreBase):
     def primary_score_method(self) -> str:
         """The score method behind `explanations.score` (what search and sorting use)."""
         with self.session() as s:
-            return _primary(s)
+            return primary_method(s)
 
     def set_primary_score_method(self, method: str) -> int:
         """Make `method` rank labels: every label's `score` becomes its best of that method
@@ -172,7 +172,7 @@ def _put(
     return row.id
 
 
-def _check_value(value: float | None) -> None:
+def check_value(value: float | None) -> None:
     if value is not None and not math.isfinite(value):
         raise InputError(
             f"a score value must be a finite number, not {value!r}: "
@@ -180,7 +180,7 @@ def _check_value(value: float | None) -> None:
         )
 
 
-def _primary(s: Session) -> str:
+def primary_method(s: Session) -> str:
     setting = s.get(Setting, PRIMARY_KEY)
     return str(setting.value) if setting is not None else DEFAULT_PRIMARY
 
