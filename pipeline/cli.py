@@ -152,12 +152,16 @@ def add_mine_parser(sub) -> None:
     )
     p.add_argument(
         "--source",
-        help="neurons (default), sae:FOLDER, dictionary:FOLDER, FOLDER, or learn (the [learn] "
-        "dictionary at --hook, learned first if need be)",
+        help="neurons (default), sae:FOLDER, dictionary:FOLDER, FOLDER, saelens:RELEASE/SAE_ID, "
+        "hf:REPO_ID/PATH, or learn (the [learn] dictionary at --hook, learned first if need be)",
     )
     p.add_argument("--features", help="START:STOP, 7 or 1,2,5:9 (default: all)")
-    p.add_argument("--corpus", action="append", help="file, folder or glob (repeatable)")
-    p.add_argument("--field", help="text field of JSONL/Parquet records (text)")
+    p.add_argument(
+        "--corpus",
+        action="append",
+        help="file, folder, glob or hf:NAME[:CONFIG[:SPLIT]] (repeatable)",
+    )
+    p.add_argument("--field", help="text field of JSONL/Parquet records and dataset rows (text)")
     p.add_argument("--ctx-len", type=int, help="tokens per window (64)")
     p.add_argument("--corpus-tokens", dest="max_tokens", type=int, help="cap on corpus tokens read")
     p.add_argument(

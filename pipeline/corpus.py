@@ -1,9 +1,12 @@
 """Corpora: documents in, fixed-length token windows out.
 
 A corpus is text files, folders, globs, JSONL files (one document per record, text in
-`field`) or Parquet files (one document per row). A window is `ctx_len` consecutive
-tokens of one document; windows never cross documents, a document's short tail is kept
-when it has at least `min_len` tokens, and identical windows are kept once.
+`field`), Parquet files (one document per row) or Hugging Face datasets (one document per
+row, text in `field`): `hf:NAME[:CONFIG[:SPLIT]]` streamed from the hub (or, offline, from
+the datasets cache), a folder `save_to_disk` wrote, or `.arrow` files. A window is
+`ctx_len` consecutive tokens of one document; windows never cross documents, a
+document's short tail is kept when it has at least `min_len` tokens, and identical
+windows are kept once.
 
 With `max_tokens`, windows are a seeded uniform sample of the whole corpus (every
 window gets a random priority from the seed; the lowest ones are kept), so a small
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst"}
 BLOCK_BYTES = 1 << 20
+HUB = "hf:"  # a dataset on the Hugging Face hub: hf:NAME[:CONFIG[:SPLIT]]
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,9 @@ def resolve_paths(paths: tuple[str, ...]) -> list[Path]:
             continue
         matches = sorted(Path(p) for p in glob.glob(item, recursive=True)) or [Path(item)]
         for path in matches:
-            if path.is_dir():
+            if _is_saved_dataset(path):
+                files.append(path)
+            elif path.is_dir():
                 files += sorted(
                     p
                     for p in path.rglob("*")
@@ -84,12 +90,26 @@ def resolve_paths(paths: tuple[str, ...]) -> list[Path]:
 
 def iter_documents(config: CorpusConfig) -> Iterator[tuple[str, Iterator[str]]]:
     """(doc_id, pieces of its text) for every document; pieces bound memory for huge files."""
-    for path in resolve_paths(config.paths):
+    # every path is checked before anything is read
+    inputs = [item if item.startswith(HUB) else resolve_paths((item,)) for item in config.paths]
+    for item in inputs:
+        if isinstance(item, str):
+            yield from _dataset_documents(item, _hub_dataset(item), config.field)
+        else:
+            yield from _file_documents(item, config)
+
+
+def _file_documents(paths: list[Path], config: CorpusConfig) -> Iterator[tuple[str, Iterator[str]]]:
+    for path in paths:
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
             yield from _jsonl_documents(path, config)
         elif suffix == ".parquet":
             yield from _parquet_documents(path, config.field)
+        elif path.is_dir():
+            yield from _dataset_documents(str(path), _saved_dataset(path), config.field)
+        elif suffix == ".arrow":
+            yield from _dataset_documents(str(path), _arrow_dataset(path), config.field)
         else:
             pieces = _text_pieces(path, config.max_line_chars)
             first = next(pieces, None)
@@ -238,6 +258,112 @@ def _parquet_documents(path: Path, field: str) -> Iterator[tuple[str, Iterator[s
             row += 1
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    """A folder `Dataset.save_to_disk` (state.json) or `DatasetDict.save_to_disk` wrote."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(
+            "hf: corpora, save_to_disk folders and .arrow files need the datasets package: "
+            "pip install 'gloss[hf]'"
+        ) from None
+    return datasets
+
+
+def _hub_dataset(spec: str):
+    """hf:NAME[:CONFIG[:SPLIT]] (split train by default) streamed in its own order, so every
+    pass reads the same rows: from the hub, or offline from the datasets cache."""
+    parts = spec[len(HUB) :].split(":")
+    if not parts[0] or len(parts) > 3:
+        raise InputError(
+            f"bad corpus {spec!r}: give hf:NAME, hf:NAME:CONFIG or hf:NAME:CONFIG:SPLIT "
+            "(hf:NAME::SPLIT for the default config)"
+        )
+    name, config, split = (parts + ["", ""])[:3]
+    datasets = _datasets()
+    try:
+        return datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
+    except ConnectionError as error:
+        if datasets.config.HF_HUB_OFFLINE:
+            raise InputError(
+                f"{spec} is not in the datasets cache and HF_HUB_OFFLINE is set: load it once "
+                "online with datasets.load_dataset, or give a save_to_disk folder"
+            ) from None
+        raise InputError(f"cannot load the corpus {spec}: {_first_line(error)}") from None
+    except Exception as error:  # datasets raises many types for a bad name, config or split
+        raise InputError(f"cannot load the corpus {spec}: {_first_line(error)}") from None
+
+
+def _saved_dataset(path: Path):
+    datasets = _datasets()
+    try:
+        if _saved_without_rows(path):  # which load_from_disk cannot read back
+            features = datasets.DatasetInfo.from_directory(str(path)).features or {}
+            return datasets.Dataset.from_dict({k: [] for k in features}, features=features or None)
+        data = datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises several types for a damaged folder
+        raise InputError(f"cannot read the saved dataset {path}: {_first_line(error)}") from None
+    if isinstance(data, datasets.DatasetDict):
+        raise InputError(
+            f"{path} holds the splits {', '.join(data) or '(none)'}: give one, {path}/SPLIT"
+        )
+    return data
+
+
+def _saved_without_rows(path: Path) -> bool:
+    """A Dataset saved without rows: save_to_disk wrote state.json listing no data files."""
+    state = path / "state.json"
+    return (
+        state.is_file() and json.loads(state.read_text(encoding="utf-8")).get("_data_files") == []
+    )
+
+
+def _arrow_dataset(path: Path):
+    datasets = _datasets()
+    try:
+        return datasets.Dataset.from_file(str(path))
+    except Exception as error:  # pyarrow and datasets raise several types for a bad file
+        raise InputError(
+            f"cannot read {path}: {_first_line(error)}; give an .arrow file datasets wrote"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _dataset_documents(where: str, data, field: str) -> Iterator[tuple[str, Iterator[str]]]:
+    """The rows of a Dataset or IterableDataset in order, one document each, text in `field`."""
+    if data.column_names is not None:
+        if field not in data.column_names:
+            raise InputError(
+                f"{where} has no column {field!r} (columns: {', '.join(data.column_names)}); "
+                "pass --field NAME"
+            )
+        data = data.select_columns([field])
+    row = skipped = 0
+    for batch in data.iter(batch_size=1024):
+        if field not in batch:
+            raise InputError(
+                f"{where} has no column {field!r} (columns: {', '.join(batch)}); pass --field NAME"
+            )
+        for text in batch[field]:
+            if isinstance(text, str) and text.strip():
+                yield f"{where}:{row}", iter([text])
+            else:
+                skipped += 1
+            row += 1
+    if row == 0:
+        log.warning("corpus dataset %s is empty; skipped", where)
+    elif skipped:
+        log.warning("corpus dataset %s: skipped %d rows without text in %r", where, skipped, field)
+
+
 # ---------------------------------------------------------------- windows
 
 
@@ -329,7 +455,7 @@ class Corpus:
         if self.n_windows == 0:
             raise InputError(
                 f"the corpus {', '.join(config.paths)} gave no windows of >= {config.min_len} "
-                "tokens; give text files, JSONL with --field, or Parquet with text in them"
+                "tokens; give text files, or JSONL, Parquet or datasets with text in --field"
             )
         return self
 

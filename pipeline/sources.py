@@ -11,6 +11,10 @@
   `sae.safetensors`, an SAE or a transcoder) loads as an `sae` source with a top-k encoder.
 - a folder `gloss learn` wrote (`gloss_dictionary.json` + one SAELens folder per hook
   point) loads as one `sae` source with an encoder per point (`Source.encoders`).
+- a source on the Hugging Face hub: `saelens:RELEASE/SAE_ID` (a SAELens pretrained release,
+  looked up in sae-lens's own release directory) or `hf:REPO_ID/PATH[@REVISION]`, fetched
+  through huggingface_hub into its cache and read from there afterwards (offline too),
+  by the loader of whichever layout above its files have.
 
 Every encoder is reduced to the same few tensors and one `encode` function, so the
 formula a test checks is the formula mining uses. A source's identity is the hash of
@@ -19,19 +23,49 @@ its weights and config: mining the same files again reuses the same store rows.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
+import importlib.util
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
-from gloss.store.errors import InputError, ModelError
+from gloss.store.errors import ConfigError, InputError, ModelError
 
 KINDS = ("neurons", "sae", "dictionary")
 LEARNED = "gloss_dictionary.json"  # a dictionary `gloss learn` wrote: one SAELens folder per point
+HUB_FORMS = ("saelens:", "hf:")
+# The layouts a hub folder may have, tried in this order: the files each reads, the first
+# of which tells it apart.
+HUB_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "saelens": ("sae_weights.safetensors", "cfg.json"),
+    "gemmascope": ("params.npz",),
+    "sparsify": ("sae.safetensors", "cfg.json"),
+    "dictionary": ("ae.pt", "config.json"),
+}
+# A SAELens release's conversion_func -> the layout of its files.
+CONVERSIONS = {
+    None: "saelens",
+    "gemma_2": "gemmascope",
+    "sparsify": "sparsify",
+    "dictionary_learning_1": "dictionary",
+}
+# The release settings (config_overrides) that change what an SAELens encoder computes.
+ENCODER_SETTINGS = (
+    "architecture",
+    "activation_fn",
+    "activation_fn_str",
+    "activation_fn_kwargs",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "k",
+)
 
 
 @dataclass
@@ -131,8 +165,13 @@ class Source:
 
 
 def load_source(spec: str, hook_width: int) -> Source:
-    """`neurons`, `sae:PATH`, `dictionary:PATH`, or a PATH whose files say which layout it is."""
+    """`neurons`, `sae:PATH`, `dictionary:PATH`, a hub source (`saelens:RELEASE/SAE_ID`,
+    `hf:REPO_ID/PATH`), or a PATH whose files say which layout it is."""
     kind, _, path = spec.partition(":")
+    if kind in ("sae", "dictionary") and path.startswith(HUB_FORMS):
+        return _load_hub(path, hook_width)  # a hub source as the store keeps it: KIND:SPEC
+    if kind in ("saelens", "hf"):
+        return _load_hub(spec, hook_width)
     if spec == "neurons":
         return Source("neurons", hook_width, hook_width, _hash(b"neurons"))
     if kind in ("gemmascope", "sparsify"):
@@ -154,9 +193,13 @@ def load_source(spec: str, hook_width: int) -> Source:
         source = _load_learned(folder)
     else:
         source = _load_sae(folder) if kind == "sae" else _load_dictionary(folder)
+    return _fits(source, f"{kind} at {folder}", hook_width)
+
+
+def _fits(source: Source, what: str, hook_width: int) -> Source:
     if source.d_in != hook_width:
         raise InputError(
-            f"the {kind} at {folder} reads {source.d_in}-dimensional inputs but the hook point "
+            f"the {what} reads {source.d_in}-dimensional inputs but the hook point "
             f"has {hook_width} units; pick the hook point it was trained on"
         )
     return source
@@ -289,8 +332,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from error
 
 
-def _load_sae(folder: Path) -> Source:
-    cfg = _read_json(folder / "cfg.json")
+def _load_sae(folder: Path, overrides: dict[str, Any] | None = None) -> Source:
+    """An SAELens folder; `overrides` are a release's settings over its cfg.json (what
+    SAELens's `from_pretrained` applies), part of the source's identity."""
+    cfg = {**_read_json(folder / "cfg.json"), **(overrides or {})}
     weights_path = folder / "sae_weights.safetensors"
     if not weights_path.exists():
         raise InputError(f"missing {weights_path}: an SAELens folder has cfg.json and this file")
@@ -302,7 +347,15 @@ def _load_sae(folder: Path) -> Source:
         cfg.get("activation_fn_kwargs") or {}, "activation_fn_kwargs", folder / "cfg.json"
     )
     norm = str(cfg.get("normalize_activations", "none") or "none").lower()
-    if norm not in ("none", "constant_norm_rescale"):
+    if norm == "expected_average_only_in" and "norm_scaling_factor" in cfg:
+        scale = cfg["norm_scaling_factor"]
+        if type(scale) not in (int, float) or not 0 < scale < math.inf:
+            raise InputError(
+                f"{folder}: norm_scaling_factor must be a positive number, not {_short(scale)}"
+            )
+        # The input is scaled by it; folded into the weights as SAELens folds it.
+        w["W_enc"], w["b_dec"] = w["W_enc"] * scale, w["b_dec"] / scale
+    elif norm not in ("none", "constant_norm_rescale"):
         raise ModelError(
             f"{folder}: normalize_activations={norm!r} needs a dataset-derived scale gloss "
             "does not have; fold the scale into W_enc/b_dec or use an SAE without it"
@@ -553,3 +606,199 @@ def _load_dictionary(folder: Path) -> Source:
             )
     params = _hash(ae_path.read_bytes(), json.dumps(cfg, sort_keys=True).encode())
     return Source("dictionary", d_sae, d_in, params, str(folder.resolve()), cfg, encoder)
+
+
+def _load_hub(spec: str, hook_width: int) -> Source:
+    """A source on the Hugging Face hub, read from huggingface_hub's cache (downloaded into
+    it first when need be). Its path is the spec pinned to the commit its files came from,
+    so a later `gloss fires` reads these very files again, offline too."""
+    base, _, revision = spec.partition("@")
+    form, _, rest = base.partition(":")
+    overrides: dict[str, Any] = {}
+    about: dict[str, Any] = {}
+    if form == "saelens":
+        release, _, sae_id = rest.partition("/")
+        repo_id, path, layouts, overrides, about = _release(release, sae_id)
+        base = f"saelens:{release}/{sae_id}"
+    else:
+        parts = [p for p in rest.split("/") if p]
+        if len(parts) < 2:
+            raise InputError(
+                f"bad feature source {spec!r}: give hf:ORG/REPO/PATH, e.g. "
+                "hf:google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71"
+            )
+        repo_id, path, layouts = "/".join(parts[:2]), "/".join(parts[2:]), tuple(HUB_LAYOUTS)
+        base = f"hf:{repo_id}/{path}".rstrip("/")
+    folder, candidates = path, [(layout, HUB_LAYOUTS[layout]) for layout in layouts]
+    if path.endswith(".npz"):
+        folder, _, name = path.rpartition("/")
+        candidates = [("gemmascope", (name,))]
+    layout, file, commit = _fetch(base, repo_id, folder, revision or None, candidates)
+    if layout == "saelens":
+        source = _load_sae(file.parent, overrides)
+    elif layout == "gemmascope":
+        source = _load_gemma_scope(file)
+    elif layout == "sparsify":
+        source = _load_sparsify(file.parent)
+    else:
+        source = _load_dictionary(file.parent)
+    source.path = f"{base}@{commit}"
+    hub = {"repo_id": repo_id, "path": path, "revision": commit, **about}
+    source.config = {**source.config, "hub": hub}
+    return _fits(source, f"{source.kind} at {source.path}", hook_width)
+
+
+def _release(release: str, sae_id: str) -> tuple[str, str, tuple[str, ...], dict, dict]:
+    """A SAELens release's SAE as sae-lens's directory lists it: its repository, its path
+    there, its layout, the release's settings that change its encoder, and what to keep."""
+    directory = _saelens_directory()
+    entry = directory.get(release)
+    if not isinstance(entry, dict):
+        raise InputError(
+            f"unknown SAELens release {release!r}{_like(release, directory)}; "
+            "give saelens:RELEASE/SAE_ID with a release sae-lens lists"
+        )
+    saes = {str(s.get("id")): s for s in entry.get("saes") or [] if isinstance(s, dict)}
+    sae = saes.get(sae_id)
+    if sae is None:
+        raise InputError(
+            f"SAELens release {release} has no SAE {sae_id!r}{_like(sae_id, saes)}; "
+            f"give saelens:{release}/SAE_ID"
+        )
+    conversion = entry.get("conversion_func")
+    if conversion not in CONVERSIONS:
+        raise ModelError(
+            f"SAELens release {release} keeps its SAEs in the {conversion!r} format, which "
+            "gloss does not read; it reads SAELens, Gemma Scope, sparsify and "
+            "dictionary_learning files"
+        )
+    settings = entry.get("config_overrides") or {}
+    overrides = {k: v for k, v in settings.items() if k in ENCODER_SETTINGS}
+    if sae.get("norm_scaling_factor") is not None:
+        overrides["norm_scaling_factor"] = sae["norm_scaling_factor"]
+    about = {"release": release, "sae_id": sae_id, "model": entry.get("model"),
+             "neuronpedia": sae.get("neuronpedia")}  # fmt: skip
+    return str(entry["repo_id"]), str(sae["path"]), (CONVERSIONS[conversion],), overrides, about
+
+
+def _like(name: str, names: Any) -> str:
+    """A few of `names` close to `name`, for an error message."""
+    close = difflib.get_close_matches(name, [str(n) for n in names], n=3, cutoff=0.6)
+    return f" (close: {', '.join(close)})" if close else ""
+
+
+def _saelens_directory() -> dict[str, Any]:
+    """sae-lens's release directory: the pretrained_saes.yaml it ships and its own
+    `get_pretrained_saes_directory` reads, read here without importing sae_lens, whose
+    import loads transformer_lens (about 10 s)."""
+    found = importlib.util.find_spec("sae_lens")
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(
+            "saelens:RELEASE/SAE_ID needs sae-lens's release directory: pip install "
+            "'gloss[saelens]', or give the SAE's place on the hub as hf:REPO_ID/PATH"
+        )
+    return _read_directory(Path(next(iter(found.submodule_search_locations))))
+
+
+@functools.cache
+def _read_directory(package: Path) -> dict[str, Any]:
+    import yaml
+
+    file = package / "pretrained_saes.yaml"
+    try:
+        with file.open(encoding="utf-8") as f:
+            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(
+            f"cannot read sae-lens's release directory {file}: {_first_line(error)}; "
+            "reinstall sae-lens"
+        ) from None
+    return _table(data, "the release directory", file)
+
+
+def _fetch(
+    spec: str,
+    repo_id: str,
+    folder: str,
+    revision: str | None,
+    candidates: list[tuple[str, tuple[str, ...]]],
+) -> tuple[str, Path, str]:
+    """The first candidate layout whose files the repository has at `folder`, from the
+    cache: (layout, the local path of its first file, the commit the files are from)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    unreachable = False
+    for layout, names in candidates:
+        filename = "/".join(p for p in (folder, names[0]) if p)
+        try:
+            first = _hub_file(spec, repo_id, filename, revision)
+        except LocalEntryNotFoundError:
+            unreachable = True
+            continue
+        if first is None:
+            continue
+        commit = first.parents[len(PurePosixPath(filename).parts) - 1].name
+        for name in names[1:]:
+            other = "/".join(p for p in (folder, name) if p)
+            try:
+                found = _hub_file(spec, repo_id, other, commit)
+            except LocalEntryNotFoundError:
+                raise _not_found(spec, other, repo_id, unreachable=True) from None
+            if found is None:
+                raise _not_found(spec, f"{other}, which {names[0]} goes with,", repo_id)
+        return layout, first, commit
+    files = " or ".join(" + ".join(names) for _, names in candidates)
+    raise _not_found(spec, f"{files} under {folder or 'its root'}", repo_id, unreachable)
+
+
+def _not_found(spec: str, what: str, repo_id: str, unreachable: bool = False) -> InputError:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return InputError(
+            f"{spec} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download "
+            f"it once online (the cache has no {what} of {repo_id})"
+        )
+    if unreachable:
+        return InputError(
+            f"{spec} is not in the Hugging Face cache and the hub cannot be reached: "
+            f"connect once to download it (the cache has no {what} of {repo_id})"
+        )
+    return InputError(f"{spec}: {repo_id} has no {what}; give the place of one SAE in it")
+
+
+def _hub_file(spec: str, repo_id: str, filename: str, revision: str | None) -> Path | None:
+    """One file of a hub repository in the local cache, downloaded first if need be; None
+    when the hub says there is no such file. LocalEntryNotFoundError: it is not cached
+    and the hub cannot be asked (offline, or out of reach)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except LocalEntryNotFoundError:
+        raise
+    except EntryNotFoundError:
+        return None
+    except GatedRepoError:
+        raise InputError(
+            f"{spec}: {repo_id} is gated on the Hugging Face hub: accept its terms on its "
+            "page and log in (hf auth login)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise InputError(
+            f"{spec}: the Hugging Face hub has no repository {repo_id} (or it is private: "
+            "log in with hf auth login)"
+        ) from None
+    except RevisionNotFoundError:
+        raise InputError(f"{spec}: {repo_id} has no revision {revision!r}") from None
+    except (HfHubHTTPError, HFValidationError) as error:
+        raise InputError(f"{spec}: cannot fetch {filename}: {_first_line(error)}") from None
