@@ -8,6 +8,14 @@ same database (the floor); and p50/p95 of ranked label search over N labels
 (1,000 queries of one or two words drawn with the labels' Zipf weights, so the
 commonest words are searched most), next to a LIKE scan of the same table. Goals: >= 50,000 example rows/s on
 SQLite; search p95 <= 20 ms. Ratios, not absolute times, compare across machines.
+
+Search by meaning over the same N labels: the cost of embedding labels with the bundled
+MiniLM (a sample, then the rest filled with random unit vectors, since ranking costs
+the same whatever the vectors hold) against the store time a run spends per feature
+(its mined examples, label and score); p50/p95 of `search(like=...)` in one long-lived
+store (the review app's case), with and without filters, the query's own embedding
+included; and the cold start of `gloss search --like` as a fresh process. Goals: p95
+<= 50 ms warm; cold CLI <= 2 s; embedding adds <= 10% to a run's store time.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,13 +32,14 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gloss.store import ExampleIn, MinedFeature, WindowIn, open_store  # noqa: E402
-from gloss.store.models import Explanation  # noqa: E402
+from gloss.store.models import Explanation, LabelVector  # noqa: E402
+from gloss.store.vectors import pack  # noqa: E402
 
 CTX = 64
 EXAMPLES = 40
@@ -195,6 +205,109 @@ def bench_search(store, n_labels: int, queries: int = 1000) -> dict[str, float]:
     }
 
 
+def bench_meaning(store, url: str, n_labels: int, queries: int = 300) -> dict[str, float]:
+    """Search by meaning over the labels `bench_search` left in the store."""
+    rng = random.Random(1)
+    words, weights = vocabulary()
+    sample = min(2_000, n_labels)
+    # The sample reads like real labels (English words, so about one token a word).
+    english = _english_words()
+    with store.session() as s:
+        first = s.scalars(select(Explanation.id).order_by(Explanation.id).limit(sample)).all()
+        s.execute(
+            update(Explanation),
+            [
+                {"id": e, "text": " ".join(rng.choices(english, k=rng.randint(4, 12)))}
+                for e in first
+            ],
+        )
+    store.encoder.vectors(["warm up"])  # load MiniLM before the clock starts
+    t0 = time.perf_counter()
+    embedded = store.embed_labels(limit=sample)
+    embed_ms = (time.perf_counter() - t0) * 1000 / max(embedded, 1)
+    rest = store.labels_without_vector()
+    vectors = np.random.default_rng(0).standard_normal((len(rest), 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with store.session() as s:
+        for start in range(0, len(rest), 10_000):
+            s.execute(
+                insert(LabelVector),
+                [
+                    {"explanation_id": e, "model": store.encoder.name, "vector": pack(v)}
+                    for (e, _), v in zip(
+                        rest[start : start + 10_000], vectors[start:], strict=False
+                    )
+                ],
+            )
+
+    # What a run stores per feature besides: one label and one score (mining: bench_writes).
+    ids = [f.id for f in store.features(store.sources()[-1].id, indices=list(range(sample)))]
+    t0 = time.perf_counter()
+    for fid in ids:
+        eid = store.add_explanation(fid, "a label " + str(fid), author_kind="model",
+                                    author_name="bench", model="bench")  # fmt: skip
+        store.add_score(eid, "simulation", 0.5, simulator_model="bench")
+    label_ms = (time.perf_counter() - t0) * 1000 / len(ids)
+    store.embed_labels()  # the labels just written
+
+    def timed(**filters) -> list[float]:
+        out = []
+        for i in range(queries):  # each query new: none is served from the query cache
+            query = " ".join(rng.choices(words, weights, k=rng.randint(1, 4))) + f" {i}"
+            t = time.perf_counter()
+            store.search(like=query, limit=20, **filters)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    t0 = time.perf_counter()
+    store.search(like="first query loads the vectors", limit=20)
+    first_ms = (time.perf_counter() - t0) * 1000
+    plain = timed()
+    filtered = timed(min_score=0.5)
+    t = time.perf_counter()
+    for _ in range(50):
+        store.encoder.vectors([" ".join(rng.choices(words, weights, k=3))])
+    query_ms = (time.perf_counter() - t) * 1000 / 50
+
+    cold = []
+    for i in range(5):
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "gloss.pipeline.cli", "--database", url, "search",
+             "--like", f"units of measurement {i}", "--limit", "20"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        cold.append(time.perf_counter() - t)
+    return {
+        "embed_ms": embed_ms,
+        "label_ms": label_ms,
+        "first_ms": first_ms,
+        "query_ms": query_ms,
+        "p50": statistics.median(plain),
+        "p95": statistics.quantiles(plain, n=20)[18],
+        "filtered_p50": statistics.median(filtered),
+        "filtered_p95": statistics.quantiles(filtered, n=20)[18],
+        "cold_s": statistics.median(cold),
+        "cold_max_s": max(cold),
+        "python_s": _bare_python_s(),
+    }
+
+
+def _english_words() -> list[str]:
+    """Whole English words from MiniLM's own vocabulary."""
+    from gloss.store.embedder import builtin_minilm
+
+    vocab = (Path(builtin_minilm()) / "vocab.txt").read_text().split()
+    return [w for w in vocab[2000:] if w.isalpha() and w.isascii() and len(w) > 2]
+
+
+def _bare_python_s() -> float:
+    """A fresh interpreter that does nothing: the floor under any cold CLI command."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - t
+
+
 def report(name: str, url: str, n_features: int, n_labels: int) -> None:
     store = open_store(url)
     w = bench_writes(store, n_features)
@@ -210,6 +323,24 @@ def report(name: str, url: str, n_features: int, n_labels: int) -> None:
         f"[{name}] search over {n_labels:,} labels: p50 {s['p50']:.2f} ms, p95 {s['p95']:.2f} ms "
         f"(LIKE scan p50 {s['like_p50']:.2f} ms, p95 {s['like_p95']:.2f} ms; "
         f"LIKE/FTS p95 ratio {s['like_p95'] / s['p95']:.1f}x); load {s['load_s']:.1f}s"
+    )
+    m = bench_meaning(store, url, n_labels)
+    mined_ms = w["store_s"] * 1000 / n_features
+    run_ms = mined_ms + m["label_ms"]
+    print(
+        f"[{name}] search by meaning over {n_labels:,} labels (warm): p50 {m['p50']:.1f} ms, "
+        f"p95 {m['p95']:.1f} ms; with min_score p50 {m['filtered_p50']:.1f} ms, "
+        f"p95 {m['filtered_p95']:.1f} ms; of which the query's embedding {m['query_ms']:.1f} ms; "
+        f"first search (loads the vectors) {m['first_ms']:.0f} ms"
+    )
+    print(
+        f"[{name}] gloss search --like, cold process: median {m['cold_s']:.2f} s, "
+        f"max {m['cold_max_s']:.2f} s (a bare python start: {m['python_s']:.2f} s)"
+    )
+    print(
+        f"[{name}] embedding: {m['embed_ms']:.2f} ms per label; a run's store time per "
+        f"feature {run_ms:.2f} ms (mined examples {mined_ms:.2f} + label and score "
+        f"{m['label_ms']:.2f}); embedding/store ratio {m['embed_ms'] / run_ms:.2f}"
     )
     store.close()
 

@@ -24,6 +24,7 @@ import json
 import logging
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -513,6 +514,20 @@ class _Worker:
             store.update_run(
                 self.run_id, counts={**counts, "baseline": {"promoted": before + promoted}}
             )
+        # The round's new labels are embedded for search by meaning while scoring waits on
+        # the LLM, so the embedding costs the run CPU but little time.
+        with ThreadPoolExecutor(1, thread_name_prefix="embed") as embedding:
+            embedded = embedding.submit(store.embed_labels)
+            self.score(llm, simulator, explainer)
+        labels = _label_counts(store, self.source_id, mined_ids)
+        counts = store.run(self.run_id).counts
+        vectors = counts.get("search", {}).get("embedded", 0) + embedded.result()
+        store.update_run(
+            self.run_id, counts={**counts, "labels": labels, "search": {"embedded": vectors}}
+        )
+
+    def score(self, llm: LLMConfig, simulator: SimulatorConfig, explainer: ExplainerConfig) -> None:
+        store, config, budget = self.store, self.config, self.budget
         to_score: list[int] = []
         if not budget.exhausted:
             jobs = pending_scores(
@@ -531,12 +546,6 @@ class _Worker:
                 )
             )  # fmt: skip
             self._took(summary, "labels")
-        labels = _label_counts(store, self.source_id, mined_ids)
-        counts = store.run(self.run_id).counts
-        embedded = counts.get("search", {}).get("embedded", 0) + store.embed_labels()
-        store.update_run(
-            self.run_id, counts={**counts, "labels": labels, "search": {"embedded": embedded}}
-        )
 
     def _cut(self, todo: list[int], stage: str, left: str) -> list[int]:
         """At most [run] limit features per stage over all of this run's rounds."""

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gloss.pipeline.embedder import builtin_minilm
 from gloss.pipeline.settings import check_device
+from gloss.store.embedder import builtin_minilm
 from gloss.store.errors import ConfigError, InputError, ModelError
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ one module each, all mixins over one engine and its transactions (`store.base`):
     store/scores.py    scores of labels and of features; the primary score method
     store/search.py    search with its per-database plans, count, review queue, export,
                        layer peaks; search by meaning over label vectors
-    store/vectors.py   sentence embeddings of current labels: the missing, writing them
+    store/vectors.py   sentence embeddings of current labels: the missing, writing them,
+                       the vectors in memory (their embedder: store/embedder.py)
     store/runs.py      runs, locks, claims, the LLM ledger
 
 Beside them: `store.types` (the dataclasses methods take and return, never live ORM

@@ -41,10 +41,10 @@ class StoreBase:
 
     @property
     def encoder(self) -> Any:
-        """The sentence embedder of label vectors (`store.vectors.Encoder`): the pipeline's
-        bundled MiniLM, loaded on first use, unless one is set."""
+        """The sentence embedder of label vectors (`store.vectors.Encoder`): the bundled
+        MiniLM (`store.embedder`), loaded on first use, unless one is set."""
         if self._encoder is None:
-            from gloss.pipeline.embedder import embedder
+            from gloss.store.embedder import embedder
 
             self._encoder = embedder("minilm")
         return self._encoder

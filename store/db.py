@@ -8,20 +8,21 @@ database at the newest revision, and refuses a database at another revision.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from gloss.store.errors import DatabaseError, SchemaAheadError, SchemaBehindError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 DEFAULT_URL = "sqlite:///gloss.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -112,17 +113,44 @@ def _wal(cursor) -> None:
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config  # only to migrate: importing alembic takes 0.5 s
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head() or ""
+    revisions = _revisions()
+    revised = set(revisions.values())
+    return next((r for r in revisions if r not in revised), "")
 
 
 def _known_revisions() -> set[str]:
-    return {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+    return set(_revisions())
+
+
+_REVISION = re.compile(r"^revision\s*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+_REVISES = re.compile(r"^down_revision\s*=\s*(?:[\"']([^\"']+)[\"']|None)", re.MULTILINE)
+
+
+def _revisions() -> dict[str, str | None]:
+    """Each migration's revision and the one it revises, read from the files as Alembic
+    does, without importing Alembic: every command checks the head, few migrate."""
+    out: dict[str, str | None] = {}
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        revision, revises = _REVISION.search(source), _REVISES.search(source)
+        if revision and revises:
+            out[revision.group(1)] = revises.group(1)
+    return out
+
+
+def _stamped(conn: Connection) -> str | None:
+    """The revision in Alembic's version table, or None where there is none."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _wrap_connection_error(url: str, error: DBAPIError) -> DatabaseError:
@@ -142,7 +170,7 @@ def current_revision(url: str | None = None, engine: Engine | None = None) -> st
     engine = engine or create(url)
     try:
         with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return _stamped(conn)
     except DBAPIError as error:
         raise _wrap_connection_error(url, error) from None
 
@@ -180,13 +208,15 @@ def _migrate(
             else:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
             if create:
-                if MigrationContext.configure(conn).get_current_revision() is not None:
+                if _stamped(conn) is not None:
                     return
                 if set(inspect(conn).get_table_names()) - {"alembic_version"}:
                     raise DatabaseError(
                         f"{describe(url)} has tables but no gloss schema revision: "
                         "point gloss at an empty database or at one gloss created"
                     )
+            from alembic import command
+
             config.attributes["connection"] = conn
             getattr(command, direction)(config, revision)
     except DBAPIError as error:

@@ -350,8 +350,8 @@ class LabelVector(Base):
     """A current label's sentence embedding, for search by meaning (migration 0011).
 
     `vector` is float32, little-endian, unit length. A trigger drops the row when its
-    label stops being current or changes text; ids only grow, so (count, max id) tells
-    a reader holding vectors in memory whether any were added or dropped.
+    label stops being current or changes text; ids only grow, so max(id) tells a reader
+    holding vectors in memory whether any were added.
     """
 
     __tablename__ = "label_vectors"
@@ -361,11 +361,19 @@ class LabelVector(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    explanation_id: Mapped[int] = mapped_column(
-        ForeignKey("explanations.id", ondelete="CASCADE")
-    )
+    explanation_id: Mapped[int] = mapped_column(ForeignKey("explanations.id", ondelete="CASCADE"))
     model: Mapped[str] = mapped_column(String(100))
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LabelVectorTodo(Base):
+    """A current label still without a vector; triggers keep this list (migration 0011)."""
+
+    __tablename__ = "label_vectors_todo"
+
+    explanation_id: Mapped[int] = mapped_column(
+        ForeignKey("explanations.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class Setting(Base):

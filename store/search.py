@@ -36,7 +36,7 @@ from gloss.store.models import (
     Feature,
     FeatureScore,
     FeatureSource,
-    LabelVector,
+    LabelVectorTodo,
     Review,
     Score,
     Subject,
@@ -147,7 +147,14 @@ class Search(StoreBase):
     ) -> int:
         """How many features `search` would page through with these filters."""
         words = _WORD.findall(query or "")
-        if like is not None:  # every labeled feature has a similarity
+        if (
+            like is not None
+            and not words
+            and (min_score, max_score, source, status, reviewed) == (None,) * 5
+        ):
+            with self.session() as s:  # every labeled feature has a similarity
+                return s.scalar(text(f"SELECT count(*) FROM explanations WHERE {CURRENT_SQL}")) or 0
+        if like is not None:
             stmt = _filter_rows(
                 self._feature_rows(words, labeled=True),
                 min_score,
@@ -267,7 +274,7 @@ class Search(StoreBase):
             raise InputError("a search by meaning needs some text to compare labels with")
         encoder = self.encoder
         self._embed_missing()
-        query = vectors.encode(encoder, [like])[0]
+        query = self._vector_index().query(encoder, like)
         with self.session() as s:
             ids, matrix, model = self._vector_index().snapshot(s)
             if len(ids) and model != encoder.name:
@@ -277,18 +284,16 @@ class Search(StoreBase):
                 )
             if not len(ids):
                 return []
-            similarity = matrix @ (query / max(float(np.linalg.norm(query)), 1e-12))
-            plain = filters == (None,) * len(filters) and not words
+            similarity = matrix @ query
             k = max(4 * (offset + limit), 200)
             if k < len(ids):
                 best = np.argpartition(-similarity, k)[:k]
                 rows = self._rows_of(s, ids[best], similarity[best], words, filters)
-                if plain or len(rows) >= offset + limit:
+                if len(rows) >= offset + limit:
                     return rows[offset : offset + limit]
-            mask = np.ones(len(ids), dtype=bool)
-            if not plain:
-                stmt = _filter_rows(self._feature_rows(words, labeled=True), *filters)
-                mask = np.isin(ids, s.scalars(stmt.with_only_columns(Explanation.id)).all())
+            # every label the filters pass (only current ones: a dropped vector may linger)
+            stmt = _filter_rows(self._feature_rows(words, labeled=True), *filters)
+            mask = np.isin(ids, s.scalars(stmt.with_only_columns(Explanation.id)).all())
             ids, similarity = ids[mask], similarity[mask]
             page = _best_first(ids, similarity)[offset : offset + limit]
             return self._rows_of(s, ids[page], similarity[page], [], (None,) * 5)
@@ -315,19 +320,13 @@ class Search(StoreBase):
     def _embed_missing(self) -> None:
         """Give vectors to the current labels that lack them, unless there are too many."""
         with self.session() as s:
-            labeled = (
-                s.scalar(select(func.count()).select_from(Explanation).where(text(CURRENT_SQL)))
-                or 0
-            )
-            embedded = s.scalar(select(func.count()).select_from(LabelVector)) or 0
-            if labeled == embedded:
-                return
             todo = vectors.missing(s, vectors.EMBED_AT_SEARCH + 1)
-        if len(todo) > vectors.EMBED_AT_SEARCH:
-            raise InputError(
-                f"{labeled - embedded:,} current labels have no vector yet: run gloss embed "
-                "(every gloss run embeds the labels it writes)"
-            )
+            if len(todo) > vectors.EMBED_AT_SEARCH:
+                waiting = s.scalar(select(func.count()).select_from(LabelVectorTodo))
+                raise InputError(
+                    f"{waiting:,} current labels have no vector yet: run gloss embed "
+                    "(every gloss run embeds the labels it writes)"
+                )
         if todo:
             vectors.put_vectors(self, todo)
 

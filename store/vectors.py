@@ -1,17 +1,19 @@
 """Search by meaning: sentence embeddings of current labels, kept beside them and searched exactly.
 
 Every current label gets one float32 unit vector (table `label_vectors`, migration 0011)
-from an `Encoder`, the pipeline's sentence embedder (the bundled MiniLM): the database
-cannot embed text itself, so whoever writes labels in bulk embeds them (`gloss run`,
-`gloss embed`, imports), and a search by meaning first embeds the few labels still
-without a vector (one just edited in the review app), so it never misses one.
+from an `Encoder`, the bundled MiniLM by default. The database cannot embed text, but it
+keeps the list of current labels without a vector (`label_vectors_todo`, by triggers);
+whoever writes labels in bulk embeds from that list (`gloss run`, `gloss embed`,
+imports), and a search by meaning first embeds the few still on it (a label just edited
+in the review app), so it never misses one.
 
 Search is exact: the query's cosine with every vector, one matrix product in memory.
 `VectorIndex` keeps the matrix between searches of a long-lived process (the review
-app) and reloads only what changed, which it learns from (count, max id) of the table:
-a trigger drops a label's vector when the label stops being current or changes text,
-and ids only grow. pgvector is not needed; 100,000 labels take 150 MB and a few
-milliseconds per query.
+app) and reads only the rows added since, which max(id) reveals (ids only grow). A
+vector dropped since (its label was rejected or replaced) may linger in memory, which
+is harmless: search joins every candidate with the current labels, so it is never a
+result, and the matrix is read afresh once such changes could add up. pgvector is not
+needed; 100,000 labels take 150 MB and a few milliseconds per query.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 import numpy as np
-from sqlalchemy import CursorResult, bindparam, delete, func, select
+from sqlalchemy import CursorResult, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from gloss.store.base import StoreBase
 from gloss.store.errors import InputError, ModelError
-from gloss.store.models import Explanation, LabelVector
+from gloss.store.models import Explanation, LabelVector, LabelVectorTodo
 from gloss.store.statuses import CURRENT_STATUSES
 
 # At most this many labels are embedded by a search itself; a bigger backlog is a job.
@@ -79,7 +81,15 @@ class Vectors(StoreBase):
     def drop_label_vectors(self) -> int:
         """Forget every label vector (before embedding again with another model)."""
         with self.session() as s:
-            return cast("CursorResult[Any]", s.execute(delete(LabelVector))).rowcount
+            dropped = cast("CursorResult[Any]", s.execute(delete(LabelVector))).rowcount
+            s.execute(delete(LabelVectorTodo))
+            s.execute(
+                insert(LabelVectorTodo).from_select(
+                    ["explanation_id"],
+                    select(Explanation.id).where(Explanation.status.in_(CURRENT_STATUSES)),
+                )
+            )
+            return dropped
 
 
 def put_vectors(store: StoreBase, labels: list[tuple[int, str]]) -> int:
@@ -100,11 +110,11 @@ def encode(encoder: Encoder, texts: list[str]) -> np.ndarray:
 
 
 def missing(s: Session, limit: int | None) -> list[tuple[int, str]]:
-    has_vector = select(LabelVector.id).where(LabelVector.explanation_id == Explanation.id)
+    """(explanation id, text) of current labels without a vector, oldest first."""
     stmt = (
         select(Explanation.id, Explanation.text)
-        .where(Explanation.status.in_(CURRENT_STATUSES), ~has_vector.exists())
-        .order_by(Explanation.id)
+        .join(LabelVectorTodo, LabelVectorTodo.explanation_id == Explanation.id)
+        .order_by(LabelVectorTodo.explanation_id)
     )
     if limit is not None:
         stmt = stmt.limit(limit)
@@ -146,57 +156,86 @@ def _insert(
     ]
     if rows:
         s.execute(store._insert(LabelVector.__table__).on_conflict_do_nothing(), rows)
+    done = [i for i, text in labels if now.get(i) == text]  # a changed label stays to do
+    s.execute(
+        delete(LabelVectorTodo).where(
+            LabelVectorTodo.explanation_id.in_(bindparam("done", done, expanding=True))
+        )
+    )
     return len(rows)
 
 
 class VectorIndex:
-    """The vectors of current labels in memory, refreshed from the table when it changes.
+    """The vectors of current labels in memory, with the rows added since read on each use.
 
     Thread-safe: the review app searches from several threads at once.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: tuple[int, int] = (0, 0)
+        self._first = self._last = 0  # the table's min and max id when last looked at
+        self._read = 0  # rows read by the last full read
         self._ids = np.zeros(0, dtype=np.int64)  # explanation ids, by row of the matrix
-        self._rows = np.zeros(0, dtype=np.int64)  # label_vectors ids
         self._matrix = np.zeros((0, 0), dtype=np.float32)
         self._model = ""
+        self._queries: dict[tuple[str, str], np.ndarray] = {}
+
+    def query(self, encoder: Encoder, like: str) -> np.ndarray:
+        """The unit embedding of a query, remembered: paging through results asks again."""
+        key = (encoder.name, like)
+        if key not in self._queries:
+            vector = encode(encoder, [like])[0]
+            if len(self._queries) >= 256:
+                self._queries.pop(next(iter(self._queries)))
+            self._queries[key] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        return self._queries[key]
 
     def snapshot(self, s: Session) -> tuple[np.ndarray, np.ndarray, str]:
-        """(explanation ids, their vectors, model) as the table holds them now."""
-        count, top = s.execute(select(func.count(), func.max(LabelVector.id))).one()
-        key = (count, top or 0)
+        """(explanation ids, their vectors, model): every current label's vector, and
+        perhaps some of labels no longer current."""
+        first, last = s.execute(select(func.min(LabelVector.id), func.max(LabelVector.id))).one()
+        first, last = first or 0, last or 0
         with self._lock:
-            if key != self._key:
-                self._refresh(s, key)
+            if first != self._first or last < self._last:  # dropped and embedded again
+                self._read_rows(s, 0, full=True)
+            elif last > self._last:
+                grown = len(self._ids) - self._read
+                self._read_rows(s, self._last, full=grown > max(1_000, self._read // 10))
+            self._first, self._last = first, last
             return self._ids, self._matrix, self._model
 
-    def _refresh(self, s: Session, key: tuple[int, int]) -> None:
-        new = s.execute(
-            select(
-                LabelVector.id, LabelVector.explanation_id, LabelVector.model, LabelVector.vector
+    def _read_rows(self, s: Session, after: int, *, full: bool) -> None:
+        """Read the rows after id `after` (all of them when `full`) into the matrix."""
+        after = 0 if full else after
+        rows = (
+            s.connection()  # straight from the driver: no per-row processing of 100,000 blobs
+            .exec_driver_sql(
+                "SELECT id, explanation_id, model, vector FROM label_vectors "
+                f"WHERE id > {int(after)} ORDER BY id"
             )
-            .where(LabelVector.id > self._key[1])
-            .order_by(LabelVector.id)
-        ).all()
-        rows, ids, matrix = self._rows, self._ids, self._matrix
-        if key[0] != len(rows) + len(new):  # some were dropped: keep the rows still there
-            kept = np.isin(rows, np.asarray(s.scalars(select(LabelVector.id)).all()))
-            rows, ids, matrix = rows[kept], ids[kept], matrix[kept]
-        if new:
-            models = {m for _, _, m, _ in new} | ({self._model} if len(rows) else set())
-            if len(models) > 1:
-                raise InputError(
-                    f"labels were embedded by different models ({', '.join(sorted(models))}): "
-                    "run gloss embed --again"
-                )
-            self._model = new[0][2]
-            added = np.frombuffer(b"".join(v for *_, v in new), dtype="<f4")
-            added = added.reshape(len(new), -1)
-            if matrix.size and added.shape[1] != matrix.shape[1]:
+            .all()
+        )
+        models = sorted({m for _, _, m, _ in rows})
+        ids = np.array([e for _, e, _, _ in rows], dtype=np.int64)
+        if rows:
+            matrix = np.frombuffer(b"".join(v for *_, v in rows), dtype="<f4")
+            matrix = matrix.reshape(len(rows), -1)
+        else:
+            matrix = np.zeros((0, self._matrix.shape[1] if self._matrix.size else 0), np.float32)
+        kept = set(models) | ({self._model} if len(self._ids) and not full else set())
+        if len(kept) > 1:
+            raise InputError(
+                f"labels were embedded by different models ({', '.join(sorted(kept))}): "
+                "run gloss embed --again"
+            )
+        if not full and len(self._ids):
+            if matrix.size and matrix.shape[1] != self._matrix.shape[1]:
                 raise InputError("label vectors of different sizes: run gloss embed --again")
-            rows = np.concatenate([rows, np.array([r for r, *_ in new], dtype=np.int64)])
-            ids = np.concatenate([ids, np.array([e for _, e, *_ in new], dtype=np.int64)])
-            matrix = np.concatenate([matrix.reshape(-1, added.shape[1]), added])
-        self._rows, self._ids, self._matrix, self._key = rows, ids, matrix, key
+            # a label embedded again (its text changed) keeps only its newest vector
+            old = ~np.isin(self._ids, ids)
+            ids = np.concatenate([self._ids[old], ids])
+            matrix = np.concatenate([self._matrix[old], matrix.reshape(-1, self._matrix.shape[1])])
+        else:
+            self._read = len(rows)
+        self._ids, self._matrix = ids, matrix
+        self._model = models[0] if models else self._model if len(ids) else ""

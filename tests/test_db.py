@@ -268,3 +268,14 @@ def test_examples_are_packed_by_0008_and_unpacked_by_its_downgrade(db_url):
     db.upgrade(db_url)
     with open_store(db_url) as store:
         assert {i: store.examples(i) for i in ids} == before
+
+
+def test_the_head_read_from_the_migration_files_is_alembics(newer_migrations, monkeypatch):
+    from alembic.script import ScriptDirectory
+
+    for folder in (db.MIGRATIONS, newer_migrations):
+        monkeypatch.setattr(db, "MIGRATIONS", folder)
+        script = ScriptDirectory.from_config(db._alembic_config())
+        assert db.head_revision() == script.get_current_head()
+        assert db._known_revisions() == {r.revision for r in script.walk_revisions()}
+    assert db.head_revision() == "9999"

@@ -168,7 +168,7 @@ def test_the_numpy_embedder_equals_transformers_bert_with_mean_pooling():
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from gloss.pipeline.embedder import MAX_TOKENS, builtin_minilm, embedder
+    from gloss.store.embedder import MAX_TOKENS, builtin_minilm, embedder
 
     texts = [
         "units of measurement",

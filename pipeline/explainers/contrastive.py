@@ -31,7 +31,7 @@ class ContrastiveExplainer(Explainer):
 
 def near_misses(shown: Shown, silent: Sequence[ExampleOut], count: int, limit: int) -> list[str]:
     """The `count` silent windows most similar to the mean of the shown ones, as text."""
-    from gloss.pipeline.embedder import closest
+    from gloss.store.embedder import closest
 
     candidates = [_text(cut(e, limit)[0]) for e in silent]
     return [candidates[i] for i in closest([_text(t) for t, _ in shown], candidates, count)]

@@ -40,7 +40,7 @@ class Windows:
         silent = windows.silent
         if config.near_misses < 1 or len(silent) <= config.near_misses or not windows.active:
             return windows
-        from gloss.pipeline.embedder import closest
+        from gloss.store.embedder import closest
 
         def text(e: ExampleOut) -> str:
             return window_text(cut(e, config.max_tokens_per_window)[0])

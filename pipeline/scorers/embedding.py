@@ -21,13 +21,13 @@ class Embedding(Scorer):
 
     @property
     def model(self) -> str | None:
-        from gloss.pipeline.embedder import embedder_name
+        from gloss.store.embedder import embedder_name
 
         return embedder_name(self.config.embedding_model)
 
     @property
     def embedder(self):
-        from gloss.pipeline.embedder import embedder
+        from gloss.store.embedder import embedder
 
         return embedder(self.config.embedding_model)
 

@@ -1,4 +1,5 @@
-"""A sentence embedder: texts to unit vectors, for the embedding scorer and search by meaning.
+"""A sentence embedder: texts to unit vectors, for label vectors (search by meaning) and the
+embedding scorer.
 
 The bundled all-MiniLM-L6-v2 (or any sentence-transformers BERT folder): BERT's forward
 pass written out in numpy over the folder's safetensors, then mean pooling over the
@@ -78,7 +79,7 @@ class _Bert:
         prefix = "bert." if "bert.embeddings.word_embeddings.weight" in w else ""
 
         def get(name: str) -> np.ndarray:
-            return w[prefix + name].astype(np.float32)
+            return w[prefix + name].astype(np.float32, copy=False)
 
         def linear(name: str) -> tuple[np.ndarray, np.ndarray]:
             return np.ascontiguousarray(get(f"{name}.weight").T), get(f"{name}.bias")
