@@ -40,8 +40,8 @@ class TokenFires:
 def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -> list[TokenFires]:
     """Per token of `text`, the `top` labeled features of `source` that fire most (relative)."""
     try:
+        import gloss.pipeline.subjects  # noqa: F401
         from gloss.pipeline.mining import text_activations
-        from gloss.pipeline.subjects import BUILTIN, load_subject
     except ImportError:
         raise GlossError(
             "gloss fires is not available in this build: it needs pipeline.subjects "
@@ -57,14 +57,7 @@ def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -
         raise InputError(f"sources of several subjects here; pick one with --source ({names})")
     if top < 1:
         raise InputError("--top must be at least 1")
-    subject_row = store.subject_of(sources[0].id)
-    name = subject_row["name"] if subject_row["name"] in BUILTIN else subject_row["path"]
-    subject = load_subject(name)
-    if subject.revision != subject_row["revision"]:
-        raise ModelError(
-            f"the model at {name} is revision {subject.revision}, but the features were mined "
-            f"on {subject_row['revision']}: restore that model, or mine this one"
-        )
+    subject = subject_of(store, sources[0].id)
     per_token: list[list[FeatureFire]] | None = None
     tokens: list[str] = []
     for info in sources:
@@ -72,7 +65,7 @@ def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -
         if not labeled:
             continue
         indices = torch.tensor(sorted(labeled))
-        source = _load(info, subject.hook_width(info.hook))
+        source = source_of(info, subject.hook_width(info.hook))
         tokens, acts, points, at = text_activations(subject, source, info.hook, text, indices)
         scale = torch.tensor([labeled[i].max_act or 1.0 for i in indices.tolist()])
         relative = acts / scale.clamp_min(1e-8)
@@ -106,7 +99,23 @@ def fires(store: Store, text: str, *, source: str | None = None, top: int = 5) -
     ]
 
 
-def _load(info: SourceInfo, hook_width: int):
+def subject_of(store: Store, source_id: int, device: str = "cpu"):
+    """The subject model a source was mined on, loaded again; a changed model is an error."""
+    from gloss.pipeline.subjects import BUILTIN, load_subject
+
+    row = store.subject_of(source_id)
+    name = row["name"] if row["name"] in BUILTIN else row["path"]
+    subject = load_subject(name, device=device)
+    if subject.revision != row["revision"]:
+        raise ModelError(
+            f"the model at {name} is revision {subject.revision}, but the features were mined "
+            f"on {row['revision']}: restore that model, or mine this one"
+        )
+    return subject
+
+
+def source_of(info: SourceInfo, hook_width: int):
+    """A stored source's encoder, loaded again from its files; changed files are an error."""
     try:
         from gloss.pipeline.sources import load_source
     except ImportError:

@@ -520,37 +520,14 @@ def evaluate(
     return quality
 
 
-def lm_head(subject: Subject) -> torch.Tensor | None:
-    """The unembedding of a causal subject whose head is tied to its input embeddings;
-    None for encoders (BERT) and for untied heads, which `AutoModel` does not load."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    config = subject.model.config
-    kind = getattr(config, "model_type", "")
-    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        return None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if not getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)):
-        log.info("the LM loss needs the LM head; %s's is not tied to its embeddings", subject.name)
-        return None
-    return subject.model.get_input_embeddings().weight
-
-
 @torch.no_grad()
 def lm_losses(
     subject: Subject, trained: Trained, windows: list[Window], max_tokens: int = LM_LOSS_TOKENS
 ) -> dict[str, Any] | None:
     """Next-token loss on held-out windows, clean and with each point's activations replaced
     by the dictionary's reconstruction; None where the subject has no usable LM head."""
-    head = lm_head(subject)
-    if head is None:
+    if not subject.causal:
         return None
-    config = subject.model.config
-    cap = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
-                  "final_logit_softcapping", None)  # fmt: skip
     chosen, total = [], 0
     for window in windows:
         if total >= max_tokens:
@@ -567,15 +544,13 @@ def lm_losses(
             here = valid.to(subject.device)
             handle = None
             if splice is not None:
-                handle = _splice(subject, splice, _replacer(trained, splice, seq, here))
+                handle = subject.splice(splice, _replacer(trained, splice, seq, here))
             try:
                 hidden = subject.model(input_ids=full, attention_mask=mask, use_cache=False)[0]
             finally:
                 if handle is not None:
                     handle.remove()
-            logits = hidden[:, seq][:, :-1].float() @ head.float().T
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
+            logits = subject.logits(hidden[:, seq][:, :-1])
             targets = ids.to(subject.device)[:, 1:]
             pairs = here[:, 1:] & here[:, :-1]
             losses = F.cross_entropy(logits[pairs], targets[pairs], reduction="sum")
@@ -607,20 +582,6 @@ def _replacer(
         return value
 
     return replace
-
-
-def _splice(subject: Subject, hook: str, replace: Callable[[torch.Tensor], torch.Tensor]):
-    """A hook on the subject's module that puts `replace`'s output in place of the point's."""
-    layer, kind = subject.parse_hook(hook)
-    if kind == "mlp":
-        return subject.mlp_out[layer].register_forward_pre_hook(
-            lambda _m, args: (replace(args[0]), *args[1:])
-        )
-
-    def after_block(_m, _a, out):
-        return (replace(out[0]), *out[1:]) if isinstance(out, tuple) else replace(out)
-
-    return subject.blocks[layer].register_forward_hook(after_block)
 
 
 # ---------------------------------------------------------------- the folder

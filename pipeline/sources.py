@@ -81,6 +81,8 @@ class Encoder:
     r_mag: torch.Tensor | None = None  # gated: magnitude path scale exp(r_mag)
     b_mag: torch.Tensor | None = None  # gated: magnitude path bias (b_enc is the gate bias)
     norm_scale: bool = False  # SAELens constant_norm_rescale: x * sqrt(d_in) / |x|
+    W_dec: torch.Tensor | None = None  # [d_sae, d_out]: what each latent writes back
+    transcoder: bool = False  # W_dec writes another point (the MLP's output), not x
 
     def encode(
         self, x: torch.Tensor, features: torch.Tensor | None = None, *, feature_major: bool = False
@@ -301,6 +303,21 @@ def _check_encoder(encoder: Encoder, where: Path) -> Encoder:
                 f"{where}: {name} holds NaN or infinite values; the weights are damaged, "
                 "give a good copy"
             )
+    W_dec = encoder.W_dec
+    if W_dec is not None and (
+        W_dec.dim() != 2
+        or W_dec.shape[0] != d_sae
+        or (W_dec.shape[1] != d_in and not encoder.transcoder)
+    ):
+        raise InputError(
+            f"{where}: the decoder matrix (W_dec) has shape {list(W_dec.shape)} but must be "
+            f"[{d_sae}, {d_in}] for an encoder of shape [{d_in}, {d_sae}]"
+        )
+    if W_dec is not None and not bool(torch.isfinite(W_dec).all()):
+        raise InputError(
+            f"{where}: the decoder matrix (W_dec) holds NaN or infinite values; the weights "
+            "are damaged, give a good copy"
+        )
     if encoder.activation == "topk" and not 1 <= (encoder.k or 0) <= d_sae:
         raise InputError(f"{where}: k={encoder.k} but a top-k encoder needs k in 1..{d_sae}")
     return encoder
@@ -355,6 +372,8 @@ def _load_sae(folder: Path, overrides: dict[str, Any] | None = None) -> Source:
             )
         # The input is scaled by it; folded into the weights as SAELens folds it.
         w["W_enc"], w["b_dec"] = w["W_enc"] * scale, w["b_dec"] / scale
+        if "W_dec" in w:
+            w["W_dec"] = w["W_dec"] / scale
     elif norm not in ("none", "constant_norm_rescale"):
         raise ModelError(
             f"{folder}: normalize_activations={norm!r} needs a dataset-derived scale gloss "
@@ -384,6 +403,7 @@ def _load_sae(folder: Path, overrides: dict[str, Any] | None = None) -> Source:
             f"{act_fn!r}; gloss reads standard (relu), jumprelu, topk and gated SAEs"
         )
     encoder.norm_scale = norm == "constant_norm_rescale"
+    encoder.W_dec = w.get("W_dec")
     _check_encoder(encoder, weights_path)
     d_in, d_sae = encoder.W_enc.shape
     for key, size in (("d_in", d_in), ("d_sae", d_sae)):
@@ -422,6 +442,7 @@ def _load_gemma_scope(path: Path) -> Source:
         ) from None
     _need(w, ["W_enc", "b_enc", "threshold"], file)
     encoder = Encoder(w["W_enc"], w["b_enc"], "jumprelu", None, threshold=w["threshold"])
+    encoder.W_dec = w.get("W_dec")
     _check_encoder(encoder, file)
     d_in, d_sae = encoder.W_enc.shape
     config = {"format": "gemma-scope", "architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae}
@@ -474,6 +495,7 @@ def _load_sparsify(folder: Path) -> Source:
     transcoder = bool(cfg.get("transcode", False))
     W_enc = w["encoder.weight"].T.contiguous()
     encoder = Encoder(W_enc, w["encoder.bias"], "topk", None if transcoder else w["b_dec"], k=k)
+    encoder.W_dec, encoder.transcoder = w.get("W_dec"), transcoder
     _check_encoder(encoder, weights_path)
     stated = _whole(cfg, "d_in", folder / "cfg.json")
     if stated is not None and stated != W_enc.shape[0]:
@@ -596,6 +618,8 @@ def _load_dictionary(folder: Path) -> Source:
             f"{folder}: unsupported dict_class {cls!r}; gloss reads AutoEncoder, "
             "JumpReluAutoEncoder, AutoEncoderTopK, BatchTopKSAE and GatedAutoEncoder"
         )
+    decoder = w.get("decoder.weight")
+    encoder.W_dec = w.get("W_dec") if decoder is None or decoder.dim() != 2 else decoder.T
     _check_encoder(encoder, ae_path)
     d_in, d_sae = encoder.W_enc.shape
     for key, size in (("activation_dim", d_in), ("dict_size", d_sae)):

@@ -76,6 +76,7 @@ class Subject:
     prefix_ids: list[int] = field(default_factory=list)
     suffix_ids: list[int] = field(default_factory=list)
     pad_id: int = 0
+    _head: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def n_layers(self) -> int:
@@ -242,6 +243,82 @@ class Subject:
         special tokens ([CLS] and [SEP] take two of BERT's 512)."""
         positions = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
         return positions - len(self.prefix_ids) - len(self.suffix_ids)
+
+    # ------------------------------------------------------------ the LM head
+
+    @property
+    def causal(self) -> bool:
+        """A causal LM (predicts the next token), not an encoder such as BERT."""
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
+
+        kind = getattr(self.model.config, "model_type", "")
+        return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
+            kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        )
+
+    def unembedding(self) -> torch.Tensor | None:
+        """The LM head's matrix [vocab, hidden]; None for an encoder. A head tied to the
+        input embeddings is shared; an untied one (which `AutoModel` leaves out) is read
+        from the model's own weight files once."""
+        if not self.causal:
+            return None
+        if self._head is None:
+            config = self.model.config
+            text = config.get_text_config() if hasattr(config, "get_text_config") else config
+            if getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)):
+                self._head = self.model.get_input_embeddings().weight
+            else:
+                self._head = _untied_head(config).to(self.device)
+        return self._head
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (float32) from the final hidden states, as the LM head computes them."""
+        head = self.unembedding()
+        if head is None:
+            raise InputError(f"{self.name} is an encoder ({self.architecture}), not a causal LM")
+        logits = hidden.float() @ head.float().T
+        config = self.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        cap = getattr(text, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def final_norm(self) -> nn.Module:
+        """The norm the last hidden state goes through before the LM head."""
+        for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm"):
+            module = getattr(self.model, name, None)
+            if isinstance(module, nn.Module):
+                return module
+        raise ModelError(f"cannot find the final norm of {self.architecture}")
+
+    def to_residual(self, hook: str, directions: torch.Tensor) -> torch.Tensor:
+        """Directions at a hook point [n, width] as what they add to the residual stream
+        [n, hidden]: an MLP point's through its output projection (and the norm some
+        architectures put after it, Gemma's), a residual point's as they are."""
+        layer, kind = self.parse_hook(hook)
+        if kind == "resid":
+            return directions
+        out = self.mlp_out[layer]
+        zero = torch.zeros_like(directions[:1])
+        moved = out(directions) - out(zero)
+        post = getattr(self.blocks[layer], "post_feedforward_layernorm", None)
+        return post(moved) if isinstance(post, nn.Module) else moved
+
+    def splice(self, hook: str, replace):
+        """A hook on the module of a point that passes its value through `replace`
+        ([batch, seq, width] -> the same); remove the returned handle to undo it."""
+        layer, kind = self.parse_hook(hook)
+        if kind == "mlp":
+            return self.mlp_out[layer].register_forward_pre_hook(
+                lambda _m, args: (replace(args[0]), *args[1:])
+            )
+
+        def after_block(_m, _a, out):
+            return (replace(out[0]), *out[1:]) if isinstance(out, tuple) else replace(out)
+
+        return self.blocks[layer].register_forward_hook(after_block)
 
     def run_text(self, text: str, hook: str, max_tokens: int = 512) -> TextRun:
         """Tokenize `text` (truncated to `max_tokens`, and to what the model takes) and
@@ -437,6 +514,28 @@ def _folder_hash(folder: Path) -> str:
             digest.update(item.name.encode())
             digest.update(_file_hash(item).encode())
     return digest.hexdigest()[:16]
+
+
+def _untied_head(config) -> torch.Tensor:
+    """An untied LM head's weights, read from the safetensors files beside the config."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    try:
+        folder = Path(cached_file(config._name_or_path, "config.json")).parent
+    except OSError as error:
+        raise ModelError(
+            f"cannot find the weight files of {config._name_or_path}: {error}"
+        ) from None
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            for key in ("lm_head.weight", "embed_out.weight"):
+                if key in weights.keys():
+                    return weights.get_tensor(key).float()
+    raise ModelError(
+        f"{config._name_or_path} has an LM head of its own (untied) but no lm_head.weight "
+        f"in the safetensors files of {folder}; save the model with its head"
+    )
 
 
 def _find_blocks(model: nn.Module, config) -> nn.ModuleList:
