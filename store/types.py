@@ -413,9 +413,14 @@ EXPORT_FIELDS = (
     "labeled_at",
     "score",  # the label's best score of the primary method (simulation unless changed)
     "scores",  # every method's score of the label: {"simulation": 0.61, "detection": 0.8}
-    "feature_scores",  # measures of the feature itself: {"intruder": 0.75}
+    "feature_scores",  # measures of the feature itself: {"intruder": 0.75, "ablation": 0.4}
+    "effects",  # what the effect measures found: {"ablation": {...}, "output": {...}}
     "reviewed",
 )
+
+# Feature scores that `gloss effects` writes: what ablating or steering the feature does.
+# Their details (loss on random windows, promoted and suppressed tokens) are exported too.
+EFFECT_METHODS = ("ablation", "output")
 
 
 def points_in_order(layers: dict[str, float] | None) -> dict[str, float] | None:

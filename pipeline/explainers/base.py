@@ -11,39 +11,54 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import ClassVar
 
 from gloss.pipeline.llm import UnusableAnswer
 from gloss.pipeline.prompts import Prompt, printable
 from gloss.pipeline.settings import ExplainerConfig
-from gloss.store import ExampleOut
+from gloss.store import ExampleOut, ScoreInfo
+from gloss.store.types import EFFECT_METHODS
 
 Shown = list[tuple[list[str], list[float]]]  # (tokens, activations) of each window shown
+Effects = Mapping[str, ScoreInfo]  # a feature's effect scores (pipeline/effects) by method
 
 
 class Explainer:
-    """One prompt style: `render` turns the windows shown into the template's values."""
+    """One prompt style: `render` turns the windows shown into the template's values.
+
+    A style with `uses_effects` also reads the feature's effects (the `ablation` and
+    `output` feature scores); the stage runner looks them up only for such a style."""
 
     style: ClassVar[str]
+    uses_effects: ClassVar[bool] = False
 
     def __init__(self, config: ExplainerConfig):
         self.config = config
         self.template = config.template()
         self.copies = example_labels(self.template)
 
-    def prompt(self, examples: Sequence[ExampleOut]) -> str:
+    def prompt(self, examples: Sequence[ExampleOut], effects: Effects | None = None) -> str:
         """The prompt for a feature's examples; UnusableAnswer when there is nothing to show."""
+        return self.template.render(**self.render(self.shown(examples), examples))
+
+    def shown(self, examples: Sequence[ExampleOut]) -> Shown:
+        """The windows to show; UnusableAnswer when none is active."""
         shown = shown_examples(examples, self.config)
         if not shown:
             raise UnusableAnswer("no active explain-split examples to show the explainer")
-        return self.template.render(**self.render(shown, examples))
+        return shown
 
     def render(self, shown: Shown, examples: Sequence[ExampleOut]) -> dict[str, str]:
         raise NotImplementedError
 
     def parse(self, text: str) -> str:
         return parse_label(text, self.copies)
+
+
+def effects_of(scores: Iterable[ScoreInfo]) -> dict[str, ScoreInfo]:
+    """A feature's effects by method, from its feature scores (the newest of each)."""
+    return {s.method: s for s in scores if s.method in EFFECT_METHODS}
 
 
 def normalized(acts: Sequence[float], max_act: float) -> list[int]:
