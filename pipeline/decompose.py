@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -156,6 +157,15 @@ def _source_for(info: SourceInfo, subject_key: str, hook_width: int):
                 )
             _SOURCES[(subject_key, spec)] = source
     return source
+
+
+def loaded(store: Store, info: SourceInfo) -> tuple[Any, Any, threading.Lock]:
+    """(subject, feature source, lock) for `info` from the cache, for the web app's other
+    model pages (interventions). Hold the lock while running the subject."""
+    entry = _subject_for(store, info)
+    subject = entry.subject
+    source = _source_for(info, subject.path, subject.hook_width(info.hook))
+    return subject, source, entry.lock
 
 
 # ---------------------------------------------------------------- choosing a source

@@ -21,6 +21,11 @@ Re-scoring a label runs the simulator, which takes minutes on the bundled local 
 the button queues a job for one background thread (at most one job per label) and
 answers at once; the feature page shows the job's state and reloads itself (a meta
 refresh, allowed by the CSP) while the job is queued or running.
+
+The feature page shows the feature's effects (`gloss effects`: the loss its ablation
+costs, the tokens its steering pushes) and runs a prompt with and without an edit of the
+feature (intervene): the subject loads once through the decompose page's cache, and the
+forward passes run on a worker thread, one at a time per model.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from gloss.store import (
     Store,
 )
 from gloss.store.statuses import CURRENT_STATUSES, UNLABELED, ExplanationStatus, FeatureStatus
+from gloss.store.types import EFFECT_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +154,8 @@ def create_app(
     env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.3g}%"
     env.filters["when"] = lambda v: "" if v is None else f"{v:%Y-%m-%d %H:%M}"
+    env.filters["signed"] = lambda v, d=3: "–" if v is None else f"{v:+.{d}f}"
+    env.filters["visible"] = _visible
     env.globals["ORDERS"] = ORDERS
     env.globals["STATUSES"] = STATUSES
     jobs = RescoreJobs(store, rescorer) if rescorer is not None else None
@@ -168,6 +176,9 @@ def create_app(
             Route("/features/{feature_id:int}", app.page(app.feature_page)),
             Route("/features/{feature_id:int}/review", app.page(app.do_review), methods=["POST"]),
             Route("/features/{feature_id:int}/rescore", app.page(app.do_rescore), methods=["POST"]),
+            Route(
+                "/features/{feature_id:int}/intervene", app.page(app.do_intervene), methods=["POST"]
+            ),
             Route("/queue", app.page(app.queue)),
             Route("/decompose", app.page(app.decompose_page)),
             Route("/login", app.page(app.login_page, public=True)),
@@ -455,10 +466,29 @@ class _App:
     def feature_page(self, request: Request, _form: dict[str, str]) -> Response:
         card = self.store.feature_card(request.path_params["feature_id"])
         queue = _int(request.query_params.get("queue"))
+        return self.render(request, "feature.html", self._feature_context(card, queue))
+
+    def _feature_context(self, card, queue: int | None) -> dict[str, Any]:
         context = _card_context(card, queue)
         if self.jobs is not None and card.current is not None:
             context["job"] = self.jobs.get(card.current.id)
-        return self.render(request, "feature.html", context)
+        return context
+
+    def do_intervene(self, request: Request, form: dict[str, str]) -> Response:
+        """Run the form's prompt with and without an edit of the feature: the feature page
+        with both continuations and next-token distributions side by side, or why not."""
+        card = self.store.feature_card(request.path_params["feature_id"])
+        context = self._feature_context(card, None)
+        asked = {key: form.get(key, default) for key, default in INTERVENE_FORM.items()}
+        context["asked"] = asked
+        status = 200
+        try:
+            context["intervention"] = _intervene(self.store, card, asked)
+        except InputError as error:
+            context["intervene_error"], status = _one_line(error), 400
+        except GlossError as error:  # the model or the source's files cannot be loaded
+            context["intervene_error"], status = _one_line(error), 503
+        return self.render(request, "feature.html", context, status)
 
     def queue(self, request: Request, _form: dict[str, str]) -> Response:
         skip = _int(request.query_params.get("skip")) or 0
@@ -607,6 +637,50 @@ class _App:
         return self.render(request, "decompose.html", context, status)
 
 
+# ---------------------------------------------------------------- interventions
+
+INTERVENE_FORM = {"prompt": "", "mode": "zero", "scale": "4", "tokens": "12"}  # the defaults
+INTERVENE_MODES = {"zero": "ablate (zero)", "mean": "ablate (mean)", "steer": "steer"}
+MAX_SCALE = 1000.0  # times the feature's peak activation
+MAX_NEW_TOKENS = 50
+
+
+def _intervene(store: Store, card, asked: dict[str, str]) -> dict[str, Any]:
+    """`compare` on the feature's subject with the edit the form asks for."""
+    from gloss.pipeline.decompose import PAGE_CHARS, loaded
+    from gloss.pipeline.interventions import compare, edit_for
+
+    prompt = asked["prompt"]
+    if not prompt.strip():
+        raise InputError("type a prompt to run with and without the edit")
+    if len(prompt) > PAGE_CHARS:
+        raise InputError(f"the prompt is {len(prompt)} characters long; at most {PAGE_CHARS}")
+    mode = asked["mode"]
+    if mode not in INTERVENE_MODES:
+        raise InputError(f"unknown edit {mode[:40]!r}: use one of {', '.join(INTERVENE_MODES)}")
+    try:
+        scale = _float(asked["scale"])
+    except InputError as error:
+        raise InputError(f"scale: {error}") from None
+    try:
+        tokens = _int(asked["tokens"])
+    except InputError as error:
+        raise InputError(f"tokens to generate: {error}") from None
+    if scale is not None and abs(scale) > MAX_SCALE:
+        raise InputError(
+            f"the scale {scale:g} is out of range: use -{MAX_SCALE:g} to {MAX_SCALE:g}"
+        )
+    tokens = 12 if tokens is None else tokens
+    if tokens > MAX_NEW_TOKENS:
+        raise InputError(f"generate at most {MAX_NEW_TOKENS} tokens, not {tokens}")
+    edit, described = edit_for(card.feature, mode, scale)
+    subject, source, lock = loaded(store, card.source)
+    with lock:  # the edit's hooks go on the shared model: one pass at a time
+        result = compare(subject, source, card.source.hook, edit, prompt, tokens=tokens)
+    result["edit"] = described
+    return result
+
+
 # ---------------------------------------------------------------- view helpers
 
 
@@ -620,8 +694,16 @@ def _card_context(card, queue: int | None) -> dict[str, Any]:
         (title, [_shaded(ex, scale) for ex in examples])
         for title, examples in group_examples(card.examples)
     ]
+    effects = {sc.method: sc for sc in card.feature_scores if sc.method in EFFECT_METHODS}
     return {
         "card": card,
+        "measures": [sc for sc in card.feature_scores if sc.method not in EFFECT_METHODS],
+        "effects": effects,
+        "effect_tokens": _effect_tokens(effects.get("output")),
+        "modes": INTERVENE_MODES,
+        "asked": INTERVENE_FORM,
+        "intervention": None,
+        "intervene_error": None,
         "feature": card.feature,
         "current": card.current,
         "groups": groups,
@@ -631,6 +713,31 @@ def _card_context(card, queue: int | None) -> dict[str, Any]:
         "attempt": None,
         "job": None,
     }
+
+
+def _effect_tokens(output) -> list[dict[str, Any]]:
+    """The output effect's token lists as columns: TokenChange (log-probability deltas when
+    steered) and VocabProj (logits of the feature's direction), those it has."""
+    if output is None:
+        return []
+    columns = [
+        ("promoted", "promoted", "Δ logprob", True),
+        ("suppressed", "suppressed", "Δ logprob", True),
+        ("vocab_up", "reads as (VocabProj)", "logit", False),
+        ("vocab_down", "reads against", "logit", False),
+    ]
+    return [
+        {"kind": key, "title": title, "unit": unit, "signed": signed, "pairs": pairs}
+        for key, title, unit, signed in columns
+        if (pairs := output.details.get(key))
+    ]
+
+
+def _visible(token: str) -> str:
+    """A token on its own, its spaces and control characters made visible (␣, \\n)."""
+    from gloss.pipeline.prompts import printable
+
+    return printable(token).replace(" ", "␣") if token else "∅"
 
 
 def _shaded(ex, scale: float) -> dict[str, Any]:

@@ -37,3 +37,17 @@ document.addEventListener("keydown", (event) => {
     if (box instanceof HTMLTextAreaElement && box.form) box.form.requestSubmit();
   }
 });
+
+// An intervention runs the model for a few seconds: say so, and keep it from running twice.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (!(form instanceof HTMLFormElement) || form.id !== "intervene-form") return;
+  const button = document.getElementById("run-intervention");
+  if (button) { button.disabled = true; button.textContent = "running…"; }
+});
+
+// Coming back to the page from the browser's history re-enables it.
+window.addEventListener("pageshow", () => {
+  const button = document.getElementById("run-intervention");
+  if (button) { button.disabled = false; button.textContent = "run"; }
+});
