@@ -14,7 +14,8 @@ For each mined feature of a causal subject, on windows mining already stored:
 
 Both are feature scores (`feature_scores`, model = the subject's name), written once per
 feature: a rerun measures only the features that lack them. The forward passes are the
-only real cost: clean passes of a window are shared by every feature that shows it.
+only real cost: clean passes of a window are shared by every feature that shows it, and a
+random window where the feature never fires needs none (zeroing it there changes nothing).
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ def measure(
         off = Edit.of(t.index, config.ablation, mean=t.mean_act)
         up = Edit.of(t.index, "steer", amount=config.scale * t.max_act)
         top = [(w, row(w, None, True), row(w, off), row(w, up, True)) for w in t.top]
-        rand = [(w, row(w, None), row(w, off)) for w in t.random]
+        rand = [
+            (w, row(w, None), row(w, off)) if _changes(w, off) else (w, None, None)
+            for w in t.random
+        ]
         plans.append((t, top, rand))
     _run(subject, source, hooks, rows, config.batch)
     return [_effects(subject, source, hook_spec, config, *plan) for plan in plans]
@@ -142,8 +146,8 @@ def _effects(subject, source, hook_spec, config, target, top, rand) -> Measured:
             top_delta += float((off.nll[first:] - clean.nll[first:]).sum())
             clean_sum += float(clean.nll[first:].sum())
             top_n += len(clean.nll[first:])
-        rand_delta = sum(float((off.nll - clean.nll).sum()) for _, clean, off in rand)
-        rand_n = sum(len(clean.nll) for _, clean, _ in rand)
+        rand_delta = sum(float((off.nll - clean.nll).sum()) for _, clean, off in rand if off)
+        rand_n = sum(len(w.token_ids) - 1 for w, _, _ in rand)
         ablation = top_delta / top_n if top_n else None
         ab_details = {
             **settings,
@@ -168,6 +172,12 @@ def _effects(subject, source, hook_spec, config, target, top, rand) -> Measured:
     vocab = vocab_projection(subject, source, hook_spec, t.index, config.top)
     out_details.update(vocab_up=vocab["up"], vocab_down=vocab["down"])
     return Measured(t.feature_id, ablation, ab_details, output, out_details)
+
+
+def _changes(window: ExampleOut, edit: Edit) -> bool:
+    """Whether an ablation changes anything on a window: zeroing a feature where it never
+    fires leaves every logit bit for bit, so such a window costs no forward pass."""
+    return edit.add != 0.0 or max(window.acts, default=0.0) > 0.0
 
 
 def _pairs(subject: Subject, values: torch.Tensor, top: int, largest: int) -> list:
