@@ -293,3 +293,26 @@ def test_a_run_measures_effects_before_an_output_aware_explainer_reads_them(
                  "--steer", "4", "--mean"])  # fmt: skip
     error = capsys.readouterr().err
     assert code != 0 and error.count("\n") == 1 and "--mean" in error
+
+
+def test_neurons_are_edited_in_place_and_read_through_the_mlp(gemma):
+    """An MLP neuron's direction is the unit itself: an edit that keeps it is exact, one
+    that zeroes it changes the output, and its VocabProj reads the down projection and
+    Gemma's post-MLP norm."""
+    neurons = load_source("neurons", gemma.hook_width("layer.3.mlp"))
+    ids, valid = _window(gemma, "The cat sat on the mat.")
+    acts = gemma.activations(ids, None, ["layer.3.mlp"])["layer.3.mlp"][0]
+    loud = int(acts.abs().amax(0).argmax())
+    clean = logprobs(gemma, ids, valid)
+    same = logprobs(gemma, ids, valid, neurons, ["layer.3.mlp"], [Edit(loud, 1.0, 0.0)])
+    assert torch.equal(same, clean)
+    ablated = logprobs(gemma, ids, valid, neurons, ["layer.3.mlp"], [Edit.of(loud, "zero")])
+    assert not torch.equal(ablated, clean)
+    vocab = vocab_projection(gemma, neurons, "layer.3.mlp", loud, top=5)
+    assert len(vocab["up"]) == 5 and vocab["up"][0][1] > vocab["down"][0][1]
+    d = torch.zeros(1, gemma.mlp_size)
+    d[0, loud] = 1.0
+    with torch.no_grad():
+        mlp = gemma.blocks[3]
+        expected = mlp.post_feedforward_layernorm(mlp.mlp.down_proj(d))
+    torch.testing.assert_close(gemma.to_residual("layer.3.mlp", d), expected)
