@@ -95,7 +95,13 @@ def directions(source: Source, hook: str | None, features: torch.Tensor) -> torc
             "this source's files have no decoder (W_dec), which an intervention adds back; "
             "give the full SAE or dictionary"
         )
-    return encoder.W_dec[features]
+    rows = encoder.W_dec[features]
+    if not bool(torch.isfinite(rows).all()):  # mining never reads W_dec: checked on use
+        raise InputError(
+            "this source's decoder (W_dec) holds NaN or infinite values for these features; "
+            "the weights are damaged, give a good copy"
+        )
+    return rows
 
 
 def hooks_of(subject: Subject, source: Source, hook_spec: str) -> list[str]:

@@ -313,11 +313,6 @@ def _check_encoder(encoder: Encoder, where: Path) -> Encoder:
             f"{where}: the decoder matrix (W_dec) has shape {list(W_dec.shape)} but must be "
             f"[{d_sae}, {d_in}] for an encoder of shape [{d_in}, {d_sae}]"
         )
-    if W_dec is not None and not bool(torch.isfinite(W_dec).all()):
-        raise InputError(
-            f"{where}: the decoder matrix (W_dec) holds NaN or infinite values; the weights "
-            "are damaged, give a good copy"
-        )
     if encoder.activation == "topk" and not 1 <= (encoder.k or 0) <= d_sae:
         raise InputError(f"{where}: k={encoder.k} but a top-k encoder needs k in 1..{d_sae}")
     return encoder

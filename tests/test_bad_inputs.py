@@ -11,6 +11,7 @@ import torch
 from gloss.pipeline import config as cfg
 from gloss.pipeline.cli import main
 from gloss.pipeline.corpus import CorpusConfig
+from gloss.pipeline.interventions import directions
 from gloss.pipeline.llm import EndpointConfig
 from gloss.pipeline.sources import load_source
 from gloss.pipeline.subjects import load_subject, parse_device, resolve_device
@@ -228,7 +229,11 @@ def test_non_finite_weights_the_encoder_does_not_use_are_accepted(tmp_path):
     w = _weights()
     w["W_dec"][0, 0] = float("nan")
     w["threshold"][0] = float("inf")  # a standard SAE has no threshold
-    assert load_source(f"sae:{write_sae(tmp_path / 'd', {}, w)}", D_IN).width == D_SAE
+    source = load_source(f"sae:{write_sae(tmp_path / 'd', {}, w)}", D_IN)
+    assert source.width == D_SAE  # mining reads no W_dec; an intervention on latent 0 does
+    with pytest.raises(InputError, match="NaN or infinite"):
+        directions(source, None, torch.tensor([0]))
+    assert directions(source, None, torch.tensor([1])).shape == (1, D_IN)
 
 
 def _dictionary(folder: Path, state: object, trainer: object) -> Path:

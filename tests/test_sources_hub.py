@@ -277,7 +277,7 @@ def test_cli_mines_a_saelens_release_and_fires_reloads_it(
     pytest.importorskip("sae_lens")
     from gloss.pipeline.cli import main
     from gloss.pipeline.corpus import Corpus, CorpusConfig
-    from gloss.pipeline.fires import _load
+    from gloss.pipeline.fires import source_of
     from gloss.store import open_store
     from tests.test_mining import SENTENCES
 
@@ -300,7 +300,7 @@ def test_cli_mines_a_saelens_release_and_fires_reloads_it(
     store = open_store(db)
     info = store.source(summary["source"])
     assert info.path == f"{spec}@{COMMIT}" and info.config["hub"]["path"] == GEMMA_PATH
-    source = _load(info, minilm.hook_width(hook))  # what `gloss fires` reads back
+    source = source_of(info, minilm.hook_width(hook))  # what `gloss fires` reads back
     torch.testing.assert_close(source.encode(X), jumprelu(w, X))
     # each mined maximum is the formula's maximum over the corpus's windows
     windows = Corpus(CorpusConfig((str(corpus),)), minilm.encode).scan()
