@@ -102,7 +102,7 @@ class SubjectConfig:
     gguf_file: str | None = None  # GGUF file name inside `model`'s folder
     device: str = "cpu"
     hook: str = "layer.3.mlp"  # layer.N.mlp or layer.N.resid
-    source: str = "neurons"  # neurons, sae:FOLDER, dictionary:FOLDER
+    source: str = "neurons"  # neurons, learn, sae:, dictionary:, sparsify:, gemmascope:, saelens:
     features: str | None = None  # selector (0:100, 7, 1,2,5:9); None = every feature
 
     def __post_init__(self) -> None:
