@@ -220,6 +220,27 @@ def test_bad_inputs_give_one_line_errors(gemma, sae, minilm, tmp_path):
     decoderless = load_source(f"sae:{_without_decoder(Path(sae.path), tmp_path)}", 640)
     with pytest.raises(InputError, match="no decoder"):
         directions(decoderless, HOOK, torch.tensor([0]))
+    transcoder = load_source(f"sparsify:{_as_transcoder(Path(sae.path), tmp_path)}", 640)
+    with pytest.raises(InputError, match="is a transcoder") as error:
+        directions(transcoder, HOOK, torch.tensor([0]))
+    assert "\n" not in str(error.value)
+
+
+def _as_transcoder(folder: Path, tmp_path: Path) -> Path:
+    """The same weights as a sparsify transcoder: its decoder writes the MLP's output."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    out = tmp_path / "tc" / "layers.17.mlp"
+    out.mkdir(parents=True)
+    save_file(
+        {"encoder.weight": weights["W_enc"].T.contiguous(), "encoder.bias": weights["b_enc"],
+         "W_dec": weights["W_dec"], "b_dec": weights["b_dec"]},
+        str(out / "sae.safetensors"),
+    )  # fmt: skip
+    cfg = {"d_in": 640, "num_latents": D_SAE, "k": 4, "transcode": True}
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    return out
 
 
 def _without_decoder(folder: Path, tmp_path: Path) -> Path:
