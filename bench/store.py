@@ -32,13 +32,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, insert, select, text, update
+from sqlalchemy import create_engine, delete, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gloss.store import ExampleIn, MinedFeature, WindowIn, open_store  # noqa: E402
-from gloss.store.models import Explanation, LabelVector  # noqa: E402
+from gloss.store.models import Explanation, LabelVector, LabelVectorTodo  # noqa: E402
 from gloss.store.vectors import pack  # noqa: E402
 
 CTX = 64
@@ -239,6 +239,7 @@ def bench_meaning(store, url: str, n_labels: int, queries: int = 300) -> dict[st
                     )
                 ],
             )
+        s.execute(delete(LabelVectorTodo))  # as `put_vectors` does: nothing left to embed
 
     # What a run stores per feature besides: one label and one score (mining: bench_writes).
     ids = [f.id for f in store.features(store.sources()[-1].id, indices=list(range(sample)))]
