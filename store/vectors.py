@@ -193,7 +193,13 @@ class VectorIndex:
     def snapshot(self, s: Session) -> tuple[np.ndarray, np.ndarray, str]:
         """(explanation ids, their vectors, model): every current label's vector, and
         perhaps some of labels no longer current."""
-        first, last = s.execute(select(func.min(LabelVector.id), func.max(LabelVector.id))).one()
+        # two subqueries: SQLite reads min() or max() alone off the index, both together by a scan
+        first, last = s.execute(
+            select(
+                select(func.min(LabelVector.id)).scalar_subquery(),
+                select(func.max(LabelVector.id)).scalar_subquery(),
+            )
+        ).one()
         first, last = first or 0, last or 0
         with self._lock:
             if first != self._first or last < self._last:  # dropped and embedded again

@@ -213,3 +213,14 @@ def test_cli_search_like_and_embed(db_url, capsys):
     assert "embedded 5 labels" in capsys.readouterr().out
     assert main(["--database", db_url, "search", "--like", "x", "--order", "score"]) == 2
     assert "ranked by similarity" in capsys.readouterr().err
+
+
+def test_sqlite_looks_the_candidate_labels_up_by_id(sqlite_store):
+    """Without statistics SQLite would rather walk the status index over every current
+    label than look up the best candidates by id: 50x slower at 100,000 labels."""
+    seed_features(sqlite_store)
+    stmt = sqlite_store._feature_rows([], ids=list(range(1, 201)))  # 4 pages: 200
+    with sqlite_store.session() as s:
+        sql = str(stmt.compile(s.bind, compile_kwargs={"literal_binds": True}))
+        plan = [row[3] for row in s.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    assert any("explanations USING INTEGER PRIMARY KEY" in step for step in plan), plan
