@@ -213,14 +213,16 @@ class VectorIndex:
     def _read_rows(self, s: Session, after: int, *, full: bool) -> None:
         """Read the rows after id `after` (all of them when `full`) into the matrix."""
         after = 0 if full else after
-        rows = (
-            s.connection()  # straight from the driver: no per-row processing of 100,000 blobs
-            .exec_driver_sql(
-                "SELECT id, explanation_id, model, vector FROM label_vectors "
-                f"WHERE id > {int(after)} ORDER BY id"
-            )
-            .all()
+        sql = (
+            "SELECT id, explanation_id, model, vector FROM label_vectors "
+            f"WHERE id > {int(after)} ORDER BY id"
         )
+        connection = s.connection()  # straight from the driver: no per-row processing
+        if connection.dialect.name == "postgresql":  # in binary: bytea as hex text is 2x slower
+            driver: Any = connection.connection.driver_connection
+            rows = driver.execute(sql, binary=True).fetchall()
+        else:
+            rows = connection.exec_driver_sql(sql).all()
         models = sorted({m for _, _, m, _ in rows})
         ids = np.array([e for _, e, _, _ in rows], dtype=np.int64)
         if rows:
