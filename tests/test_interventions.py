@@ -31,6 +31,7 @@ from gloss.pipeline.settings import CorpusConfig, EffectsConfig, MiningConfig
 from gloss.pipeline.sources import load_source
 from gloss.pipeline.terminal import format_card, intervention_lines
 from gloss.store import InputError, open_store
+from tests.test_sources import write_sparsify
 
 pytestmark = pytest.mark.slow
 
@@ -232,15 +233,7 @@ def _as_transcoder(folder: Path, tmp_path: Path) -> Path:
 
     weights = load_file(str(folder / "sae_weights.safetensors"))
     out = tmp_path / "tc" / "layers.17.mlp"
-    out.mkdir(parents=True)
-    save_file(
-        {"encoder.weight": weights["W_enc"].T.contiguous(), "encoder.bias": weights["b_enc"],
-         "W_dec": weights["W_dec"], "b_dec": weights["b_dec"]},
-        str(out / "sae.safetensors"),
-    )  # fmt: skip
-    cfg = {"d_in": 640, "num_latents": D_SAE, "k": 4, "transcode": True}
-    (out / "cfg.json").write_text(json.dumps(cfg))
-    return out
+    return write_sparsify(out, weights, d_in=640, num_latents=D_SAE, k=4, transcode=True)
 
 
 def _without_decoder(folder: Path, tmp_path: Path) -> Path:
